@@ -1,0 +1,195 @@
+"""``eeszt-gw``: one command, with a subcommand per job.
+
+Each subcommand imports its package lazily, so ``eeszt-gw --help`` is fast and a worker host
+does not need the simulator's dependencies loaded. Flags override ``EESZT_*`` environment
+variables, which override the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+ENV_NOTE = "Every flag can also be set as an environment variable (shown as [env: NAME])."
+
+
+def _add(p: argparse.ArgumentParser, flag: str, env: str, help: str, **kw) -> None:
+    p.add_argument(flag, default=argparse.SUPPRESS, help=f"{help} [env: {env}]", **kw)
+
+
+def _given(ns: argparse.Namespace, *skip: str) -> dict:
+    return {k: v for k, v in vars(ns).items() if k not in {"func", "cmd", "sub", *skip}}
+
+
+# --- pki ----------------------------------------------------------------------------------------
+def _pki_init(ns: argparse.Namespace) -> int:
+    from simulator.pki import init_pki
+    from simulator.users import write_demo_users
+
+    directory = Path(ns.dir)
+    try:
+        paths = init_pki(directory, institution_id=ns.institution, institution_name=ns.name,
+                         days=ns.days, server_hosts=tuple(ns.host), overwrite=ns.force)
+    except FileExistsError as exc:
+        print(f"error: {exc} (use --force to replace the PKI)", file=sys.stderr)
+        return 2
+    users = directory / "users.json"
+    write_demo_users(users, institution=ns.institution, count=ns.doctors)
+    print(f"test PKI written to {directory} (institution {ns.institution}); see {directory}/README.txt")
+    print(f"{ns.doctors} demo doctors with random passwords and MobilToken secrets: {users}")
+    print("This is a TEST PKI: the private keys are unencrypted. Never use it in production.")
+    return 0
+
+
+def _add_pki(sub) -> None:
+    p = sub.add_parser("pki", help="create a test PKI", description="Create a test PKI.")
+    psub = p.add_subparsers(dest="sub", required=True, metavar="COMMAND")
+    init = psub.add_parser(
+        "init",
+        help="write a test PKI into DIR",
+        description=(
+            "Write a test PKI into DIR with `cryptography` (RSA-2048, SHA-256): the WAF access CA "
+            "and a client access certificate (mutual TLS), a qualified CA and an institution "
+            "authentication certificate (WS-Security signing and STS x509 login), the STS signing "
+            "key, the simulator's server certificate and its CA, a card CA for eSZIG, and "
+            "users.json with demo doctors. Private keys are written unencrypted with mode 0600."
+        ),
+    )
+    init.add_argument("dir", metavar="DIR", help="folder to write (created if missing)")
+    init.add_argument("--institution", default="H100200",
+                      help="institution id put in the institution certificate (default: %(default)s)")
+    init.add_argument("--name", default="Demo Kórház",
+                      help="institution name (default: %(default)s)")
+    init.add_argument("--days", type=int, default=365,
+                      help="validity of the issued certificates in days (default: %(default)s)")
+    init.add_argument("--host", action="append", default=None,
+                      help="name or IP for the server certificate; repeat for more "
+                           "(default: localhost and 127.0.0.1)")
+    init.add_argument("--doctors", type=int, default=10,
+                      help="demo doctors to write into users.json (default: %(default)s)")
+    init.add_argument("--force", action="store_true", help="replace files that exist")
+    init.set_defaults(func=lambda ns: _pki_init(_default_hosts(ns)))
+
+
+def _default_hosts(ns: argparse.Namespace) -> argparse.Namespace:
+    if not ns.host:
+        ns.host = ["localhost", "127.0.0.1"]
+    return ns
+
+
+# --- schema -------------------------------------------------------------------------------------
+def _schema_export(ns: argparse.Namespace) -> int:
+    from schemas.export import json_schemas
+
+    out = Path(ns.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    schemas = json_schemas()
+    for name, schema in schemas.items():
+        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, ensure_ascii=False))
+    print(f"wrote {len(schemas)} JSON Schemas to {out}")
+    return 0
+
+
+def _add_schema(sub) -> None:
+    p = sub.add_parser("schema", help="the message contract as JSON Schema",
+                       description="Work with the message contract.")
+    psub = p.add_subparsers(dest="sub", required=True, metavar="COMMAND")
+    exp = psub.add_parser(
+        "export", help="write a JSON Schema per message type into DIR",
+        description="Write one JSON Schema per message type (the request envelope, each payload "
+                    "type inside the envelope, the reply and each reply kind) into DIR, so that "
+                    "a HIS in Java or C# can generate or validate its messages.")
+    exp.add_argument("dir", metavar="DIR", help="folder to write (created if missing)")
+    exp.set_defaults(func=_schema_export)
+
+
+# --- simulator ----------------------------------------------------------------------------------
+def _simulator(ns: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from simulator.server import serve
+    from simulator.settings import SimulatorSettings
+
+    try:
+        settings = SimulatorSettings(**_given(ns))
+    except ValidationError as exc:
+        for e in exc.errors():
+            print(f"error: {'.'.join(map(str, e['loc']))}: {e['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serve(settings)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_simulator(sub) -> None:
+    p = sub.add_parser(
+        "simulator", help="serve the EESZT stand-in (HTTPS, mutual TLS)",
+        description=(
+            "Serve the EESZT simulator: the STS at /sts and the business services at "
+            "/services/<name> over HTTPS that requires a client certificate from the WAF access "
+            "CA, and a JSON admin API on 127.0.0.1 (GET /admin/stats, GET|PATCH|PUT /admin/faults, "
+            "GET /admin/records, POST /admin/reset). Fault flags are the start values; PATCH "
+            "/admin/faults changes them at run time. " + ENV_NOTE),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    E = "EESZT_SIM_"
+    _add(p, "--pki-dir", E + "PKI_DIR", "folder written by `eeszt-gw pki init` (default: pki)")
+    _add(p, "--host", E + "HOST", "address of the HTTPS service port (default: 127.0.0.1)")
+    _add(p, "--port", E + "PORT", "HTTPS service port (default: 8443)", type=int)
+    _add(p, "--admin-port", E + "ADMIN_PORT", "admin port, bound to 127.0.0.1 only (default: 8444)", type=int)
+    _add(p, "--db", E + "DB", "SQLite file that records what was accepted (default: var/simulator.sqlite)")
+    _add(p, "--users-file", E + "USERS_FILE", "sector users JSON (default: PKI_DIR/users.json)")
+    _add(p, "--duplicates", E + "DUPLICATES",
+         "what a repeated idempotency key does: dedupe returns the first record's id, naive "
+         "stores a second record (default: dedupe)", choices=["dedupe", "naive"])
+    _add(p, "--token-lifetime-s", E + "TOKEN_LIFETIME_S", "SAML token lifetime in seconds (default: 3600)", type=int)
+    _add(p, "--max-skew-s", E + "MAX_SKEW_S", "allowed WS-Security Timestamp clock skew in seconds (default: 300)", type=float)
+    _add(p, "--latency-ms", E + "LATENCY_MS", "added latency per call (default: 0)", type=float)
+    _add(p, "--jitter-ms", E + "JITTER_MS", "uniform random jitter on top of the latency (default: 0)", type=float)
+    _add(p, "--error-rate", E + "ERROR_RATE", "share of calls answered HTTP 500, fault SRV-002, nothing stored (default: 0)", type=float)
+    _add(p, "--reset-rate", E + "RESET_RATE", "share of calls whose connection is reset before processing (default: 0)", type=float)
+    _add(p, "--hang-rate", E + "HANG_RATE", "share of calls that get no answer for --hang-s, then a reset (default: 0)", type=float)
+    _add(p, "--hang-s", E + "HANG_S", "how long a hung call hangs (default: 30)", type=float)
+    _add(p, "--ambiguous-rate", E + "AMBIGUOUS_RATE",
+         "share of calls that are processed and stored, then reset: the client cannot know the outcome (default: 0)", type=float)
+    _add(p, "--outage", E + "OUTAGE",
+         "outage window START/END (ISO-8601 or +SECONDS from now); repeatable; calls in it get HTTP 503, fault SRV-001",
+         action="append")
+    _add(p, "--faults-on-sts", E + "FAULTS_ON_STS", "inject the faults into the STS too (default: off)", action="store_true")
+    _add(p, "--seed", E + "SEED", "random seed of the fault injector, for reproducible runs", type=int)
+    _add(p, "--keep-alive-s", E + "KEEP_ALIVE_S", "idle keep-alive of client connections (default: 120)", type=int)
+    _add(p, "--log-level", E + "LOG_LEVEL", "debug, info, warning or error (default: info)")
+    p.set_defaults(func=_simulator)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eeszt-gw",
+        description="eeszt-gateway: a queue-based gateway between HIS systems and an EESZT-style "
+                    "SOAP service space. It speaks the project's own contract and ships a "
+                    "simulator; it is not the official EESZT interface.")
+    parser.add_argument("--version", action="version", version=f"eeszt-gw {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    _add_pki(sub)
+    _add_schema(sub)
+    _add_simulator(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    return int(ns.func(ns) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""The project's own SOAP contract: namespaces, services, operations and fault codes.
+
+This is *not* the official EESZT interface (which is not public). It is the contract that the
+workers (client side) and the simulator (server side) share, named the way EESZT names things,
+and kept behind one seam so that the official WSDLs can replace it.
+
+The WSDL and XSD files beside this module are package data; :func:`contract_path` finds them.
+Nothing here does network I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+# --- namespaces -------------------------------------------------------------------------------
+SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+WSSE_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+WSU_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
+DS_NS = "http://www.w3.org/2000/09/xmldsig#"
+EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
+WST_NS = "http://docs.oasis-open.org/ws-sx/ws-trust/200512"
+SAML2_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
+X509_TOKEN_TYPE = (
+    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0#X509v3"
+)
+BASE64_ENCODING = (
+    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary"
+)
+SAML2_TOKEN_TYPE = "http://docs.oasis-open.org/wss/oasis-wss-saml-token-profile-1.1#SAMLV2.0"
+
+#: Root of the project's own namespaces ("gw" = eeszt-gateway contract, version 1).
+GW_NS_ROOT = "urn:eeszt-gateway:contract:v1"
+COMMON_NS = f"{GW_NS_ROOT}:common"
+STS_NS = f"{GW_NS_ROOT}:sts"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One business service of the contract.
+
+    ``name`` is the URL path segment (``/services/<name>``) and the WSDL file stem.
+    ``operations`` maps the payload type (``schemas`` message type) to the SOAP operation name.
+    """
+
+    name: str
+    namespace: str
+    wsdl: str
+    operations: dict[str, str]
+    query_operation: str = "lekerdezesKulcsAlapjan"
+
+
+SERVICES: dict[str, Service] = {
+    s.name: s
+    for s in (
+        Service(
+            name="eRecept",
+            namespace=f"{GW_NS_ROOT}:erecept",
+            wsdl="eRecept.wsdl",
+            operations={"erecept.submit": "receptRogzites", "erecept.revoke": "receptVisszavonas"},
+        ),
+        Service(
+            name="eBeutalo",
+            namespace=f"{GW_NS_ROOT}:ebeutalo",
+            wsdl="eBeutalo.wsdl",
+            operations={"ebeutalo.submit": "beutaloRogzites"},
+        ),
+        Service(
+            name="esemenyKatalogus",
+            namespace=f"{GW_NS_ROOT}:esemenykatalogus",
+            wsdl="esemenyKatalogus.wsdl",
+            operations={"event.start": "esemenyKezdet", "event.end": "esemenyVeg"},
+        ),
+        Service(
+            name="eht",  # EHR: "Egészségügyi Háttértár"
+            namespace=f"{GW_NS_ROOT}:eht",
+            wsdl="eht.wsdl",
+            operations={"ehr.submit": "dokumentumBekuldes"},
+        ),
+        Service(
+            name="eProfil",
+            namespace=f"{GW_NS_ROOT}:eprofil",
+            wsdl="eProfil.wsdl",
+            operations={"eprofil.update": "profilModositas"},
+        ),
+    )
+}
+
+#: payload type -> (service, operation)
+OPERATION_OF: dict[str, tuple[Service, str]] = {
+    ptype: (svc, op) for svc in SERVICES.values() for ptype, op in svc.operations.items()
+}
+
+
+class FaultCode(str, enum.Enum):
+    """Stable fault codes carried in ``detail/gw:Fault/gw:Code``.
+
+    Each code is either a client fault (``soap:Client``: the request itself is wrong; resending
+    it unchanged cannot help) or a server fault (``soap:Server``: the service could not answer;
+    the same request may succeed later). :attr:`is_client` tells which.
+    """
+
+    # channel / message security (client)
+    SECURITY_HEADER_MISSING = "WSSE-001"
+    SIGNATURE_MISSING = "WSSE-002"
+    SIGNATURE_INVALID = "WSSE-003"
+    SIGNATURE_SCOPE = "WSSE-004"  # Body or Timestamp not covered by the signature
+    CERT_UNTRUSTED = "WSSE-005"  # signing certificate not from the qualified CA
+    CERT_EXPIRED = "WSSE-006"
+    TIMESTAMP_MISSING = "WSSE-007"
+    TIMESTAMP_STALE = "WSSE-008"  # outside the allowed clock skew, or expired
+    # tokens (client; a client refreshes its token once on these)
+    TOKEN_MISSING = "SAML-001"
+    TOKEN_INVALID = "SAML-002"  # bad STS signature, malformed
+    TOKEN_EXPIRED = "SAML-003"
+    TOKEN_INSTITUTION_MISMATCH = "SAML-004"
+    # STS authentication (client)
+    AUTH_FAILED = "STS-001"  # wrong password, wrong one-time code, unknown user
+    AUTH_METHOD_UNSUPPORTED = "STS-002"
+    # authorisation and content (client)
+    PERMISSION_DENIED = "AUTHZ-001"
+    SCHEMA_INVALID = "SCHEMA-001"
+    UNKNOWN_OPERATION = "SCHEMA-002"
+    BUSINESS_RULE = "BIZ-001"
+    NOT_FOUND = "BIZ-002"
+    # server side (retryable)
+    SERVICE_UNAVAILABLE = "SRV-001"  # outage window / maintenance
+    INTERNAL_ERROR = "SRV-002"
+
+    @property
+    def is_client(self) -> bool:
+        return not self.value.startswith("SRV-")
+
+    @property
+    def is_token_problem(self) -> bool:
+        return self.value.startswith("SAML-")
+
+
+def contract_path(filename: str) -> Path:
+    """Filesystem path of one WSDL/XSD file shipped with this package."""
+    path = Path(str(resources.files(__name__).joinpath(filename)))
+    if not path.is_file():
+        raise FileNotFoundError(f"contract file {filename!r} is not shipped in schemas/soap")
+    return path

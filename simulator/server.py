@@ -1,0 +1,81 @@
+"""Serving the simulator: uvicorn with mutual TLS, plus the admin port on a thread.
+
+Why uvicorn: it is a production ASGI server (httptools parser, uvloop event loop) that handles
+about 2,400 verified SOAP requests per second per core on this class of machine
+(``shared/notes/stack-facts.md``), lets us require client certificates through a plain
+``ssl.SSLContext``, and keeps one process so the fault state and SQLite writer stay simple.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+from .app import AdminApp, Simulator
+from .faults import FaultConfig, OutageWindow
+from .pki import PkiPaths
+from .settings import SimulatorSettings
+from .users import UserRegistry
+
+log = logging.getLogger("eeszt_gw.simulator")
+
+
+def server_ssl_context(pki: PkiPaths) -> ssl.SSLContext:
+    """TLS 1.2+, our server certificate, and a client certificate chained to the WAF CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    ctx.load_verify_locations(cafile=str(pki.waf_ca_cert))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def faults_from_settings(s: SimulatorSettings) -> FaultConfig:
+    return FaultConfig(
+        latency_ms=s.latency_ms, jitter_ms=s.jitter_ms, error_rate=s.error_rate,
+        reset_rate=s.reset_rate, hang_rate=s.hang_rate, hang_s=s.hang_s,
+        ambiguous_rate=s.ambiguous_rate,
+        outages=tuple(OutageWindow.parse(w) for w in s.outage),
+        apply_to_sts=s.faults_on_sts, token_lifetime_s=s.token_lifetime_s,
+        max_skew_s=s.max_skew_s, duplicates=s.duplicates,
+    )
+
+
+def build_simulator(s: SimulatorSettings) -> Simulator:
+    """Load the PKI and the users, open the store. Raises FileNotFoundError naming what is missing."""
+    pki = PkiPaths.in_dir(s.pki_dir)
+    for path in (pki.server_cert, pki.server_key, pki.waf_ca_cert, pki.qualified_ca_cert,
+                 pki.sts_cert, pki.sts_key):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `eeszt-gw pki init {s.pki_dir}` first")
+    users_file = s.users_file or (s.pki_dir / "users.json")
+    users = UserRegistry.load(users_file) if users_file.exists() else UserRegistry()
+    Path(s.db).parent.mkdir(parents=True, exist_ok=True)
+    return Simulator(pki=pki, db_path=s.db, users=users, faults=faults_from_settings(s), seed=s.seed)
+
+
+def serve(s: SimulatorSettings) -> None:
+    """Run until SIGINT/SIGTERM."""
+    sim = build_simulator(s)
+    admin = uvicorn.Server(uvicorn.Config(AdminApp(sim), host="127.0.0.1", port=s.admin_port,
+                                          log_level="warning", access_log=False, lifespan="off"))
+    # Not the main thread: uvicorn installs no signal handlers there; the main server owns them.
+    threading.Thread(target=admin.run, name="sim-admin", daemon=True).start()
+    config = uvicorn.Config(sim, host=s.host, port=s.port, log_level=s.log_level,
+                            access_log=False, lifespan="off", timeout_keep_alive=s.keep_alive_s,
+                            backlog=2048)
+    config.load()
+    config.ssl = server_ssl_context(sim.pki)  # our context: CERT_REQUIRED against the WAF CA
+    server = uvicorn.Server(config)
+    log.info("EESZT simulator on https://%s:%d (admin http://127.0.0.1:%d), duplicates=%s",
+             s.host, s.port, s.admin_port, s.duplicates.value)
+    try:
+        server.run()
+    finally:
+        admin.should_exit = True
+        time.sleep(0.2)

@@ -1,0 +1,213 @@
+"""SQLite record of what the simulator received and accepted.
+
+Tests prove "nothing lost, nothing sent twice" from here: every accepted write is one row in
+``records``; every business request that got past the transport is one row in ``attempts``;
+every token the STS issued is one row in ``sts_issues``.
+
+One :class:`Store` per thread: SQLite connections are not shared. WAL lets the admin thread read
+while the request thread writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY,
+    service TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    message_id TEXT,
+    eeszt_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    institution TEXT NOT NULL,
+    taj TEXT,
+    target_id TEXT,
+    stored_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_key ON records(service, idempotency_key);
+CREATE INDEX IF NOT EXISTS records_eeszt_id ON records(eeszt_id);
+CREATE INDEX IF NOT EXISTS records_taj ON records(service, taj);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    service TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    idempotency_key TEXT,
+    outcome TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_key ON attempts(service, idempotency_key);
+CREATE TABLE IF NOT EXISTS sts_issues (
+    id INTEGER PRIMARY KEY,
+    subject TEXT NOT NULL,
+    method TEXT NOT NULL,
+    institution TEXT NOT NULL,
+    issued_at TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    eeszt_id: str
+    version: int
+    operation: str
+    stored_at: str
+    idempotency_key: str
+    repeated: bool = False  # True when dedupe mode returned an earlier record
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Store:
+    """Thin, synchronous access to the simulator's SQLite file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process crash; only a power loss can lose the
+        # last transactions, which a simulator may accept.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- writes (request thread) ---------------------------------------------------------------
+    def find_by_key(self, service: str, key: str) -> list[Record]:
+        rows = self._db.execute(
+            "SELECT eeszt_id, version, operation, stored_at, idempotency_key FROM records"
+            " WHERE service=? AND idempotency_key=? ORDER BY id",
+            (service, key),
+        ).fetchall()
+        return [Record(*row) for row in rows]
+
+    def find_by_eeszt_id(self, eeszt_id: str) -> list[dict[str, Any]]:
+        cur = self._db.execute(
+            "SELECT service, operation, idempotency_key, target_id, taj FROM records"
+            " WHERE eeszt_id=? OR target_id=? ORDER BY id",
+            (eeszt_id, eeszt_id),
+        )
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def next_version(self, service: str, taj: str) -> int:
+        (count,) = self._db.execute(
+            "SELECT COUNT(*) FROM records WHERE service=? AND taj=?", (service, taj)
+        ).fetchone()
+        return int(count) + 1
+
+    def insert(
+        self,
+        *,
+        service: str,
+        operation: str,
+        key: str,
+        message_id: str | None,
+        subject: str,
+        institution: str,
+        taj: str | None,
+        target_id: str | None = None,
+        eeszt_id: str | None = None,
+        version: int = 1,
+    ) -> Record:
+        eeszt_id = eeszt_id or str(uuid.uuid4())
+        stored_at = _now()
+        self._db.execute(
+            "INSERT INTO records (service, operation, idempotency_key, message_id, eeszt_id,"
+            " version, subject, institution, taj, target_id, stored_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (service, operation, key, message_id, eeszt_id, version, subject, institution, taj,
+             target_id, stored_at),
+        )
+        return Record(eeszt_id, version, operation, stored_at, key)
+
+    def attempt(self, *, service: str, operation: str, key: str | None, outcome: str) -> None:
+        self._db.execute(
+            "INSERT INTO attempts (service, operation, idempotency_key, outcome, at)"
+            " VALUES (?,?,?,?,?)",
+            (service, operation, key, outcome, _now()),
+        )
+
+    def sts_issued(self, *, subject: str, method: str, institution: str) -> None:
+        self._db.execute(
+            "INSERT INTO sts_issues (subject, method, institution, issued_at) VALUES (?,?,?,?)",
+            (subject, method, institution, _now()),
+        )
+
+    def reset(self) -> None:
+        self._db.executescript("DELETE FROM records; DELETE FROM attempts; DELETE FROM sts_issues;")
+
+    # --- reads (admin thread) ------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        db = self._db
+        records: dict[str, dict[str, int]] = {}
+        for service, operation, n in db.execute(
+            "SELECT service, operation, COUNT(*) FROM records GROUP BY service, operation"
+        ):
+            records.setdefault(service, {})[operation] = n
+        (total,) = db.execute("SELECT COUNT(*) FROM records").fetchone()
+        (repeated,) = db.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM records GROUP BY service, idempotency_key"
+            " HAVING COUNT(*) > 1)"
+        ).fetchone()
+        (extra_rows,) = db.execute(
+            "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM records"
+            " GROUP BY service, idempotency_key HAVING COUNT(*) > 1)"
+        ).fetchone()
+        sts = dict(db.execute("SELECT method, COUNT(*) FROM sts_issues GROUP BY method").fetchall())
+        sts_subjects = dict(
+            db.execute("SELECT subject, COUNT(*) FROM sts_issues GROUP BY subject").fetchall()
+        )
+        outcomes = dict(
+            db.execute("SELECT outcome, COUNT(*) FROM attempts GROUP BY outcome").fetchall()
+        )
+        (keys_multi,) = db.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM attempts WHERE idempotency_key IS NOT NULL"
+            " GROUP BY service, idempotency_key HAVING COUNT(*) > 1)"
+        ).fetchone()
+        (rejected_multi,) = db.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM attempts WHERE idempotency_key IS NOT NULL"
+            " AND outcome NOT IN ('accepted', 'repeated')"
+            " GROUP BY service, idempotency_key HAVING COUNT(*) > 1)"
+        ).fetchone()
+        return {
+            "records": records,
+            "total_records": total,
+            "repeated_keys": repeated,
+            "extra_records_from_repeats": extra_rows,
+            "sts_issues": sts,
+            "sts_issues_by_subject": sts_subjects,
+            "attempts": {
+                "by_outcome": outcomes,
+                "keys_received_more_than_once": keys_multi,
+                "rejected_keys_received_more_than_once": rejected_multi,
+            },
+        }
+
+    def records(self, *, service: str | None = None, key: str | None = None,
+                limit: int = 1000) -> list[dict[str, Any]]:
+        sql = ("SELECT service, operation, idempotency_key, message_id, eeszt_id, version,"
+               " subject, institution, target_id, stored_at FROM records WHERE 1=1")
+        args: list[Any] = []
+        if service:
+            sql += " AND service=?"
+            args.append(service)
+        if key:
+            sql += " AND idempotency_key=?"
+            args.append(key)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        cur = self._db.execute(sql, args)
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]

@@ -1,0 +1,91 @@
+"""One EESZT client per worker process: sign, send over mutual TLS, read the answer.
+
+It joins the three seams: :class:`~workers.wsse.WsseSigner` (key loaded once),
+:class:`~workers.transport.MtlsTransport` (keep-alive pool, explicit timeouts) and the SOAP
+templates of :mod:`workers.soap`. It does not retry: retry policy belongs to the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+
+from schemas.envelope import RequestEnvelope
+
+from .soap import (
+    IssuedToken,
+    SoapCall,
+    SubmitResult,
+    build_call,
+    build_query,
+    build_sts_request,
+    parse_issue,
+    parse_query,
+    parse_submit,
+)
+from .transport import MtlsTransport, Timeouts, TlsFiles
+from .wsse import WsseSigner
+
+STS_ACTION = "http://docs.oasis-open.org/ws-sx/ws-trust/200512/RST/Issue"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFiles:
+    """The files a gateway host needs to reach EESZT."""
+
+    access_cert: Path  # WAF access certificate (mutual TLS)
+    access_key: Path
+    server_ca: Path  # CA of EESZT's server certificate
+    institution_cert: Path  # qualified institution certificate (WS-Security signing)
+    institution_key: Path
+
+    @classmethod
+    def from_pki_dir(cls, directory: Path | str) -> "ClientFiles":
+        d = Path(directory)
+        return cls(access_cert=d / "access.pem", access_key=d / "access.key",
+                   server_ca=d / "server-ca.pem", institution_cert=d / "institution.pem",
+                   institution_key=d / "institution.key")
+
+
+class EesztClient:
+    """Sends signed SOAP calls. Thread-safe: share one per process."""
+
+    def __init__(self, *, base_url: str, files: ClientFiles, timeouts: Timeouts = Timeouts(),
+                 pool_size: int = 32) -> None:
+        self.signer = WsseSigner(key_pem=files.institution_key.read_bytes(),
+                                 cert_pem=files.institution_cert.read_bytes())
+        self.transport = MtlsTransport(
+            base_url=base_url, timeouts=timeouts, maxsize=pool_size,
+            tls=TlsFiles(client_cert=files.access_cert, client_key=files.access_key,
+                         server_ca=files.server_ca))
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def issue_token(self, *, method: str, user_id: str | None = None,
+                    workstation: str | None = None, password: str | None = None,
+                    otp: str | None = None, rid_package: str | None = None) -> IssuedToken:
+        """Ask the STS for a SAML token. Raises the errors of :mod:`workers.errors`."""
+        env = build_sts_request(method=method, user_id=user_id, workstation=workstation,
+                                password=password, otp=otp, rid_package=rid_package)
+        resp = self.transport.post("/sts", self.signer.sign_to_bytes(env), soap_action=STS_ACTION)
+        return parse_issue(resp.status, resp.body)
+
+    def send(self, call: SoapCall, assertion: etree._Element | None) -> tuple[int, bytes]:
+        body = self.signer.sign_to_bytes(call.envelope, assertion=assertion)
+        resp = self.transport.post(call.path, body, soap_action=call.soap_action)
+        return resp.status, resp.body
+
+    def submit(self, request: RequestEnvelope, assertion: etree._Element) -> SubmitResult:
+        call = build_call(request)
+        status, body = self.send(call, assertion)
+        return parse_submit(status, body, service=call.service.name)
+
+    def query(self, service: str, idempotency_key: str,
+              assertion: etree._Element) -> list[SubmitResult]:
+        """What the service holds under this key (empty: it never landed)."""
+        call = build_query(service, idempotency_key)
+        status, body = self.send(call, assertion)
+        return parse_query(status, body, service=service)

@@ -1,0 +1,89 @@
+"""HTTPS with mutual TLS to the EESZT endpoints: one urllib3 keep-alive pool per process.
+
+Threads sharing one pool beat asyncio+httpx at every latency we measured
+(``shared/notes/stack-facts.md``). Every call has an explicit timeout. urllib3 errors are
+translated into :mod:`workers.errors` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from .errors import AmbiguousOutcome, ServiceUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """The client side of mutual TLS: the WAF access certificate and the server's CA."""
+
+    client_cert: Path
+    client_key: Path
+    server_ca: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    read: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    body: bytes
+
+
+class MtlsTransport:
+    """POSTs SOAP bodies over a verified, mutually authenticated keep-alive pool."""
+
+    def __init__(self, *, base_url: str, tls: TlsFiles, timeouts: Timeouts = Timeouts(),
+                 maxsize: int = 32) -> None:
+        ctx = ssl.create_default_context(cafile=str(tls.server_ca))  # verifies chain and host
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+        self.base_url = base_url.rstrip("/")
+        self.timeouts = timeouts
+        self._pool = urllib3.PoolManager(
+            num_pools=4, maxsize=maxsize, block=False, ssl_context=ctx, retries=False,
+            timeout=urllib3.Timeout(connect=timeouts.connect, read=timeouts.read),
+        )
+
+    def post(self, path: str, body: bytes, *, soap_action: str = "",
+             timeout: float | None = None) -> HttpResponse:
+        """POST ``body`` to ``base_url + path``.
+
+        Raises ServiceUnavailable when nothing was sent (refused, connect timeout, TLS failure),
+        AmbiguousOutcome when the request went out and the answer was lost.
+        """
+        url = self.base_url + path
+        t = urllib3.Timeout(connect=self.timeouts.connect, read=timeout or self.timeouts.read)
+        try:
+            resp = self._pool.request(
+                "POST", url, body=body, timeout=t, retries=False, preload_content=True,
+                headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{soap_action}"'},
+            )
+        except (ConnectTimeoutError, NewConnectionError, SSLError) as exc:
+            raise ServiceUnavailable(f"could not connect to {url}: {exc}") from exc
+        except ReadTimeoutError as exc:
+            raise AmbiguousOutcome(f"no answer from {url} within {t.read_timeout}s") from exc
+        except ProtocolError as exc:
+            # The connection broke after (part of) the request went out: it may have landed.
+            raise AmbiguousOutcome(f"connection to {url} broke: {exc}") from exc
+        except HTTPError as exc:
+            raise ServiceUnavailable(f"HTTP error talking to {url}: {exc}") from exc
+        return HttpResponse(status=resp.status, body=resp.data)
+
+    def close(self) -> None:
+        self._pool.clear()
