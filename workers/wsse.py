@@ -169,9 +169,10 @@ class WsseSigner:
         signed_info[2].set("URI", f"#{body_id}")
         signed_info[3].set("URI", f"#{ts_id}")
         signature[2][0][0].set("URI", f"#{bst_id}")
-        if assertion is not None:
-            signature.addprevious(copy.deepcopy(assertion))
-        header.insert(0, security)
+        if assertion is None:
+            header.insert(0, security)
+        else:
+            security = _attach_with_assertion(header, security, assertion)
 
         ctx = xmlsec.SignatureContext()
         ctx.key = self._key
@@ -190,6 +191,43 @@ class WsseSigner:
         """:meth:`sign`, then serialize (UTF-8, with an XML declaration) for the HTTP body."""
         signed = self.sign(envelope, assertion=assertion, now=now)
         return etree.tostring(signed, xml_declaration=True, encoding="UTF-8")
+
+
+def _attach_with_assertion(
+    header: etree._Element, template: etree._Element, assertion: etree._Element
+) -> etree._Element:
+    """Build the Security header around a copy of ``assertion`` without touching its prefixes.
+
+    When an element moves between trees, lxml drops each namespace declaration that an
+    ancestor already makes *for the same URI* and re-points the nodes to the ancestor's
+    prefix. An envelope that binds the SAML or xmldsig namespace to another prefix (say
+    ``saml:`` instead of ``saml2:``) would thus rename the assertion's elements, change its
+    exc-c14n form and break the STS signature. So the Security element is created in place,
+    already declaring every prefix the assertion uses, and the moved nodes keep their prefixes.
+    Raises :class:`ValueError` if the assertion still could not be kept byte-identical.
+    """
+    token = copy.deepcopy(assertion)
+    nsmap = dict(_SECURITY_NSMAP)
+    for element in token.iter(etree.Element):
+        for prefix, uri in element.nsmap.items():
+            nsmap.setdefault(prefix, uri)
+    security = etree.SubElement(header, _SECURITY, nsmap=nsmap)
+    security.set(_MUST_UNDERSTAND, "1")
+    timestamp, bst, signature = template[0], template[1], template[2]
+    security.append(timestamp)
+    security.append(bst)
+    security.append(token)
+    security.append(signature)
+    if _c14n(token) != _c14n(assertion):
+        raise ValueError(
+            "the SAML assertion cannot be embedded unchanged: it binds one namespace to several "
+            "prefixes, or a prefix the Security header needs"
+        )
+    return security
+
+
+def _c14n(element: etree._Element) -> bytes:
+    return etree.tostring(element, method="c14n", exclusive=True)
 
 
 def _security_template(cert_b64: str) -> etree._Element:

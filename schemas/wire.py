@@ -1,0 +1,77 @@
+"""The AMQP wire format: exchanges, queues, routing keys and headers. Pure data, no I/O.
+
+A HIS in any language publishes with a plain AMQP 0-9-1 client:
+
+- exchange ``eeszt.requests`` (topic, durable), routing key = the payload ``type``
+  (for example ``erecept.submit``), ``mandatory`` set, publisher confirms on;
+- body: the request envelope as UTF-8 JSON (JSON Schema: ``eeszt-gw schema export``);
+- properties: ``delivery_mode=2`` (persistent), ``content_type="application/json"``,
+  ``message_id`` = the envelope's ``message_id``; headers are optional (below).
+
+Replies arrive on exchange ``eeszt.replies`` (topic, durable) with routing key = the request's
+``reply_to``; a HIS binds its own durable queue to its key.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+REQUESTS_EXCHANGE: Final = "eeszt.requests"
+#: Unknown routing keys land here (alternate exchange) and are rejected by a worker with a reply.
+UNROUTED_EXCHANGE: Final = "eeszt.requests.unrouted"
+REPLIES_EXCHANGE: Final = "eeszt.replies"
+#: Tokens shared between worker processes (encrypted, transient).
+TOKENS_EXCHANGE: Final = "eeszt.tokens"
+
+INTERACTIVE_QUEUE: Final = "eeszt.interactive"
+BATCH_QUEUE: Final = "eeszt.batch"
+DEAD_LETTER_QUEUE: Final = "eeszt.dlq"
+
+#: routing-key patterns bound from ``eeszt.requests`` to each work queue
+BINDINGS: Final[dict[str, tuple[str, ...]]] = {
+    INTERACTIVE_QUEUE: ("erecept.#", "ebeutalo.#", "eprofil.#"),
+    BATCH_QUEUE: ("event.#", "ehr.#"),
+}
+
+QUEUE_CLASSES: Final[dict[str, str]] = {"interactive": INTERACTIVE_QUEUE, "batch": BATCH_QUEUE}
+
+#: Broker-side retry delays: one durable queue per tier, whose messages dead-letter back to the
+#: work queue when their TTL runs out. Nothing waits in worker memory.
+RETRY_TIERS_S: Final[tuple[int, ...]] = (1, 5, 30, 120, 600, 3600)
+
+# --- headers (all optional for a HIS; the gateway sets them on what it republishes) ----------
+H_TYPE: Final = "eeszt-type"  # the payload type; wins over the routing key
+H_ATTEMPT: Final = "eeszt-attempt"  # how many times the gateway has tried to deliver it
+H_FIRST_SEEN: Final = "eeszt-first-seen"  # epoch ms when a worker first saw it
+H_AMBIGUOUS: Final = "eeszt-ambiguous"  # a previous attempt may have landed: query first
+H_STATUS_SENT: Final = "eeszt-status-sent"  # status updates already sent (comma separated)
+H_REASON: Final = "eeszt-reason"  # dead letters: why
+H_CODE: Final = "eeszt-code"  # dead letters / replies: the stable code
+H_KIND: Final = "eeszt-kind"  # replies: accepted | rejected | failed | status
+H_MESSAGE_ID: Final = "eeszt-message-id"
+H_IDEMPOTENCY_KEY: Final = "eeszt-idempotency-key"
+
+
+def retry_queue(queue: str, tier_s: int) -> str:
+    """Name of the delay queue of ``queue`` for one tier, e.g. ``eeszt.batch.retry.30s``."""
+    return f"{queue}.retry.{tier_s}s"
+
+
+def queue_for_type(message_type: str) -> str | None:
+    """The work queue a payload type is routed to, or None for an unknown type."""
+    family = message_type.split(".", 1)[0]
+    for queue, patterns in BINDINGS.items():
+        if any(p.split(".", 1)[0] == family for p in patterns):
+            return queue
+    return None
+
+
+def work_queue_arguments(queue: str) -> dict[str, str]:
+    """Arguments every declarer of a work queue must use (RabbitMQ refuses a mismatch).
+
+    They equal what dramatiq declares: rejected messages dead-letter to ``<queue>.XQ``.
+    """
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{queue}.XQ"}
+
+
+REQUESTS_EXCHANGE_ARGUMENTS: Final[dict[str, str]] = {"alternate-exchange": UNROUTED_EXCHANGE}
