@@ -171,6 +171,60 @@ def _add_simulator(sub) -> None:
     p.set_defaults(func=_simulator)
 
 
+# --- worker -------------------------------------------------------------------------------------
+def _worker(ns: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from workers.process import check, supervise
+    from workers.settings import WorkerSettings
+
+    run_check = getattr(ns, "check", False)
+    try:
+        settings = WorkerSettings(**_given(ns, "check"))
+        settings.queue_classes()
+    except (ValidationError, ValueError) as exc:
+        errors = exc.errors() if isinstance(exc, ValidationError) else [{"loc": (), "msg": str(exc)}]
+        for e in errors:
+            print(f"error: {'.'.join(map(str, e['loc'])) or 'queues'}: {e['msg']}", file=sys.stderr)
+        return 2
+    if run_check:
+        return check(settings)
+    return supervise(settings)
+
+
+def _add_worker(sub) -> None:
+    p = sub.add_parser(
+        "worker", help="run the worker pool (consumes RabbitMQ, submits to EESZT)",
+        description=(
+            "Run a pool of worker processes. Each consumes the gateway's queues on RabbitMQ, "
+            "gets SAML tokens from the STS, signs each request with WS-Security and submits it "
+            "over mutual TLS, then replies to the HIS. Interactive work (eRecept, eBeutaló, "
+            "eProfil) and batch work (events, EHR) have their own queues; --queues picks which "
+            "this pool serves. A dead process is restarted. " + ENV_NOTE))
+    E = "EESZT_"
+    _add(p, "--broker-url", E + "BROKER_URL", "RabbitMQ URL (default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+    _add(p, "--eeszt-url", E + "EESZT_URL", "EESZT base URL (default: https://localhost:8443)")
+    _add(p, "--pki-dir", E + "PKI_DIR", "folder with access.pem/.key (mutual TLS), server-ca.pem, "
+         "institution.pem/.key (signing) (default: pki)")
+    _add(p, "--credentials-file", E + "CREDENTIALS_FILE",
+         "JSON of doctors' login routes: password or MobilToken secret (default: PKI_DIR/users.json)")
+    _add(p, "--processes", E + "PROCESSES", "worker processes (default: 2)", type=int)
+    _add(p, "--threads", E + "THREADS", "threads per process; in flight per process, so it hides "
+         "EESZT's latency (default: 16)", type=int)
+    _add(p, "--queues", E + "QUEUES", "queue classes to serve: interactive, batch, or "
+         "interactive,batch (default: interactive,batch)")
+    _add(p, "--connect-timeout-s", E + "CONNECT_TIMEOUT_S", "TCP+TLS connect timeout (default: 5)", type=float)
+    _add(p, "--read-timeout-s", E + "READ_TIMEOUT_S", "answer timeout per call (default: 30)", type=float)
+    _add(p, "--call-attempts", E + "CALL_ATTEMPTS", "tries inside one call for a transient error (default: 3)", type=int)
+    _add(p, "--retry-base-s", E + "RETRY_BASE_S", "first broker-side retry delay; doubles each time, with jitter (default: 1)", type=float)
+    _add(p, "--retry-cap-s", E + "RETRY_CAP_S", "longest broker-side retry delay (default: 3600)", type=float)
+    _add(p, "--heartbeat-dir", E + "HEARTBEAT_DIR", "where processes write heartbeats for --check (default: /tmp/eeszt-gw-worker)")
+    _add(p, "--log-level", E + "LOG_LEVEL", "debug, info, warning or error (default: info)")
+    p.add_argument("--check", action="store_true",
+                   help="health probe: exit 0 if a worker process beat within 30 s, else 1")
+    p.set_defaults(func=_worker)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eeszt-gw",
@@ -182,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pki(sub)
     _add_schema(sub)
     _add_simulator(sub)
+    _add_worker(sub)
+    try:
+        from producers.cli import add_commands
+    except ImportError:  # pragma: no cover - producers are part of the same distribution
+        pass
+    else:
+        add_commands(sub)
     return parser
 
 

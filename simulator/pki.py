@@ -35,7 +35,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -56,7 +55,7 @@ __all__ = [
 _BACKDATE = timedelta(minutes=5)
 _CA_DAYS = 3650
 
-KeyOrCert = Union[rsa.RSAPrivateKey, x509.Certificate]
+KeyOrCert = rsa.RSAPrivateKey | x509.Certificate
 
 
 @dataclass(frozen=True)
@@ -139,9 +138,7 @@ def _name(
     if organization:
         attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
     if organization_identifier:
-        attrs.append(
-            x509.NameAttribute(NameOID.ORGANIZATION_IDENTIFIER, organization_identifier)
-        )
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_IDENTIFIER, organization_identifier))
     attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
     return x509.Name(attrs)
 

@@ -24,6 +24,7 @@ A SAML assertion is a bearer credential: nothing here logs it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 import uuid
@@ -133,11 +134,15 @@ class AssertionIssuer:
 
     __slots__ = ("_key", "_issuer")
 
-    def __init__(self, *, key_pem: bytes, cert_pem: bytes, issuer: str = "urn:eeszt-gateway:sim:sts") -> None:
+    def __init__(
+        self, *, key_pem: bytes, cert_pem: bytes, issuer: str = "urn:eeszt-gateway:sim:sts"
+    ) -> None:
         try:
             key = xmlsec.Key.from_memory(key_pem, _C.KeyDataFormatPem, None)
         except xmlsec.Error:
-            raise ValueError("cannot load the STS signing key (expected an unencrypted PEM key)") from None
+            raise ValueError(
+                "cannot load the STS signing key (expected an unencrypted PEM key)"
+            ) from None
         try:
             key.load_cert_from_memory(cert_pem, _C.KeyDataFormatCertPem)
         except xmlsec.Error:
@@ -164,7 +169,9 @@ class AssertionIssuer:
         Raises :class:`ValueError` for an unknown ``method`` or a non-positive lifetime.
         """
         if method not in AUTHN_CONTEXT:
-            raise ValueError(f"unknown authentication method {method!r}; expected one of {sorted(AUTHN_CONTEXT)}")
+            raise ValueError(
+                f"unknown authentication method {method!r}; expected one of {sorted(AUTHN_CONTEXT)}"
+            )
         if lifetime <= timedelta(0):
             raise ValueError("lifetime must be positive")
         now = now if now is not None else utcnow()
@@ -188,10 +195,16 @@ class AssertionIssuer:
         context = etree.SubElement(authn, _AUTHN_CONTEXT)
         etree.SubElement(context, _AUTHN_CLASS_REF).text = AUTHN_CONTEXT[method]
         attributes = etree.SubElement(assertion, _ATTRIBUTE_STATEMENT)
-        for name, value in (("role", role), ("institution", institution), ("workstation", workstation)):
+        for name, value in (
+            ("role", role),
+            ("institution", institution),
+            ("workstation", workstation),
+        ):
             if value is None:
                 continue
-            attr = etree.SubElement(attributes, _ATTRIBUTE, {"Name": name, "NameFormat": _NAME_FORMAT})
+            attr = etree.SubElement(
+                attributes, _ATTRIBUTE, {"Name": name, "NameFormat": _NAME_FORMAT}
+            )
             etree.SubElement(attr, _ATTRIBUTE_VALUE).text = value
 
         signature = xmlsec.template.create(
@@ -208,7 +221,9 @@ class AssertionIssuer:
         ctx.key = self._key
         ctx.register_id(assertion, "ID")
         ctx.sign(signature)
-        return assertion
+        # Nodes that xmlsec creates itself are invisible to lxml's find()/findall() (their
+        # names are not in the document's dictionary); a copy re-creates them properly.
+        return copy.deepcopy(assertion)
 
 
 class AssertionVerifier:
@@ -227,8 +242,10 @@ class AssertionVerifier:
         cache_size: int = _CACHE_SIZE,
     ) -> None:
         try:
-            public_pem = x509.load_pem_x509_certificate(cert_pem).public_key().public_bytes(
-                Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+            public_pem = (
+                x509.load_pem_x509_certificate(cert_pem)
+                .public_key()
+                .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
             )
             # the bare public key: one with the certificate attached costs ~45 us per context
             self._key = xmlsec.Key.from_memory(public_pem, _C.KeyDataFormatPem, None)
@@ -263,7 +280,8 @@ class AssertionVerifier:
         now = self._clock()
         if now < token.not_before - self._skew:
             raise SamlError(
-                FaultCode.TOKEN_INVALID, f"the token is not valid before {token.not_before.isoformat()}"
+                FaultCode.TOKEN_INVALID,
+                f"the token is not valid before {token.not_before.isoformat()}",
             )
         if now >= token.not_on_or_after:
             raise SamlError(
@@ -284,14 +302,22 @@ class AssertionVerifier:
             raise SamlError(FaultCode.TOKEN_INVALID, "the assertion has no ID")
         signatures = assertion.findall(_SIGNATURE)
         if len(signatures) != 1:
-            raise SamlError(FaultCode.TOKEN_INVALID, "the assertion must carry exactly one ds:Signature")
+            raise SamlError(
+                FaultCode.TOKEN_INVALID, "the assertion must carry exactly one ds:Signature"
+            )
         signature = signatures[0]
         references = signature.findall(f"{_SIGNED_INFO}/{_REFERENCE}")
         if len(references) != 1 or references[0].get("URI") != f"#{assertion_id}":
-            raise SamlError(FaultCode.TOKEN_INVALID, "the signature does not reference the assertion itself")
-        transforms = [t.get("Algorithm") for t in references[0].iterfind(f"{_TRANSFORMS}/{_TRANSFORM}")]
+            raise SamlError(
+                FaultCode.TOKEN_INVALID, "the signature does not reference the assertion itself"
+            )
+        transforms = [
+            t.get("Algorithm") for t in references[0].iterfind(f"{_TRANSFORMS}/{_TRANSFORM}")
+        ]
         if transforms not in ([_ENVELOPED, EXC_C14N], [_ENVELOPED]):
-            raise SamlError(FaultCode.TOKEN_INVALID, "unexpected transforms in the assertion signature")
+            raise SamlError(
+                FaultCode.TOKEN_INVALID, "unexpected transforms in the assertion signature"
+            )
 
         ctx = xmlsec.SignatureContext()
         ctx.key = self._key
@@ -305,7 +331,9 @@ class AssertionVerifier:
         except xmlsec.VerificationError:
             raise SamlError(FaultCode.TOKEN_INVALID, "the STS signature does not verify") from None
         except xmlsec.Error as exc:
-            raise SamlError(FaultCode.TOKEN_INVALID, f"the STS signature cannot be processed ({exc})") from None
+            raise SamlError(
+                FaultCode.TOKEN_INVALID, f"the STS signature cannot be processed ({exc})"
+            ) from None
         return _read_token(assertion, assertion_id)
 
 

@@ -333,7 +333,8 @@ class WsseVerifier:
             uri = ref.get("URI") or ""
             if not uri.startswith("#") or len(uri) < 2:
                 raise WsseError(
-                    FaultCode.SIGNATURE_SCOPE, f"only same-document #id references are accepted: {uri!r}"
+                    FaultCode.SIGNATURE_SCOPE,
+                    f"only same-document #id references are accepted: {uri!r}",
                 )
             holders = ids.get(uri[1:], [])
             if len(holders) != 1:
@@ -349,11 +350,14 @@ class WsseVerifier:
             )
             if any(a != EXC_C14N for a in algorithms):
                 raise WsseError(
-                    FaultCode.SIGNATURE_SCOPE, f"reference {uri!r}: only exc-c14n transforms are accepted"
+                    FaultCode.SIGNATURE_SCOPE,
+                    f"reference {uri!r}: only exc-c14n transforms are accepted",
                 )
             digest = ref.find(_DIGEST_METHOD)
             if digest is None or digest.get("Algorithm") not in _DIGESTS:
-                raise WsseError(FaultCode.SIGNATURE_INVALID, f"reference {uri!r}: unsupported digest")
+                raise WsseError(
+                    FaultCode.SIGNATURE_INVALID, f"reference {uri!r}: unsupported digest"
+                )
             if holders[0] in targets:
                 raise WsseError(FaultCode.SIGNATURE_SCOPE, f"reference {uri!r} is listed twice")
             targets.append(holders[0])
@@ -378,7 +382,9 @@ class WsseVerifier:
         try:
             der = base64.b64decode("".join((tokens[0].text or "").split()), validate=True)
         except (binascii.Error, ValueError):
-            raise WsseError(FaultCode.CERT_UNTRUSTED, "the BinarySecurityToken is not base64") from None
+            raise WsseError(
+                FaultCode.CERT_UNTRUSTED, "the BinarySecurityToken is not base64"
+            ) from None
         if not der:
             raise WsseError(FaultCode.CERT_UNTRUSTED, "the BinarySecurityToken is empty")
 
@@ -402,7 +408,9 @@ class WsseVerifier:
         try:
             cert = x509.load_der_x509_certificate(der)
         except ValueError:
-            raise WsseError(FaultCode.CERT_UNTRUSTED, "the BinarySecurityToken is not an X.509 certificate") from None
+            raise WsseError(
+                FaultCode.CERT_UNTRUSTED, "the BinarySecurityToken is not an X.509 certificate"
+            ) from None
         if not self._chains(cert):
             raise WsseError(
                 FaultCode.CERT_UNTRUSTED,
@@ -418,7 +426,9 @@ class WsseVerifier:
                 None,
             )
         except (xmlsec.Error, ValueError, TypeError):
-            raise WsseError(FaultCode.CERT_UNTRUSTED, "the certificate's key is not usable") from None
+            raise WsseError(
+                FaultCode.CERT_UNTRUSTED, "the certificate's key is not usable"
+            ) from None
         entry = _TrustedCert(
             cert=cert,
             key=key,

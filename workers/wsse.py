@@ -92,7 +92,9 @@ class WsseSigner:
             key = xmlsec.Key.from_memory(key_pem, _C.KeyDataFormatPem, None)
         except xmlsec.Error:
             # never echo the key material or the library's message about it
-            raise ValueError("cannot load the signing key (expected an unencrypted PEM key)") from None
+            raise ValueError(
+                "cannot load the signing key (expected an unencrypted PEM key)"
+            ) from None
         try:
             probe = xmlsec.Key.from_memory(cert_pem, _C.KeyDataFormatCertPem, None)
         except xmlsec.Error:
@@ -194,36 +196,45 @@ class WsseSigner:
 
 
 def _attach_with_assertion(
-    header: etree._Element, template: etree._Element, assertion: etree._Element
+    header: etree._Element, security: etree._Element, assertion: etree._Element
 ) -> etree._Element:
-    """Build the Security header around a copy of ``assertion`` without touching its prefixes.
+    """Put a copy of ``assertion`` before the Signature and attach the header, prefixes intact.
 
-    When an element moves between trees, lxml drops each namespace declaration that an
-    ancestor already makes *for the same URI* and re-points the nodes to the ancestor's
-    prefix. An envelope that binds the SAML or xmldsig namespace to another prefix (say
-    ``saml:`` instead of ``saml2:``) would thus rename the assertion's elements, change its
-    exc-c14n form and break the STS signature. So the Security element is created in place,
-    already declaring every prefix the assertion uses, and the moved nodes keep their prefixes.
+    When an element moves into a tree, lxml drops each namespace declaration that an ancestor
+    already makes *for the same URI* and re-points the nodes to the ancestor's prefix. An
+    envelope that binds the SAML or xmldsig namespace to another prefix (``saml:`` instead of
+    ``saml2:``) would thus rename the assertion's elements, change its exc-c14n form and break
+    the STS signature. Without such a clash the prepared header is used as is; with one, the
+    Security element is created in place already declaring the assertion's prefixes.
     Raises :class:`ValueError` if the assertion still could not be kept byte-identical.
     """
     token = copy.deepcopy(assertion)
-    nsmap = dict(_SECURITY_NSMAP)
+    needed: dict[str | None, str] = {}
     for element in token.iter(etree.Element):
         for prefix, uri in element.nsmap.items():
-            nsmap.setdefault(prefix, uri)
-    security = etree.SubElement(header, _SECURITY, nsmap=nsmap)
-    security.set(_MUST_UNDERSTAND, "1")
-    timestamp, bst, signature = template[0], template[1], template[2]
-    security.append(timestamp)
-    security.append(bst)
-    security.append(token)
-    security.append(signature)
+            needed.setdefault(prefix, uri)
+    in_scope = {**header.nsmap, **_SECURITY_NSMAP}
+    prefixes_of: dict[str, set[str | None]] = {}
+    for prefix, uri in in_scope.items():
+        prefixes_of.setdefault(uri, set()).add(prefix)
+    timestamp, bst, signature = security[0], security[1], security[2]
+    if all(prefixes_of.get(uri, {prefix}) == {prefix} for prefix, uri in needed.items()):
+        signature.addprevious(token)
+        header.insert(0, security)
+        return security
+
+    declared = dict(needed)
+    declared.update(_SECURITY_NSMAP)
+    holder = etree.SubElement(header, _SECURITY, nsmap=declared)
+    holder.set(_MUST_UNDERSTAND, "1")
+    for child in (timestamp, bst, token, signature):
+        holder.append(child)
     if _c14n(token) != _c14n(assertion):
         raise ValueError(
             "the SAML assertion cannot be embedded unchanged: it binds one namespace to several "
-            "prefixes, or a prefix the Security header needs"
+            "prefixes, or binds a prefix the Security header needs"
         )
-    return security
+    return holder
 
 
 def _c14n(element: etree._Element) -> bytes:

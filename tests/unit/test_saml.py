@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lxml import etree
 
-import simulator.saml as saml_mod
 from schemas.soap import DS_NS, SAML2_NS, SOAP11_NS, WSSE_NS, FaultCode
 from simulator.pki import PkiPaths, init_pki, make_ca, write_pem
 from simulator.saml import (
@@ -53,7 +53,7 @@ def verifier(pki: PkiPaths, clock: Clock) -> AssertionVerifier:
     return AssertionVerifier(cert_pem=pki.sts_cert.read_bytes(), clock=clock)
 
 
-def doctor_token(issuer: AssertionIssuer, **overrides) -> etree._Element:  # type: ignore[no-untyped-def]
+def doctor_token(issuer: AssertionIssuer, **overrides: Any) -> etree._Element:
     args = dict(
         subject="O12345",
         role="doctor",
@@ -102,11 +102,15 @@ def test_assertion_layout(issuer: AssertionIssuer) -> None:
     assert [etree.QName(c).localname for c in assertion][:3] == ["Issuer", "Signature", "Subject"]
     ref = assertion.find("ds:Signature/ds:SignedInfo/ds:Reference", NS)
     assert ref.get("URI") == "#" + assertion.get("ID")
-    assert [t.get("Algorithm").rsplit("#", 1)[1] for t in ref.findall("ds:Transforms/ds:Transform", NS)] == [
+    assert [
+        t.get("Algorithm").rsplit("#", 1)[1] for t in ref.findall("ds:Transforms/ds:Transform", NS)
+    ] == [
         "enveloped-signature",
         "",
     ]
-    names = [a.get("Name") for a in assertion.findall("saml2:AttributeStatement/saml2:Attribute", NS)]
+    names = [
+        a.get("Name") for a in assertion.findall("saml2:AttributeStatement/saml2:Attribute", NS)
+    ]
     assert names == ["role", "institution", "workstation"]
 
 
@@ -115,7 +119,9 @@ def test_each_method_has_its_own_authn_context(
     issuer: AssertionIssuer, verifier: AssertionVerifier, method: str
 ) -> None:
     assertion = doctor_token(issuer, method=method, workstation=None)
-    ref = assertion.findtext("saml2:AuthnStatement/saml2:AuthnContext/saml2:AuthnContextClassRef", namespaces=NS)
+    ref = assertion.findtext(
+        "saml2:AuthnStatement/saml2:AuthnContext/saml2:AuthnContextClassRef", namespaces=NS
+    )
     assert ref == AUTHN_CONTEXT[method]
     token = verifier.verify(assertion)
     assert token.method == method and token.workstation is None
@@ -128,7 +134,9 @@ def test_unknown_method_is_refused_at_issue(issuer: AssertionIssuer) -> None:
 
 
 # --- time window ------------------------------------------------------------------------------
-def test_expired_assertion(issuer: AssertionIssuer, verifier: AssertionVerifier, clock: Clock) -> None:
+def test_expired_assertion(
+    issuer: AssertionIssuer, verifier: AssertionVerifier, clock: Clock
+) -> None:
     clock.now = T0 + timedelta(hours=8)  # NotOnOrAfter is exclusive
     expect(FaultCode.TOKEN_EXPIRED, verifier, doctor_token(issuer))
 
@@ -144,7 +152,9 @@ def test_cached_assertion_still_expires(
     expect(FaultCode.TOKEN_EXPIRED, verifier, assertion)
 
 
-def test_not_yet_valid_beyond_skew(issuer: AssertionIssuer, verifier: AssertionVerifier, clock: Clock) -> None:
+def test_not_yet_valid_beyond_skew(
+    issuer: AssertionIssuer, verifier: AssertionVerifier, clock: Clock
+) -> None:
     clock.now = T0 - timedelta(seconds=30)
     verifier.verify(doctor_token(issuer))  # within the 60 s skew
     clock.now = T0 - timedelta(minutes=5)
@@ -160,7 +170,9 @@ def test_changed_name_id(issuer: AssertionIssuer, verifier: AssertionVerifier) -
 
 def test_changed_role(issuer: AssertionIssuer, verifier: AssertionVerifier) -> None:
     assertion = doctor_token(issuer, role="institution")
-    value = assertion.find("saml2:AttributeStatement/saml2:Attribute[@Name='role']/saml2:AttributeValue", NS)
+    value = assertion.find(
+        "saml2:AttributeStatement/saml2:Attribute[@Name='role']/saml2:AttributeValue", NS
+    )
     value.text = "doctor"
     expect(FaultCode.TOKEN_INVALID, verifier, assertion)
 
@@ -188,7 +200,9 @@ def test_assertion_from_another_sts(verifier: AssertionVerifier, tmp_path: Path)
     expect(FaultCode.TOKEN_INVALID, verifier, doctor_token(forger))
 
 
-def test_signature_referencing_something_else(issuer: AssertionIssuer, verifier: AssertionVerifier) -> None:
+def test_signature_referencing_something_else(
+    issuer: AssertionIssuer, verifier: AssertionVerifier
+) -> None:
     assertion = doctor_token(issuer)
     assertion.find("ds:Signature/ds:SignedInfo/ds:Reference", NS).set("URI", "#_other")
     err = expect(FaultCode.TOKEN_INVALID, verifier, assertion)
@@ -241,7 +255,7 @@ def test_cache_is_bounded(issuer: AssertionIssuer, pki: PkiPaths, clock: Clock) 
     "envelope_xml",
     [
         b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
-        b"<soap:Body><op xmlns=\"urn:x\">1</op></soap:Body></soap:Envelope>",
+        b'<soap:Body><op xmlns="urn:x">1</op></soap:Body></soap:Envelope>',
         # the envelope already binds the SAML and ds namespaces to other prefixes
         b'<S:Envelope xmlns:S="http://schemas.xmlsoap.org/soap/envelope/"'
         b' xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion"'

@@ -5,8 +5,11 @@ from __future__ import annotations
 import copy
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,6 +33,7 @@ from workers.wsse import WsseSigner, format_timestamp
 
 NS = {"soap": SOAP11_NS, "wsse": WSSE_NS, "wsu": WSU_NS, "ds": DS_NS, "saml2": SAML2_NS}
 WSU_ID = f"{{{WSU_NS}}}Id"
+CA = tuple[rsa.RSAPrivateKey, x509.Certificate]
 ENVELOPE = (
     '<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
     '<soap:Body><m:receptRogzites xmlns:m="urn:eeszt-gateway:contract:v1:erecept">'
@@ -57,10 +61,9 @@ def verifier(pki: PkiPaths) -> WsseVerifier:
 
 
 @pytest.fixture(scope="module")
-def qualified_ca(pki: PkiPaths):  # type: ignore[no-untyped-def]
-    from cryptography import x509
-
+def qualified_ca(pki: PkiPaths) -> CA:
     key = load_pem_private_key(pki.qualified_ca_key.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
     return key, x509.load_pem_x509_certificate(pki.qualified_ca_cert.read_bytes())
 
 
@@ -72,11 +75,11 @@ def reparse(element: etree._Element) -> etree._Element:
     return etree.fromstring(etree.tostring(element))
 
 
-def signed(signer: WsseSigner, **kwargs) -> etree._Element:  # type: ignore[no-untyped-def]
+def signed(signer: WsseSigner, **kwargs: Any) -> etree._Element:
     return reparse(signer.sign(envelope(), **kwargs))
 
 
-def pem_pair(tmp_path: Path, key, cert) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
+def pem_pair(tmp_path: Path, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> tuple[bytes, bytes]:
     write_pem(tmp_path / "x.key", key)
     write_pem(tmp_path / "x.pem", cert)
     return (tmp_path / "x.key").read_bytes(), (tmp_path / "x.pem").read_bytes()
@@ -133,7 +136,10 @@ def test_security_header_layout(signer: WsseSigner) -> None:
     ts, bst, sig = sec
     assert bst.get("ValueType") == X509_TOKEN_TYPE
     assert bst.get("EncodingType") == BASE64_ENCODING
-    created, expires = ts.findtext("wsu:Created", namespaces=NS), ts.findtext("wsu:Expires", namespaces=NS)
+    created, expires = (
+        ts.findtext("wsu:Created", namespaces=NS),
+        ts.findtext("wsu:Expires", namespaces=NS),
+    )
     assert created.endswith("Z") and len(created) == len("2025-01-01T00:00:00.000Z")
     assert expires > created
     # and the signature covers exactly the Body and the Timestamp, with the agreed algorithms
@@ -146,9 +152,7 @@ def test_security_header_layout(signer: WsseSigner) -> None:
         ]
         assert ref.find("ds:DigestMethod", NS).get("Algorithm").endswith("#sha256")
     assert sig.find("ds:SignedInfo/ds:CanonicalizationMethod", NS).get("Algorithm") == EXC_C14N
-    assert sig.find("ds:SignedInfo/ds:SignatureMethod", NS).get("Algorithm").endswith(
-        "rsa-sha256"
-    )
+    assert sig.find("ds:SignedInfo/ds:SignatureMethod", NS).get("Algorithm").endswith("rsa-sha256")
     str_ref = sig.find("ds:KeyInfo/wsse:SecurityTokenReference/wsse:Reference", NS)
     assert str_ref.get("URI") == f"#{bst.get(WSU_ID)}"
     assert str_ref.get("ValueType") == X509_TOKEN_TYPE
@@ -178,7 +182,10 @@ def test_signer_rejects_a_key_that_does_not_match_the_certificate(pki: PkiPaths)
 
 def test_signer_never_shows_its_key(pki: PkiPaths, signer: WsseSigner) -> None:
     with pytest.raises(ValueError) as info:
-        WsseSigner(key_pem=b"-----BEGIN PRIVATE KEY-----\nAAAA\n", cert_pem=pki.institution_cert.read_bytes())
+        WsseSigner(
+            key_pem=b"-----BEGIN PRIVATE KEY-----\nAAAA\n",
+            cert_pem=pki.institution_cert.read_bytes(),
+        )
     assert "AAAA" not in str(info.value)
     assert "PRIVATE" not in repr(signer)
 
@@ -188,7 +195,9 @@ def test_signer_rejects_something_that_is_not_an_envelope(signer: WsseSigner) ->
         signer.sign(etree.fromstring(b"<a/>"))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(note=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=200))
 def test_any_body_text_survives_the_round_trip(
     signer: WsseSigner, verifier: WsseVerifier, note: str
@@ -255,9 +264,7 @@ def test_timestamp_from_the_future_is_stale(signer: WsseSigner, pki: PkiPaths) -
     expect(FaultCode.TIMESTAMP_STALE, lagging, signed(signer))
 
 
-def test_certificate_from_a_foreign_ca_is_untrusted(
-    verifier: WsseVerifier, tmp_path: Path
-) -> None:
+def test_certificate_from_a_foreign_ca_is_untrusted(verifier: WsseVerifier, tmp_path: Path) -> None:
     # Given a certificate with the right name but from another CA
     ca_key, ca_cert = make_ca("Foreign Qualified CA")
     key, cert = issue_certificate(
@@ -269,7 +276,7 @@ def test_certificate_from_a_foreign_ca_is_untrusted(
     expect(FaultCode.CERT_UNTRUSTED, verifier, signed(foreign))
 
 
-def test_expired_certificate(verifier: WsseVerifier, qualified_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_expired_certificate(verifier: WsseVerifier, qualified_ca: CA, tmp_path: Path) -> None:
     # Given a certificate from the trusted CA that expired yesterday
     ca_key, ca_cert = qualified_ca
     key, cert = issue_certificate(
@@ -291,11 +298,16 @@ def test_missing_binary_security_token(signer: WsseSigner, verifier: WsseVerifie
 
 
 def test_swapped_binary_security_token_breaks_the_signature(
-    signer: WsseSigner, verifier: WsseVerifier, qualified_ca, tmp_path: Path  # type: ignore[no-untyped-def]
+    signer: WsseSigner,
+    verifier: WsseVerifier,
+    qualified_ca: CA,
+    tmp_path: Path,
 ) -> None:
     # Given another trusted certificate put in place of the signer's
     ca_key, ca_cert = qualified_ca
-    key, cert = issue_certificate(ca_key, ca_cert, common_name="Other HIS", organization_identifier="H555")
+    key, cert = issue_certificate(
+        ca_key, ca_cert, common_name="Other HIS", organization_identifier="H555"
+    )
     _, cert_pem = pem_pair(tmp_path, key, cert)
     other = signed(WsseSigner(key_pem=pem_pair(tmp_path, key, cert)[0], cert_pem=cert_pem))
     env = signed(signer)
@@ -305,11 +317,13 @@ def test_swapped_binary_security_token_breaks_the_signature(
     expect(FaultCode.SIGNATURE_INVALID, verifier, env)
 
 
-def test_intermediate_ca_is_followed(pki: PkiPaths, qualified_ca, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_intermediate_ca_is_followed(pki: PkiPaths, qualified_ca: CA, tmp_path: Path) -> None:
     # Given a signer certified by an intermediate under the trusted root
     root_key, root_cert = qualified_ca
     inter_key, inter_cert = make_ca("Qualified Issuing CA", issuer=(root_key, root_cert))
-    key, cert = issue_certificate(inter_key, inter_cert, common_name="HIS", organization_identifier="H7")
+    key, cert = issue_certificate(
+        inter_key, inter_cert, common_name="HIS", organization_identifier="H7"
+    )
     key_pem, cert_pem = pem_pair(tmp_path, key, cert)
     env = signed(WsseSigner(key_pem=key_pem, cert_pem=cert_pem))
     write_pem(tmp_path / "inter.pem", inter_cert)
@@ -372,9 +386,7 @@ def test_duplicate_xml_id_for_the_timestamp(signer: WsseSigner, verifier: WsseVe
     expect(FaultCode.SIGNATURE_SCOPE, verifier, reparse(env))
 
 
-def test_signature_that_does_not_cover_the_body(
-    signer: WsseSigner, verifier: WsseVerifier
-) -> None:
+def test_signature_that_does_not_cover_the_body(signer: WsseSigner, verifier: WsseVerifier) -> None:
     env = signed(signer)
     signed_info = security(env).find("ds:Signature/ds:SignedInfo", NS)
     signed_info.remove(signed_info.findall("ds:Reference", NS)[0])
@@ -412,7 +424,10 @@ def test_each_certificate_is_chain_checked_once(
 
 
 def test_certificate_cache_is_bounded(
-    signer: WsseSigner, pki: PkiPaths, qualified_ca, tmp_path: Path  # type: ignore[no-untyped-def]
+    signer: WsseSigner,
+    pki: PkiPaths,
+    qualified_ca: CA,
+    tmp_path: Path,
 ) -> None:
     verifier = WsseVerifier(trusted_ca_pems=[pki.qualified_ca_cert.read_bytes()], cache_size=1)
     ca_key, ca_cert = qualified_ca
@@ -424,12 +439,12 @@ def test_certificate_cache_is_bounded(
     assert len(verifier._cache) == 1
 
 
-def test_expiry_is_checked_even_for_a_cached_certificate(
-    signer: WsseSigner, pki: PkiPaths
-) -> None:
+def test_expiry_is_checked_even_for_a_cached_certificate(signer: WsseSigner, pki: PkiPaths) -> None:
     # Given a verifier that has cached the signer's certificate
     now = [datetime.now(timezone.utc)]
-    verifier = WsseVerifier(trusted_ca_pems=[pki.qualified_ca_cert.read_bytes()], clock=lambda: now[0])
+    verifier = WsseVerifier(
+        trusted_ca_pems=[pki.qualified_ca_cert.read_bytes()], clock=lambda: now[0]
+    )
     verifier.verify(signed(signer))
     # When the clock passes the certificate's notAfter
     now[0] = signer.certificate.not_valid_after_utc + timedelta(days=1)

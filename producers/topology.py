@@ -1,0 +1,170 @@
+"""Reaching the broker and declaring the request topology, exactly as ``schemas.wire`` draws it.
+
+:func:`declare_topology` is the reference declaration of the exchanges, work queues and bindings.
+Everyone who declares them (producers, workers) must pass the same arguments, or RabbitMQ closes
+the channel with ``PRECONDITION_FAILED``; copy the argument set from here. Declaring is
+idempotent, so every process declares at start-up and none depends on another having run first.
+
+:func:`connect` opens a ``pika.BlockingConnection`` with a bounded, jittered retry and turns
+pika's errors into :class:`~producers.errors.BrokerUnavailable`. :func:`safe_url` is the only
+form in which a broker URL may be logged (the password is masked).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import urllib.parse
+from typing import Final
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from producers.errors import BrokerUnavailable, ProducerError
+from schemas.wire import (
+    BATCH_QUEUE,
+    BINDINGS,
+    DEAD_LETTER_QUEUE,
+    INTERACTIVE_QUEUE,
+    REPLIES_EXCHANGE,
+    REQUESTS_EXCHANGE,
+    REQUESTS_EXCHANGE_ARGUMENTS,
+    UNROUTED_EXCHANGE,
+    work_queue_arguments,
+)
+
+__all__ = [
+    "DEFAULT_BROKER_URL",
+    "connect",
+    "declare_replies_exchange",
+    "declare_topology",
+    "retry_delay",
+    "safe_url",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BROKER_URL: Final = "amqp://guest:guest@127.0.0.1:5672/%2F"
+#: Longest pause between two connects, however many attempts came before.
+MAX_BACKOFF_S: Final = 10.0
+
+#: pika errors that mean "this connection or channel is gone; a new one may work".
+CONNECTION_ERRORS: Final = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ConnectionWrongStateError,
+    pika.exceptions.ChannelWrongStateError,
+    pika.exceptions.StreamLostError,
+    OSError,
+)
+
+
+def declare_replies_exchange(channel: BlockingChannel) -> None:
+    """Declare ``eeszt.replies`` (topic, durable). Idempotent; pika errors propagate."""
+    channel.exchange_declare(REPLIES_EXCHANGE, "topic", durable=True)
+
+
+def declare_topology(channel: BlockingChannel) -> None:
+    """Declare every exchange, work queue and binding of the request path. Idempotent.
+
+    Called by :class:`~producers.Publisher` and :class:`~producers.BatchPublisher` after each
+    connect (unless ``declare_topology=False``), so that a request published before any worker
+    ever ran still lands in a durable queue instead of being returned as unroutable.
+
+    Raises:
+        pika.exceptions.ChannelClosedByBroker: something exists with other arguments
+            (``PRECONDITION_FAILED``); the channel is closed afterwards.
+    """
+    # The alternate exchange first: the requests exchange names it.
+    channel.exchange_declare(UNROUTED_EXCHANGE, "fanout", durable=True)
+    channel.exchange_declare(
+        REQUESTS_EXCHANGE, "topic", durable=True, arguments=dict(REQUESTS_EXCHANGE_ARGUMENTS)
+    )
+    declare_replies_exchange(channel)
+    for queue in (INTERACTIVE_QUEUE, BATCH_QUEUE):
+        channel.queue_declare(queue, durable=True, arguments=work_queue_arguments(queue))
+        for pattern in BINDINGS[queue]:
+            channel.queue_bind(queue, REQUESTS_EXCHANGE, routing_key=pattern)
+    # Unknown types go to the interactive queue, where a worker rejects them with a reply.
+    channel.queue_bind(INTERACTIVE_QUEUE, UNROUTED_EXCHANGE, routing_key="")
+    channel.queue_declare(DEAD_LETTER_QUEUE, durable=True)
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and error messages."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def retry_delay(attempt: int, backoff: float) -> float:
+    """Pause before connect number ``attempt + 1``: ``backoff * 2**(attempt-1)`` with ±50 %
+    jitter (so that many clients restarted together do not reconnect in lockstep), capped."""
+    base = min(MAX_BACKOFF_S, backoff * 2 ** max(0, attempt - 1))
+    return base * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not cryptography
+
+
+def connection_parameters(url: str, *, connect_timeout: float, name: str) -> pika.URLParameters:
+    """pika parameters for ``url`` with our timeouts; one attempt each (we retry ourselves).
+
+    Raises:
+        ProducerError: ``url`` is not an AMQP URL (the message does not repeat it).
+    """
+    try:
+        params = pika.URLParameters(url)
+    except (ValueError, TypeError) as exc:
+        raise ProducerError(f"invalid broker URL {safe_url(url)}: {exc.__class__.__name__}") from None
+    params.connection_attempts = 1
+    params.socket_timeout = connect_timeout
+    params.stack_timeout = connect_timeout * 2
+    # A blocked connection (broker memory or disk alarm) is closed after this long, which
+    # the publishers treat like any other connection loss.
+    params.blocked_connection_timeout = 60.0
+    params.client_properties = {"connection_name": name}
+    return params
+
+
+def connect(
+    url: str,
+    *,
+    connect_timeout: float = 5.0,
+    retry_attempts: int = 5,
+    retry_backoff: float = 0.2,
+    name: str = "eeszt-producer",
+) -> pika.BlockingConnection:
+    """Open a blocking connection, trying at most ``retry_attempts`` times.
+
+    Called by the publishers and the reply listener on start and after every connection loss.
+
+    Raises:
+        BrokerUnavailable: every attempt failed, or the broker refused the credentials
+            (retrying those cannot help, so it stops at once).
+        ProducerError: ``url`` is not an AMQP URL.
+    """
+    params = connection_parameters(url, connect_timeout=connect_timeout, name=name)
+    attempts = max(1, retry_attempts)
+    last = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            return pika.BlockingConnection(params)
+        except (pika.exceptions.ProbableAuthenticationError,
+                pika.exceptions.ProbableAccessDeniedError) as exc:
+            raise BrokerUnavailable(
+                f"broker {safe_url(url)} refused the login ({exc.__class__.__name__}); "
+                "check the user, password and vhost", attempts=attempt) from None
+        except CONNECTION_ERRORS as exc:
+            last = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+            log.warning("connect to %s failed (attempt %d of %d): %s",
+                        safe_url(url), attempt, attempts, last)
+        if attempt < attempts:
+            time.sleep(retry_delay(attempt, retry_backoff))
+    raise BrokerUnavailable(
+        f"broker {safe_url(url)} unreachable after {attempts} attempts ({last})", attempts=attempts
+    )

@@ -1,0 +1,182 @@
+"""What a worker publishes: replies, broker-side retries, dead letters. Always confirmed.
+
+:class:`Outbox` is the seam. :class:`RabbitOutbox` publishes over a per-thread pika channel with
+publisher confirms (pika channels are not thread-safe); :class:`MemoryOutbox` keeps everything in
+memory for unit tests and the embedded demo. A request is acknowledged only after what it
+produced here was confirmed, so a crash in between leads to a redelivery, never to a loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import pika
+import pika.exceptions
+
+from schemas.replies import Accepted, Failed, Rejected, StatusUpdate
+from schemas.wire import (
+    DEAD_LETTER_QUEUE,
+    H_CODE,
+    H_IDEMPOTENCY_KEY,
+    H_KIND,
+    H_MESSAGE_ID,
+    H_REASON,
+    REPLIES_EXCHANGE,
+    retry_queue,
+)
+
+from .errors import GatewayError
+from .retry import tier_for
+
+log = logging.getLogger("eeszt_gw.outbox")
+Reply = Accepted | Rejected | Failed | StatusUpdate
+
+
+class BrokerError(GatewayError):
+    """The broker did not confirm a publish after a bounded number of attempts."""
+
+
+class Outbox(Protocol):
+    def reply(self, routing_key: str, reply: Reply) -> None:
+        """Publish a reply to the HIS's routing key; returns once confirmed."""
+
+    def retry(self, queue: str, body: bytes, headers: dict[str, Any], delay_s: float,
+              message_id: str | None) -> None:
+        """Park the request durably for ``delay_s``, then hand it back to ``queue``."""
+
+    def dead_letter(self, body: bytes, headers: dict[str, Any], message_id: str | None) -> None:
+        """Keep a message that cannot be processed, with the reason in its headers."""
+
+
+def reply_headers(reply: Reply) -> dict[str, Any]:
+    headers: dict[str, Any] = {H_KIND: reply.kind, H_MESSAGE_ID: str(reply.message_id),
+                               H_IDEMPOTENCY_KEY: reply.idempotency_key}
+    if isinstance(reply, Rejected):
+        headers[H_CODE] = reply.code
+    return headers
+
+
+class RabbitOutbox:
+    """Confirmed publishes over one channel per thread, reconnecting on failure."""
+
+    def __init__(self, *, url: str, attempts: int = 5, backoff_s: float = 0.2) -> None:
+        self.params = pika.URLParameters(url)
+        self.params.heartbeat = 60
+        self.params.blocked_connection_timeout = 30
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self._local = threading.local()
+        self._declared: set[str] = set()
+        self._declare_lock = threading.Lock()
+
+    def _channel(self):
+        ch = getattr(self._local, "channel", None)
+        if ch is None or ch.is_closed:
+            conn = pika.BlockingConnection(self.params)
+            ch = conn.channel()
+            ch.confirm_delivery()
+            self._local.conn, self._local.channel = conn, ch
+        return ch
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.channel = None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except Exception:  # closing a broken connection: nothing more to do
+                pass
+
+    def _publish(self, exchange: str, routing_key: str, body: bytes,
+                 props: pika.BasicProperties, *, mandatory: bool) -> None:
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            try:
+                self._channel().basic_publish(exchange, routing_key, body, props,
+                                              mandatory=mandatory)
+                return
+            except pika.exceptions.UnroutableError:
+                raise
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                last = exc
+                self._drop()
+                time.sleep(self.backoff_s * 2 ** attempt)
+        raise BrokerError(f"broker did not confirm a publish to {exchange or routing_key}: {last}")
+
+    def reply(self, routing_key: str, reply: Reply) -> None:
+        body = reply.model_dump_json().encode()
+        props = pika.BasicProperties(content_type="application/json", delivery_mode=2,
+                                     message_id=f"{reply.message_id}:{reply.kind}",
+                                     correlation_id=str(reply.message_id),
+                                     headers=reply_headers(reply))
+        try:
+            self._publish(REPLIES_EXCHANGE, routing_key, body, props, mandatory=True)
+        except pika.exceptions.UnroutableError:
+            # No queue is bound to the HIS's key: keep the reply rather than lose it.
+            log.warning("no queue bound for reply key %s; reply kept in %s", routing_key,
+                        DEAD_LETTER_QUEUE)
+            headers = {**reply_headers(reply), H_REASON: f"undeliverable reply for {routing_key}"}
+            self.dead_letter(body, headers, props.message_id)
+
+    def retry(self, queue: str, body: bytes, headers: dict[str, Any], delay_s: float,
+              message_id: str | None) -> None:
+        name = retry_queue(queue, tier_for(delay_s))
+        self._ensure_retry_queue(name, queue)
+        props = pika.BasicProperties(content_type="application/json", delivery_mode=2,
+                                     message_id=message_id, headers=headers,
+                                     expiration=str(max(1, int(delay_s * 1000))))
+        self._publish("", name, body, props, mandatory=True)
+
+    def _ensure_retry_queue(self, name: str, target: str) -> None:
+        if name in self._declared:
+            return
+        with self._declare_lock:
+            self._channel().queue_declare(name, durable=True, arguments={
+                "x-dead-letter-exchange": "", "x-dead-letter-routing-key": target})
+            self._declared.add(name)
+
+    def dead_letter(self, body: bytes, headers: dict[str, Any], message_id: str | None) -> None:
+        props = pika.BasicProperties(delivery_mode=2, message_id=message_id, headers=headers,
+                                     timestamp=int(time.time()))
+        self._publish("", DEAD_LETTER_QUEUE, body, props, mandatory=True)
+
+    def close(self) -> None:
+        self._drop()
+
+
+@dataclass
+class MemoryOutbox:
+    """Everything in memory. ``on_reply`` / ``on_retry`` let the demo route them onwards."""
+
+    replies: dict[str, list[Reply]] = field(default_factory=lambda: defaultdict(list))
+    retries: list[tuple[str, bytes, dict[str, Any], float]] = field(default_factory=list)
+    dead: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+    on_reply: Callable[[str, Reply], None] | None = None
+    on_retry: Callable[[str, bytes, dict[str, Any], float, str | None], None] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reply(self, routing_key: str, reply: Reply) -> None:
+        with self._lock:
+            self.replies[routing_key].append(reply)
+        if self.on_reply:
+            self.on_reply(routing_key, reply)
+
+    def retry(self, queue: str, body: bytes, headers: dict[str, Any], delay_s: float,
+              message_id: str | None) -> None:
+        with self._lock:
+            self.retries.append((queue, body, dict(headers), delay_s))
+        if self.on_retry:
+            self.on_retry(queue, body, headers, delay_s, message_id)
+
+    def dead_letter(self, body: bytes, headers: dict[str, Any], message_id: str | None) -> None:
+        with self._lock:
+            self.dead.append((body, dict(headers)))
+
+    def all_replies(self) -> list[Reply]:
+        with self._lock:
+            return [r for rs in self.replies.values() for r in rs]

@@ -1,0 +1,333 @@
+"""What happens to one request: validate, token, sign, submit, classify, reply.
+
+:meth:`Pipeline.handle` never raises for a bad or failed request: every request ends in a reply
+(or, with no reply address, in the dead-letter queue), or is parked durably for a later attempt.
+It raises only when the broker itself cannot take what the request produced (BrokerError); the
+request is then not acknowledged and comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Protocol
+
+from pydantic import ValidationError
+
+from schemas.envelope import RequestEnvelope
+from schemas.permissions import Role, writer_role
+from schemas.replies import (
+    Accepted,
+    Failed,
+    Rejected,
+    StatusState,
+    StatusUpdate,
+    describe_validation_error,
+    reply_fields,
+)
+from schemas.soap import OPERATION_OF, FaultCode
+from schemas.validators import mask_taj
+from schemas.wire import (
+    DEAD_LETTER_QUEUE,
+    H_AMBIGUOUS,
+    H_ATTEMPT,
+    H_CODE,
+    H_FIRST_SEEN,
+    H_IDEMPOTENCY_KEY,
+    H_MESSAGE_ID,
+    H_REASON,
+    H_STATUS_SENT,
+    H_TYPE,
+)
+
+from .errors import AmbiguousOutcome, LoginFailed, ServiceRejected, ServiceUnavailable, TokenRejected
+from .outbox import Outbox
+from .retry import RetryPolicy
+from .soap import SubmitResult
+from .tokens import NoLoginRoute, Token, TokenManager, doctor_identity, institution_identity
+
+log = logging.getLogger("eeszt_gw.pipeline")
+NIL = uuid.UUID(int=0)
+_ROUTING_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # schemas.validators.ReplyRoutingKey
+KEPT_IN = f"dead-letter queue {DEAD_LETTER_QUEUE}"
+
+# Gateway-side rejection codes (EESZT's own fault codes pass through unchanged).
+GW_VALIDATION = "GW-VALIDATION"
+GW_INSTITUTION = "GW-INSTITUTION"
+GW_LOGIN = "GW-LOGIN"
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One delivery from the broker, before anything is trusted."""
+
+    body: bytes
+    queue: str
+    message_type: str | None = None
+    redelivered: bool = False
+    headers: dict[str, Any] = field(default_factory=dict)
+    message_id: str | None = None
+
+    @property
+    def attempt(self) -> int:
+        try:
+            return int(self.headers.get(H_ATTEMPT, 0))
+        except (TypeError, ValueError):
+            return 0
+
+
+class ServiceClient(Protocol):
+    def submit(self, request: RequestEnvelope, assertion: Any) -> SubmitResult: ...
+    def query(self, service: str, idempotency_key: str, assertion: Any) -> list[SubmitResult]: ...
+
+
+class Observer(Protocol):
+    """Told about every outcome (metrics, the demo's table). All hooks are optional no-ops."""
+
+    def outcome(self, service: str, kind: str, request: RequestEnvelope | None) -> None: ...
+
+
+class _NullObserver:
+    def outcome(self, service: str, kind: str, request: RequestEnvelope | None) -> None:
+        pass
+
+
+class Pipeline:
+    def __init__(self, *, client: ServiceClient, tokens: TokenManager, outbox: Outbox,
+                 institution: str, policy: RetryPolicy = RetryPolicy(),
+                 observer: Observer | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self.client = client
+        self.tokens = tokens
+        self.outbox = outbox
+        self.institution = institution
+        self.policy = policy
+        self.observer = observer or _NullObserver()
+        self.clock = clock
+        self._rng = random.Random()
+
+    # --- entry --------------------------------------------------------------------------------
+    def handle(self, msg: Incoming) -> str:
+        """Process one delivery; return the outcome kind (for metrics and tests)."""
+        try:
+            text = msg.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return self._unparseable(msg, "body", f"body is not UTF-8 ({exc.reason} at byte {exc.start})")
+        try:
+            request = RequestEnvelope.model_validate_json(text)
+        except ValidationError as exc:
+            problem = describe_validation_error(exc)
+            return self._unparseable(msg, problem.field, problem.reason, text=text)
+        return self._process(msg, request)
+
+    # --- requests that never became a valid envelope ------------------------------------------
+    def _unparseable(self, msg: Incoming, field_name: str, reason: str, *, text: str | None = None) -> str:
+        info = _best_effort_fields(text)
+        service = ""
+        mtype = info.get("type") or msg.message_type or ""
+        if mtype in OPERATION_OF:
+            service = OPERATION_OF[mtype][0].name
+        reply_to = info.get("reply_to")
+        log.info("rejected an invalid message %s on %s: %s: %s", msg.message_id or "-", msg.queue,
+                 field_name or "body", reason)
+        if reply_to:
+            self.outbox.reply(reply_to, Rejected(
+                message_id=info.get("message_id") or NIL, idempotency_key=info.get("idempotency_key", ""),
+                service=service, message_type=mtype, code=GW_VALIDATION, field=field_name or None,
+                reason=reason))
+            self.observer.outcome(service, "rejected", None)
+            return "rejected"
+        self._dead_letter(msg, reason=f"invalid message ({field_name or 'body'}: {reason})",
+                          code=GW_VALIDATION)
+        self.observer.outcome(service, "dead-lettered", None)
+        return "dead-lettered"
+
+    # --- valid envelopes ------------------------------------------------------------------------
+    def _process(self, msg: Incoming, request: RequestEnvelope) -> str:
+        service, _ = OPERATION_OF[request.message_type]
+        if request.institution != self.institution:
+            return self._reject(request, GW_INSTITUTION, "institution",
+                                f"this gateway signs for institution {self.institution}, "
+                                f"not {request.institution}")
+        needed = writer_role(service.name)
+        if needed is Role.DOCTOR and request.acting.kind != "doctor":
+            return self._reject(request, FaultCode.PERMISSION_DENIED.value, "acting",
+                                f"{service.name} writes need a doctor's token; the request acts "
+                                f"as the institution")
+        if needed is Role.INSTITUTION and request.acting.kind != "institution":
+            return self._reject(request, FaultCode.PERMISSION_DENIED.value, "acting",
+                                f"{service.name} writes need the institution's token; the request "
+                                f"acts as a doctor")
+        now = self.clock()
+        if now >= request.deadline:
+            return self._fail(msg, request, "the deadline passed before the request could be sent")
+        identity = (doctor_identity(request.acting.user_id) if request.acting.kind == "doctor"
+                    else institution_identity(self.institution))
+        ambiguous = msg.redelivered or bool(msg.headers.get(H_AMBIGUOUS))
+        try:
+            result = self._submit(request, service.name, identity, ambiguous)
+        except (NoLoginRoute, LoginFailed) as exc:
+            return self._reject(request, GW_LOGIN if isinstance(exc, NoLoginRoute) else exc.code or GW_LOGIN,
+                                "acting.user_id", str(exc))
+        except ServiceRejected as exc:
+            return self._reject(request, exc.code or "REJECTED", exc.field, str(exc))
+        except ServiceUnavailable as exc:
+            return self._retry_later(msg, request, exc)
+        self._reply(request, Accepted(**reply_fields(request), eeszt_id=result.eeszt_id,
+                                      version=result.version))
+        self.observer.outcome(service.name, "accepted", request)
+        return "accepted"
+
+    def _submit(self, request: RequestEnvelope, service: str, identity: str,
+                ambiguous: bool) -> SubmitResult:
+        """Send (or find) the request. Raises the error tree; refreshes a refused token once."""
+        refreshed = False
+        ambiguous_sends = 0
+        while True:
+            token = self.tokens.get(identity, reason=service)
+            try:
+                if ambiguous:
+                    found = self._landed(service, request, token)
+                    if found:
+                        return found
+                    ambiguous = False
+                return self._send_with_retries(request, token)
+            except TokenRejected:
+                if refreshed:
+                    raise
+                refreshed = True
+                self.tokens.invalidate(identity, token)
+            except AmbiguousOutcome:
+                ambiguous_sends += 1
+                if ambiguous_sends >= 2:
+                    raise  # the broker-side retry asks again, later
+                ambiguous = True
+
+    def _landed(self, service: str, request: RequestEnvelope, token: Token) -> SubmitResult | None:
+        """What the service holds under the request's key. Raises AmbiguousOutcome if it cannot
+        tell, so that the ambiguity travels with the request to its next attempt."""
+        try:
+            found = self.client.query(service, request.idempotency_key, token.assertion)
+        except AmbiguousOutcome:
+            raise
+        except ServiceUnavailable as exc:
+            raise AmbiguousOutcome(f"could not ask {service} whether the request landed: {exc}",
+                                   service=service, code=exc.code) from exc
+        return found[0] if found else None
+
+    def _send_with_retries(self, request: RequestEnvelope, token: Token) -> SubmitResult:
+        for attempt in self.policy.in_call():
+            with attempt:
+                return self.client.submit(request, token.assertion)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    # --- outcomes -------------------------------------------------------------------------------
+    def _reply(self, request: RequestEnvelope, reply) -> None:
+        if request.reply_to:
+            self.outbox.reply(request.reply_to, reply)
+
+    def _reject(self, request: RequestEnvelope, code: str, field_name: str | None, reason: str) -> str:
+        service = OPERATION_OF[request.message_type][0].name
+        log.info("rejected %s (%s, taj %s): %s %s", request.message_id, request.message_type,
+                 mask_taj(getattr(request.payload, "taj", "") or ""), code, field_name or "")
+        if request.reply_to:
+            self.outbox.reply(request.reply_to, Rejected(
+                **reply_fields(request), code=code, field=field_name, reason=reason))
+        else:
+            self._dead_letter_request(request, reason=f"rejected: {reason}", code=code)
+        self.observer.outcome(service, "rejected", request)
+        return "rejected"
+
+    def _fail(self, msg: Incoming, request: RequestEnvelope, reason: str) -> str:
+        service = OPERATION_OF[request.message_type][0].name
+        self._dead_letter(msg, reason=reason, code="GW-FAILED", request=request)
+        self._reply(request, Failed(**reply_fields(request), reason=reason, kept_in=KEPT_IN))
+        self.observer.outcome(service, "failed", request)
+        return "failed"
+
+    def _retry_later(self, msg: Incoming, request: RequestEnvelope, exc: ServiceUnavailable) -> str:
+        service = OPERATION_OF[request.message_type][0].name
+        now = self.clock()
+        attempt = msg.attempt + 1
+        at = self.policy.next_attempt(attempt, now, request.deadline, self._rng)
+        if at is None:
+            return self._fail(msg, request, f"EESZT stayed unavailable until the deadline "
+                                            f"(last error: {exc})")
+        headers = dict(msg.headers)
+        headers[H_TYPE] = request.message_type
+        headers[H_ATTEMPT] = attempt
+        headers.setdefault(H_FIRST_SEEN, int(time.time() * 1000))
+        if isinstance(exc, AmbiguousOutcome):
+            headers[H_AMBIGUOUS] = 1
+        sent = set(filter(None, str(headers.get(H_STATUS_SENT, "")).split(",")))
+        tell = "retrying" not in sent
+        if tell:
+            headers[H_STATUS_SENT] = ",".join(sorted(sent | {"retrying"}))
+        self.outbox.retry(msg.queue, msg.body, headers, (at - now).total_seconds(),
+                          str(request.message_id))
+        if tell:  # the HIS hears "retrying" once, not once per attempt
+            self._reply(request, StatusUpdate(**reply_fields(request), state=StatusState.RETRYING,
+                                              detail=str(exc), attempt=attempt,
+                                              next_attempt_at=at))
+        self.observer.outcome(service, "retrying", request)
+        return "retrying"
+
+    def _dead_letter(self, msg: Incoming, *, reason: str, code: str,
+                     request: RequestEnvelope | None = None) -> None:
+        headers = {k: v for k, v in msg.headers.items() if isinstance(v, (str, int, float, bool))}
+        headers.update({H_REASON: reason, H_CODE: code})
+        if request is not None:
+            headers.update({H_MESSAGE_ID: str(request.message_id),
+                            H_IDEMPOTENCY_KEY: request.idempotency_key, H_TYPE: request.message_type})
+        self.outbox.dead_letter(msg.body, headers, msg.message_id)
+
+    def _dead_letter_request(self, request: RequestEnvelope, *, reason: str, code: str) -> None:
+        self.outbox.dead_letter(request.to_json(), {
+            H_REASON: reason, H_CODE: code, H_MESSAGE_ID: str(request.message_id),
+            H_IDEMPOTENCY_KEY: request.idempotency_key, H_TYPE: request.message_type},
+            str(request.message_id))
+
+
+def _best_effort_fields(text: str | None) -> dict[str, Any]:
+    """Correlation fields of an invalid message, where they can be read at all."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out: dict[str, Any] = {}
+    rt = data.get("reply_to")
+    if isinstance(rt, str) and _ROUTING_KEY.fullmatch(rt):
+        out["reply_to"] = rt
+    mid = data.get("message_id")
+    try:
+        out["message_id"] = uuid.UUID(str(mid)) if mid is not None else NIL
+    except ValueError:
+        out["message_id"] = NIL
+    key = data.get("idempotency_key")
+    if isinstance(key, str):
+        out["idempotency_key"] = key[:128]
+    payload = data.get("payload")
+    if isinstance(payload, dict) and isinstance(payload.get("type"), str):
+        out["type"] = payload["type"][:64]
+    return out
+
+
+def internal_error(pipeline: Pipeline, msg: Incoming, exc: BaseException) -> None:
+    """Last resort for a bug: keep the message and tell the HIS, instead of crashing."""
+    reason = f"internal error ({type(exc).__name__}); the message is kept for replay"
+    pipeline._dead_letter(msg, reason=reason, code="GW-INTERNAL")
+    try:
+        request = RequestEnvelope.model_validate_json(msg.body)
+    except (ValidationError, ValueError):
+        return
+    pipeline._reply(request, Failed(**reply_fields(request), reason=reason, kept_in=KEPT_IN))

@@ -1,0 +1,91 @@
+"""Assembling one worker process: client, token manager, outbox, pipeline, broker, actors.
+
+Everything is built from a :class:`~workers.settings.WorkerSettings` passed in; the seams
+(broker, outbox, token share, EESZT client) can be swapped for in-memory ones, which is how the
+embedded demo and the unit tests run without RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from .actors import register_actors
+from .client import ClientFiles, EesztClient
+from .outbox import BrokerError, Outbox
+from .pipeline import Incoming, Observer, Pipeline, internal_error
+from .retry import RetryPolicy
+from .settings import WorkerSettings
+from .tokens import TokenManager, load_credentials
+from .transport import Timeouts
+
+log = logging.getLogger("eeszt_gw.worker")
+
+
+def institution_of(cert_pem: bytes) -> str:
+    """The institution id in a qualified institution certificate (organizationIdentifier)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    attrs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER)
+    if not attrs:
+        raise ValueError("the institution certificate carries no organizationIdentifier")
+    return str(attrs[0].value)
+
+
+@dataclass
+class Runtime:
+    broker: dramatiq.Broker
+    pipeline: Pipeline
+    client: Any
+    tokens: TokenManager
+    outbox: Outbox
+    share: Any
+
+    def handle(self, body_b64: str, meta: dict[str, Any]) -> None:
+        """The body of every actor."""
+        msg = Incoming(body=base64.b64decode(body_b64), queue=meta["queue"],
+                       message_type=meta.get("type"), redelivered=bool(meta.get("redelivered")),
+                       headers=meta.get("headers") or {}, message_id=meta.get("message_id"))
+        try:
+            self.pipeline.handle(msg)
+        except BrokerError:
+            raise  # not acknowledged: the request comes back once the broker takes publishes
+        except Exception as exc:  # a bug must not kill the worker nor lose the message
+            log.exception("internal error on message %s", msg.message_id)
+            internal_error(self.pipeline, msg, exc)
+
+    def close(self) -> None:
+        for part in (self.share, self.outbox, self.client):
+            close = getattr(part, "close", None)
+            if close:
+                close()
+        self.broker.close()
+
+
+def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: Outbox,
+                  share: Any = None, client: Any = None,
+                  observer: Observer | None = None) -> Runtime:
+    files = ClientFiles.from_pki_dir(settings.pki_dir)
+    institution = institution_of(files.institution_cert.read_bytes())
+    if client is None:
+        client = EesztClient(base_url=settings.eeszt_url, files=files,
+                             timeouts=Timeouts(connect=settings.connect_timeout_s,
+                                               read=settings.read_timeout_s),
+                             pool_size=max(8, settings.threads))
+    creds_file = settings.credentials_file or settings.pki_dir / "users.json"
+    credentials = load_credentials(creds_file) if creds_file.exists() else {}
+    tokens = TokenManager(sts=client, credentials=credentials, share=share,
+                          refresh_ratio=settings.token_refresh_ratio)
+    policy = RetryPolicy(call_attempts=settings.call_attempts, base_s=settings.retry_base_s,
+                         cap_s=settings.retry_cap_s)
+    pipeline = Pipeline(client=client, tokens=tokens, outbox=outbox, institution=institution,
+                        policy=policy, observer=observer)
+    runtime = Runtime(broker=broker, pipeline=pipeline, client=client, tokens=tokens,
+                      outbox=outbox, share=share)
+    register_actors(broker, runtime.handle)
+    return runtime

@@ -1,0 +1,51 @@
+"""Settings of a worker process: flags first, then ``EESZT_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """Built once in ``main()`` and passed down; nothing reads the environment at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="EESZT_", extra="ignore")
+
+    broker_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/%2F",
+                            description="RabbitMQ URL (amqp:// or amqps://)")
+    eeszt_url: str = Field(default="https://localhost:8443", description="EESZT base URL")
+    pki_dir: Path = Field(default=Path("pki"),
+                          description="folder with access.pem/key, server-ca.pem, institution.pem/key")
+    credentials_file: Path | None = Field(
+        default=None,
+        description="JSON of sector users' login routes (password or MobilToken secret); "
+                    "default: PKI_DIR/users.json when present")
+    processes: int = Field(default=2, ge=1, le=64)
+    threads: int = Field(default=16, ge=1, le=512, description="worker threads per process")
+    queues: str = Field(default="interactive,batch",
+                        description="queue classes to consume: interactive, batch or both")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    call_attempts: int = Field(default=3, ge=1, le=10,
+                               description="tries inside one call for a transient failure")
+    retry_base_s: float = Field(default=1.0, gt=0, description="first broker-side retry delay")
+    retry_cap_s: float = Field(default=3600.0, gt=0, description="longest broker-side retry delay")
+    token_refresh_ratio: float = Field(default=0.8, gt=0, lt=1,
+                                       description="refresh a token after this share of its lifetime")
+    token_key: SecretStr | None = Field(
+        default=None,
+        description="base64 32-byte key that encrypts tokens shared between worker processes; "
+                    "the supervisor makes one for its own children when unset")
+    heartbeat_dir: Path = Field(default=Path("/tmp/eeszt-gw-worker"),
+                                description="where worker processes write their heartbeat")
+    log_level: str = "info"
+
+    def queue_classes(self) -> list[str]:
+        classes = [q.strip() for q in self.queues.split(",") if q.strip()]
+        unknown = [q for q in classes if q not in ("interactive", "batch")]
+        if unknown or not classes:
+            raise ValueError(f"queues: unknown queue class {unknown or classes!r}; "
+                             "use interactive, batch or interactive,batch")
+        return classes

@@ -1,0 +1,40 @@
+"""Declaring the broker topology the workers need (idempotent; every process does it).
+
+The names and arguments come from :mod:`schemas.wire`, so a producer, a worker, ``deploy/``
+and a HIS's own client all agree; RabbitMQ refuses a re-declaration with other arguments.
+"""
+
+from __future__ import annotations
+
+from schemas.wire import (
+    BINDINGS,
+    DEAD_LETTER_QUEUE,
+    REPLIES_EXCHANGE,
+    REQUESTS_EXCHANGE,
+    REQUESTS_EXCHANGE_ARGUMENTS,
+    RETRY_TIERS_S,
+    TOKENS_EXCHANGE,
+    UNROUTED_EXCHANGE,
+    INTERACTIVE_QUEUE,
+    retry_queue,
+    work_queue_arguments,
+)
+
+
+def declare(channel) -> None:
+    """Declare exchanges, work queues, bindings, retry tiers and the dead-letter queue."""
+    channel.exchange_declare(UNROUTED_EXCHANGE, "fanout", durable=True)
+    channel.exchange_declare(REQUESTS_EXCHANGE, "topic", durable=True,
+                             arguments=dict(REQUESTS_EXCHANGE_ARGUMENTS))
+    channel.exchange_declare(REPLIES_EXCHANGE, "topic", durable=True)
+    channel.exchange_declare(TOKENS_EXCHANGE, "fanout", durable=True)
+    for queue, patterns in BINDINGS.items():
+        channel.queue_declare(queue, durable=True, arguments=work_queue_arguments(queue))
+        for pattern in patterns:
+            channel.queue_bind(queue, REQUESTS_EXCHANGE, routing_key=pattern)
+        for tier in RETRY_TIERS_S:
+            channel.queue_declare(retry_queue(queue, tier), durable=True, arguments={
+                "x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue})
+    # Unknown message types still reach a worker, which answers with a rejection.
+    channel.queue_bind(INTERACTIVE_QUEUE, UNROUTED_EXCHANGE)
+    channel.queue_declare(DEAD_LETTER_QUEUE, durable=True)
