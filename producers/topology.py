@@ -111,6 +111,25 @@ def retry_delay(attempt: int, backoff: float) -> float:
     return base * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not cryptography
 
 
+class _RedactReturnedBody(logging.Filter):
+    """pika's BlockingChannel logs a WARNING with the first 255 bytes of every returned message,
+    which would put a TAJ into the logs (DESIGN invariant 4); keep the record, drop the body."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (isinstance(record.msg, str) and record.msg.startswith("Published message was returned")
+                and isinstance(record.args, tuple) and record.args):
+            record.args = (*record.args[:-1], "<body redacted>")
+        return True
+
+
+_REDACTOR: Final = _RedactReturnedBody()
+
+
+def _install_redactor() -> None:
+    # At first connect rather than import time; addFilter ignores a filter already added.
+    logging.getLogger("pika.adapters.blocking_connection").addFilter(_REDACTOR)
+
+
 def connection_parameters(url: str, *, connect_timeout: float, name: str) -> pika.URLParameters:
     """pika parameters for ``url`` with our timeouts; one attempt each (we retry ourselves).
 
@@ -149,6 +168,7 @@ def connect(
         ProducerError: ``url`` is not an AMQP URL.
     """
     params = connection_parameters(url, connect_timeout=connect_timeout, name=name)
+    _install_redactor()
     attempts = max(1, retry_attempts)
     last = ""
     for attempt in range(1, attempts + 1):

@@ -1,0 +1,193 @@
+"""The pipeline with an in-memory EESZT and outbox: every outcome of issue 3, without a broker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from schemas.replies import Accepted, Failed, Rejected, StatusUpdate
+from schemas.wire import H_AMBIGUOUS, H_ATTEMPT, H_CODE, H_STATUS_SENT, INTERACTIVE_QUEUE
+from tests import samples
+from workers.errors import ServiceRejected
+from workers.fakes import FakeEeszt
+from workers.outbox import MemoryOutbox
+from workers.pipeline import Incoming, Pipeline
+from workers.retry import RetryPolicy
+from workers.tokens import Credential, TokenManager
+
+FAST = RetryPolicy(call_attempts=3, call_wait_min_s=0.001, call_wait_max_s=0.002)
+
+
+def make(fake: FakeEeszt | None = None, **kw):
+    fake = fake or FakeEeszt(passwords={"O10001": "pw1", "O10002": "pw2"})
+    creds = {u: Credential(user_id=u, password=p) for u, p in fake.passwords.items()}
+    outbox = MemoryOutbox()
+    tokens = TokenManager(sts=fake, credentials=creds)
+    pipeline = Pipeline(client=fake, tokens=tokens, outbox=outbox, institution="H100200",
+                        policy=kw.pop("policy", FAST), **kw)
+    return fake, outbox, pipeline
+
+
+def incoming(request, **kw) -> Incoming:
+    return Incoming(body=request.to_json(), queue=INTERACTIVE_QUEUE,
+                    message_type=request.message_type, **kw)
+
+
+def test_accepted_request_gets_one_accepted_reply():
+    fake, outbox, p = make()
+    request = samples.prescription()
+    assert p.handle(incoming(request)) == "accepted"
+    (reply,) = outbox.replies["his.demo"]
+    assert isinstance(reply, Accepted) and reply.message_id == request.message_id
+    assert reply.idempotency_key == request.idempotency_key
+    assert reply.eeszt_id == fake.records[0][2]
+
+
+def test_invalid_field_is_rejected_naming_it_when_there_is_a_reply_address():
+    fake, outbox, p = make()
+    data = json.loads(samples.prescription().to_json())
+    data["payload"]["taj"] = "123456780"
+    assert p.handle(Incoming(body=json.dumps(data).encode(), queue=INTERACTIVE_QUEUE)) == "rejected"
+    (reply,) = outbox.replies["his.demo"]
+    assert isinstance(reply, Rejected) and reply.field == "payload.taj"
+    assert "check digit" in reply.reason and fake.submits == 0
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe\x00garbage", b"[]",
+                                  json.dumps({"payload": {"type": "erecept.submit"}}).encode()])
+def test_garbage_without_reply_address_goes_to_the_dead_letter_queue(body):
+    fake, outbox, p = make()
+    assert p.handle(Incoming(body=body, queue=INTERACTIVE_QUEUE)) == "dead-lettered"
+    (kept, headers), = outbox.dead
+    assert kept == body and headers[H_CODE] == "GW-VALIDATION"
+    assert fake.submits == 0 and not outbox.all_replies()
+
+
+def test_institution_acting_on_erecept_is_rejected_before_reaching_eeszt():
+    fake, outbox, p = make()
+    request = samples.prescription().model_copy(
+        update={"acting": samples.event_start().acting})
+    assert p.handle(incoming(request)) == "rejected"
+    (reply,) = outbox.replies["his.demo"]
+    assert (reply.code, reply.field) == ("AUTHZ-001", "acting") and fake.submits == 0
+
+
+def test_other_institution_is_rejected():
+    fake, outbox, p = make()
+    request = samples.prescription().model_copy(update={"institution": "H999999"})
+    p.handle(incoming(request))
+    assert outbox.replies["his.demo"][0].code == "GW-INSTITUTION"
+
+
+def test_business_rejection_is_passed_through_and_not_retried():
+    fake, outbox, p = make()
+    fake.script.append(ServiceRejected("no prescription has this id", code="BIZ-001",
+                                       field="prescriptionId"))
+    p.handle(incoming(samples.prescription()))
+    (reply,) = outbox.replies["his.demo"]
+    assert (reply.code, reply.field) == ("BIZ-001", "prescriptionId")
+    assert fake.submits == 1 and not outbox.retries
+
+
+def test_transient_failure_retries_in_call_then_parks_in_the_broker_once():
+    fake, outbox, p = make()
+    fake.unavailable(3)  # all three in-call attempts fail
+    request = samples.prescription()
+    assert p.handle(incoming(request)) == "retrying"
+    assert fake.submits == 3
+    (queue, body, headers, delay), = outbox.retries
+    assert queue == INTERACTIVE_QUEUE and headers[H_ATTEMPT] == 1 and 0 < delay < 2
+    (status,) = outbox.replies["his.demo"]
+    assert isinstance(status, StatusUpdate) and status.state == "retrying"
+    # The retried delivery fails again: a second park, but no second "retrying" status.
+    fake.unavailable(3)
+    assert p.handle(Incoming(body=body, queue=queue, headers=headers)) == "retrying"
+    assert len(outbox.retries) == 2 and outbox.retries[1][2][H_ATTEMPT] == 2
+    assert outbox.retries[1][2][H_STATUS_SENT] == "retrying"
+    assert len(outbox.replies["his.demo"]) == 1
+    # Third delivery succeeds.
+    assert p.handle(Incoming(body=body, queue=queue, headers=outbox.retries[1][2])) == "accepted"
+    assert isinstance(outbox.replies["his.demo"][-1], Accepted)
+    assert len(fake.records) == 1
+
+
+def test_retry_that_would_pass_the_deadline_fails_and_keeps_the_message():
+    fake, outbox, p = make()
+    fake.unavailable(3)
+    now = datetime.now(timezone.utc)
+    request = samples.prescription().model_copy(update={"deadline": now + timedelta(milliseconds=300)})
+    assert p.handle(incoming(request)) == "failed"
+    reply = outbox.replies["his.demo"][-1]
+    assert isinstance(reply, Failed) and "deadline" in reply.reason and "eeszt.dlq" in reply.kept_in
+    assert len(outbox.dead) == 1
+
+
+def test_request_past_its_deadline_is_not_sent():
+    fake, outbox, p = make()
+    created = datetime.now(timezone.utc) - timedelta(hours=2)
+    request = samples.prescription().model_copy(
+        update={"created_at": created, "deadline": created + timedelta(hours=1)})
+    assert p.handle(incoming(request)) == "failed" and fake.submits == 0
+
+
+def test_expired_token_is_refreshed_once_and_the_request_goes_through():
+    fake, outbox, p = make()
+    p.handle(incoming(samples.prescription()))
+    fake.expire_all_tokens()
+    assert p.handle(incoming(samples.prescription())) == "accepted"
+    assert fake.sts_calls["password"] == 2
+
+
+def test_ambiguous_outcome_is_resolved_by_query_not_by_resending():
+    fake, outbox, p = make()  # naive duplicates: a blind resend would store twice
+    fake.script.append("ambiguous")
+    assert p.handle(incoming(samples.prescription())) == "accepted"
+    assert len(fake.records) == 1 and fake.repeated_keys() == 0
+
+
+def test_redelivered_request_that_already_landed_is_not_sent_again():
+    fake, outbox, p = make()
+    request = samples.prescription()
+    p.handle(incoming(request))
+    assert p.handle(incoming(request, redelivered=True)) == "accepted"
+    assert fake.submits == 1 and fake.repeated_keys() == 0
+    first, second = outbox.replies["his.demo"]
+    assert first.eeszt_id == second.eeszt_id and first.message_id == second.message_id
+
+
+def test_ambiguous_flag_from_an_earlier_attempt_makes_the_worker_ask_first():
+    fake, outbox, p = make()
+    request = samples.prescription()
+    p.handle(incoming(request))
+    p.handle(incoming(request, headers={H_AMBIGUOUS: 1}))
+    assert fake.submits == 1
+
+
+def test_doctor_without_a_login_route_is_rejected_naming_the_user():
+    fake, outbox, p = make()
+    p.handle(incoming(samples.prescription(user_id="O10009")))
+    reply = outbox.replies["his.demo"][0]
+    assert (reply.code, reply.field) == ("GW-LOGIN", "acting.user_id")
+
+
+def test_one_token_per_doctor_for_many_concurrent_requests():
+    doctors = {f"O1000{i}": f"pw{i}" for i in range(10)}
+    fake, outbox, p = make(FakeEeszt(passwords=doctors))
+    requests = [samples.prescription(user_id=f"O1000{i % 10}") for i in range(1000)]
+    with ThreadPoolExecutor(32) as pool:
+        outcomes = list(pool.map(lambda r: p.handle(incoming(r)), requests))
+    assert outcomes.count("accepted") == 1000
+    assert fake.sts_calls["password"] == 10
+
+
+def test_logs_carry_no_taj(caplog):
+    fake, outbox, p = make()
+    caplog.set_level(logging.DEBUG)
+    request = samples.prescription().model_copy(update={"acting": samples.event_start().acting})
+    p.handle(incoming(request))
+    assert caplog.records and samples.TAJ not in caplog.text
