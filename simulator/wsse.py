@@ -200,6 +200,15 @@ class WsseVerifier:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
+    @property
+    def max_skew_seconds(self) -> float:
+        """Allowed clock skew for Timestamps; the admin endpoint changes it at run time."""
+        return self._skew.total_seconds()
+
+    @max_skew_seconds.setter
+    def max_skew_seconds(self, seconds: float) -> None:
+        self._skew = timedelta(seconds=seconds)
+
     # --- public -------------------------------------------------------------------------------
     def verify(self, envelope: etree._Element) -> VerifiedMessage:
         """Verify ``envelope`` (a parsed SOAP 1.1 Envelope); raise :class:`WsseError` if bad."""

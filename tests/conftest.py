@@ -109,3 +109,65 @@ def simulator(pki: PkiPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     sim = start_simulator(pki, tmp_path_factory.mktemp("sim"))
     yield sim
     stop_simulator(sim)
+
+
+# --- RabbitMQ ---------------------------------------------------------------------------------
+RABBIT_HOST = "127.0.0.1:5672"
+
+
+@pytest.fixture(scope="session")
+def rabbit_vhost() -> Iterator[str]:
+    """A fresh vhost per test session, so that no earlier run's messages interfere.
+
+    Fails (does not skip) when RabbitMQ is not running: `make test` starts it.
+    """
+    name = f"eeszt-test-{os.getpid()}"
+    for cmd in (["rabbitmqctl", "-q", "add_vhost", name],
+                ["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"]):
+        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    yield name
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def broker_url(rabbit_vhost: str) -> str:
+    return f"amqp://guest:guest@{RABBIT_HOST}/{rabbit_vhost}"
+
+
+@dataclass
+class WorkerPool:
+    proc: subprocess.Popen
+    log_path: Path
+    heartbeat_dir: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_workers(*, broker_url: str, sim: SimulatorProcess, workdir: Path, processes: int = 1,
+                  threads: int = 8, queues: str = "interactive,batch", extra: tuple[str, ...] = ()
+                  ) -> WorkerPool:
+    """`eeszt-gw worker` as a subprocess; returns once a process has beaten."""
+    hb = workdir / f"hb-{time.monotonic_ns()}"
+    log_path = workdir / f"worker-{time.monotonic_ns()}.log"
+    cmd = [sys.executable, "-m", "eeszt_gw.cli", "worker", "--broker-url", broker_url,
+           "--eeszt-url", sim.base_url, "--pki-dir", str(sim.pki.directory),
+           "--processes", str(processes), "--threads", str(threads), "--queues", queues,
+           "--heartbeat-dir", str(hb), "--retry-base-s", "0.5", *extra]
+    proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+    pool = WorkerPool(proc, log_path, hb)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}:\n{log_path.read_text()}")
+        if len(list(hb.glob("worker-*.json"))) >= processes:
+            return pool
+        time.sleep(0.2)
+    pool.stop()
+    raise RuntimeError(f"workers did not start:\n{log_path.read_text()}")
