@@ -35,9 +35,10 @@ from pika.spec import Basic, BasicProperties
 from pydantic import ValidationError
 
 from producers.errors import BrokerUnavailable, InvalidRequest, ProducerError, PublishFailed
-from producers.topology import CONNECTION_ERRORS, connect, declare_topology
+from producers.memory import BatchSummary, FailedMessage, to_wire
+from producers.topology import CONNECTION_ERRORS, coalesce_writes, connect, declare_topology
 from schemas.envelope import RequestEnvelope
-from schemas.wire import H_IDEMPOTENCY_KEY, H_TYPE, REQUESTS_EXCHANGE
+from schemas.wire import REQUESTS_EXCHANGE
 
 __all__ = ["BatchPublisher", "BatchSummary", "FailedMessage", "Publisher", "parse_line"]
 
@@ -61,32 +62,6 @@ def parse_line(line: str, lineno: int) -> RequestEnvelope:
         raise InvalidRequest.from_validation_error(exc, lineno=lineno) from None
 
 
-@dataclass(frozen=True, slots=True)
-class FailedMessage:
-    """A message the broker did not take, and why."""
-
-    message_id: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class BatchSummary:
-    """What happened to the messages published since the previous :meth:`BatchPublisher.flush`.
-
-    ``unconfirmed`` lists messages still waiting for their confirm when ``flush`` timed out;
-    they stay tracked and a later ``flush`` reports them.
-    """
-
-    confirmed: int
-    failed: tuple[FailedMessage, ...] = ()
-    unconfirmed: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """True when every message was confirmed."""
-        return not self.failed and not self.unconfirmed
-
-
 @dataclass(slots=True, eq=False)
 class _Outgoing:
     routing_key: str
@@ -108,8 +83,7 @@ def _outgoing(routing_key: str, body: bytes, headers: Mapping[str, Any] | None,
 
 
 def _from_request(request: RequestEnvelope) -> _Outgoing:
-    headers = {H_TYPE: request.message_type, H_IDEMPOTENCY_KEY: request.idempotency_key}
-    return _outgoing(request.message_type, request.to_json(), headers, str(request.message_id))
+    return _outgoing(*to_wire(request))
 
 
 def _noop() -> None:
@@ -161,6 +135,7 @@ class _ConfirmChannel:
             except BrokerUnavailable as exc:
                 raise BrokerUnavailable(exc.reason, attempts=exc.attempts,
                                         unconfirmed=self.unconfirmed_ids()) from None
+            coalesce_writes(self._conn)
         blocking = self._conn.channel()
         try:
             if self._declare:
@@ -364,20 +339,25 @@ class Publisher(_Base):
         deadline = time.monotonic() + timeout
         engine = self._engine
         with self._lock:
-            while True:
-                try:
-                    engine.open()
-                    if not msg.sent:
-                        # A 0 s pump first: an idle connection the broker dropped (missed
-                        # heartbeats) fails here rather than after the publish.
-                        engine.pump(0)
-                        engine.send(msg)
-                    engine.wait_for(lambda: msg.outcome is not None, deadline)
-                    break
-                except CONNECTION_ERRORS as exc:
-                    engine.lost(exc)
+            try:
+                while msg.outcome is None and time.monotonic() < deadline:
+                    try:
+                        engine.open()
+                        if not msg.sent:
+                            # A 0 s pump first: an idle connection the broker dropped (missed
+                            # heartbeats) fails here rather than after the publish.
+                            engine.pump(0)
+                            engine.send(msg)
+                        engine.wait_for(lambda: msg.outcome is not None, deadline)
+                    except CONNECTION_ERRORS as exc:
+                        engine.lost(exc)
+            finally:
+                if msg.outcome is None:
+                    # The caller hears that it failed; a later submit must not resend it.
+                    engine.forget(msg)
+            if msg.outcome is None and not msg.sent:
+                raise PublishFailed(msg.message_id, f"not sent within {timeout:g} s")
             if msg.outcome is None:
-                engine.forget(msg)
                 raise PublishFailed(msg.message_id, f"no confirm within {timeout:g} s; it may "
                                     "still arrive (resubmitting is safe: the gateway dedupes)")
             if msg.outcome:
@@ -436,21 +416,22 @@ class BatchPublisher(_Base):
         with self._lock:
             while True:
                 try:
-                    engine.open()
-                    if not engine.wait_for(lambda: len(engine.pending) < self._max_in_flight,
-                                           deadline):
-                        raise BrokerUnavailable(
-                            f"no confirm for {timeout:g} s with {len(engine.pending)} messages "
-                            "in flight (is the broker blocked by a resource alarm?)",
-                            attempts=0, unconfirmed=engine.unconfirmed_ids())
-                    engine.send(msg)
-                    self._since_pump += 1
+                    engine.open()  # after a loss this republishes msg too, if it was sent
+                    if not msg.sent:
+                        if not engine.wait_for(
+                                lambda: len(engine.pending) < self._max_in_flight, deadline):
+                            raise BrokerUnavailable(
+                                f"no confirm for {timeout:g} s with {len(engine.pending)} "
+                                "messages in flight (is the broker blocked by an alarm?)",
+                                attempts=0, unconfirmed=engine.unconfirmed_ids())
+                        engine.send(msg)
+                        self._since_pump += 1
                     if self._since_pump >= PUMP_EVERY:
                         self._since_pump = 0
                         engine.pump(0)
                     return
                 except CONNECTION_ERRORS as exc:
-                    engine.lost(exc)  # msg is republished by open() if it was sent
+                    engine.lost(exc)
 
     def flush(self, timeout: float = 60.0) -> BatchSummary:
         """Wait up to ``timeout`` seconds for every outstanding confirm; report and reset.

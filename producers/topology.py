@@ -16,6 +16,7 @@ import logging
 import random
 import time
 import urllib.parse
+from collections import deque
 from typing import Final
 
 import pika
@@ -37,6 +38,7 @@ from schemas.wire import (
 
 __all__ = [
     "DEFAULT_BROKER_URL",
+    "coalesce_writes",
     "connect",
     "declare_replies_exchange",
     "declare_topology",
@@ -130,6 +132,34 @@ def _install_redactor() -> None:
     logging.getLogger("pika.adapters.blocking_connection").addFilter(_REDACTOR)
 
 
+def coalesce_writes(connection: pika.BlockingConnection) -> bool:
+    """Make the connection send its buffered frames with one ``send()`` instead of one each.
+
+    pika writes every frame with its own ``send()``, three per message (method, header, body),
+    and on loopback those syscalls were the largest client cost: joining the buffered frames
+    raised the batch rate by about 45 % on the 2-core test machine. This touches pika internals
+    (checked against 1.3 and 1.4), so it only applies to the plain-TCP transport it knows and
+    does nothing otherwise; the order and content of the bytes are unchanged.
+    """
+    transport = getattr(getattr(connection, "_impl", None), "_transport", None)
+    buffers = getattr(transport, "_tx_buffers", None)
+    produce = getattr(transport, "_produce", None)
+    if (type(transport).__name__ != "_AsyncPlaintextTransport" or produce is None
+            or not isinstance(buffers, deque)):
+        log.debug("pika transport not recognised; frames are sent one by one")
+        return False
+
+    def produce_joined() -> None:
+        if len(buffers) > 1:
+            chunk = b"".join(buffers)
+            buffers.clear()
+            buffers.append(chunk)
+        produce()
+
+    transport._produce = produce_joined
+    return True
+
+
 def connection_parameters(url: str, *, connect_timeout: float, name: str) -> pika.URLParameters:
     """pika parameters for ``url`` with our timeouts; one attempt each (we retry ourselves).
 
@@ -148,6 +178,12 @@ def connection_parameters(url: str, *, connect_timeout: float, name: str) -> pik
     params.blocked_connection_timeout = 60.0
     params.client_properties = {"connection_name": name}
     return params
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a connect error; pika's str() is often empty, its first arg says why."""
+    detail = str(exc) or (repr(exc.args[0]) if exc.args else "")
+    return f"{exc.__class__.__name__}: {detail}" if detail else exc.__class__.__name__
 
 
 def connect(
@@ -180,11 +216,12 @@ def connect(
                 f"broker {safe_url(url)} refused the login ({exc.__class__.__name__}); "
                 "check the user, password and vhost", attempts=attempt) from None
         except CONNECTION_ERRORS as exc:
-            last = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+            last = _describe(exc)
             log.warning("connect to %s failed (attempt %d of %d): %s",
                         safe_url(url), attempt, attempts, last)
         if attempt < attempts:
             time.sleep(retry_delay(attempt, retry_backoff))
     raise BrokerUnavailable(
-        f"broker {safe_url(url)} unreachable after {attempts} attempts ({last})", attempts=attempts
+        f"broker {safe_url(url)} unreachable after {attempts} attempt{'s' * (attempts > 1)} "
+        f"({last})", attempts=attempts
     )

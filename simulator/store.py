@@ -4,13 +4,15 @@ Tests prove "nothing lost, nothing sent twice" from here: every accepted write i
 ``records``; every business request that got past the transport is one row in ``attempts``;
 every token the STS issued is one row in ``sts_issues``.
 
-One :class:`Store` per thread: SQLite connections are not shared. WAL lets the admin thread read
-while the request thread writes.
+Each thread that needs the store opens its own :class:`Store` (the request thread writes, the
+admin thread reads; WAL lets them run side by side). A Store may be created on one thread and
+used on another, but its methods are serialised by a lock.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -64,6 +66,15 @@ class Record:
     repeated: bool = False  # True when dedupe mode returned an earlier record
 
 
+def _locked(method):
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
+    return wrapper
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -73,7 +84,9 @@ class Store:
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+                                   check_same_thread=False)
+        self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a process crash; only a power loss can lose the
         # last transactions, which a simulator may accept.
@@ -84,6 +97,7 @@ class Store:
         self._db.close()
 
     # --- writes (request thread) ---------------------------------------------------------------
+    @_locked
     def find_by_key(self, service: str, key: str) -> list[Record]:
         rows = self._db.execute(
             "SELECT eeszt_id, version, operation, stored_at, idempotency_key FROM records"
@@ -92,6 +106,7 @@ class Store:
         ).fetchall()
         return [Record(*row) for row in rows]
 
+    @_locked
     def find_by_eeszt_id(self, eeszt_id: str) -> list[dict[str, Any]]:
         cur = self._db.execute(
             "SELECT service, operation, idempotency_key, target_id, taj FROM records"
@@ -101,12 +116,14 @@ class Store:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
+    @_locked
     def next_version(self, service: str, taj: str) -> int:
         (count,) = self._db.execute(
             "SELECT COUNT(*) FROM records WHERE service=? AND taj=?", (service, taj)
         ).fetchone()
         return int(count) + 1
 
+    @_locked
     def insert(
         self,
         *,
@@ -132,6 +149,7 @@ class Store:
         )
         return Record(eeszt_id, version, operation, stored_at, key)
 
+    @_locked
     def attempt(self, *, service: str, operation: str, key: str | None, outcome: str) -> None:
         self._db.execute(
             "INSERT INTO attempts (service, operation, idempotency_key, outcome, at)"
@@ -139,16 +157,19 @@ class Store:
             (service, operation, key, outcome, _now()),
         )
 
+    @_locked
     def sts_issued(self, *, subject: str, method: str, institution: str) -> None:
         self._db.execute(
             "INSERT INTO sts_issues (subject, method, institution, issued_at) VALUES (?,?,?,?)",
             (subject, method, institution, _now()),
         )
 
+    @_locked
     def reset(self) -> None:
         self._db.executescript("DELETE FROM records; DELETE FROM attempts; DELETE FROM sts_issues;")
 
     # --- reads (admin thread) ------------------------------------------------------------------
+    @_locked
     def stats(self) -> dict[str, Any]:
         db = self._db
         records: dict[str, dict[str, int]] = {}
@@ -195,6 +216,7 @@ class Store:
             },
         }
 
+    @_locked
     def records(self, *, service: str | None = None, key: str | None = None,
                 limit: int = 1000) -> list[dict[str, Any]]:
         sql = ("SELECT service, operation, idempotency_key, message_id, eeszt_id, version,"

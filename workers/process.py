@@ -73,6 +73,7 @@ def worker_main(settings: WorkerSettings) -> None:
     beat = _heartbeat_path(settings)
     beat.parent.mkdir(parents=True, exist_ok=True)
     try:
+        _write_heartbeat(beat, queues, settings.threads, runtime)
         while not stop.wait(HEARTBEAT_EVERY_S):
             _write_heartbeat(beat, queues, settings.threads, runtime)
     finally:
