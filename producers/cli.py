@@ -25,7 +25,7 @@ from producers.errors import BrokerUnavailable, InvalidRequest, ProducerError
 from producers.generate import MALFORMED_KINDS, generate
 from producers.publisher import BatchPublisher, parse_line
 from producers.replies import ReplyListener
-from producers.topology import DEFAULT_BROKER_URL, safe_url
+from producers.topology import DEFAULT_BROKER_URL
 from schemas.replies import Reply, describe_validation_error, is_final
 
 __all__ = ["add_commands"]

@@ -221,11 +221,13 @@ class _Maker:
         shortest, longest = _DURATIONS[kind]
         ended = self.now - timedelta(minutes=rng.randint(60, 20 * 60))
         started = ended - timedelta(minutes=rng.randint(shortest, longest))
-        common = {"taj": patient.taj, "event_id": self.local_id(), "event_type": kind,
-                  "started_at": started,
-                  "bno": rng.choice(list(_DIAGNOSES)) if rng.random() < 0.8 else None}
-        return (self.envelope("evs", me, CareEventStart(**common)),
-                self.envelope("eve", me, CareEventEnd(**common, ended_at=ended)))
+        event_id = self.local_id()
+        bno = rng.choice(list(_DIAGNOSES)) if rng.random() < 0.8 else None
+        start = CareEventStart(taj=patient.taj, event_id=event_id, event_type=kind,
+                               started_at=started, bno=bno)
+        end = CareEventEnd(taj=patient.taj, event_id=event_id, event_type=kind,
+                           started_at=started, ended_at=ended, bno=bno)
+        return self.envelope("evs", me, start), self.envelope("eve", me, end)
 
     def document(self) -> RequestEnvelope:
         rng, patient = self.rng, self.rng.choice(self.patients)
@@ -267,7 +269,7 @@ def _naive_start(d: dict[str, Any]) -> None:
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def mutate(d: dict[str, Any]) -> None:
         *parents, last = path.split(".")
-        target = d
+        target: Any = d
         for part in parents:
             target = target[int(part)] if part.isdigit() else target[part]
         target[last] = value
@@ -371,12 +373,12 @@ def generate(*, prescriptions: int = 0, revokes: int = 0, referrals: int = 0, pr
     rng.shuffle(lines)
     # A HIS reports an end after its start: swap the pairs the shuffle put the other way round.
     first_seen: dict[int, int] = {}
-    for position, (_, number, is_end) in enumerate(lines):
-        if number is None:
+    for position, (_, event, is_end) in enumerate(lines):
+        if event is None:
             continue
-        if number not in first_seen:
-            first_seen[number] = position
+        if event not in first_seen:
+            first_seen[event] = position
         elif not is_end:
-            other = first_seen[number]
+            other = first_seen[event]
             lines[other], lines[position] = lines[position], lines[other]
     return iter([line for line, _, _ in lines])

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, cast, runtime_checkable
 
 from producers.errors import PublishFailed
 from producers.replies import parse_reply
@@ -215,7 +215,7 @@ class MemoryReplies:
             if item is _CLOSED:
                 self._queue.put(_CLOSED)  # wake every other reader too
                 return None
-            routing_key, body = item  # type: ignore[misc]
+            routing_key, body = cast(tuple[str, bytes], item)
             reply = parse_reply(body, routing_key=routing_key)
             if reply is not None:
                 return reply

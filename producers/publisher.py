@@ -19,6 +19,7 @@ have arrived.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -212,10 +213,8 @@ class _ConfirmChannel:
     def close(self) -> None:
         conn, self._conn, self._channel, self._blocking = self._conn, None, None, None
         if conn is not None and conn.is_open:
-            try:
+            with contextlib.suppress(*CONNECTION_ERRORS):  # already gone: nothing to release
                 conn.close()
-            except CONNECTION_ERRORS:
-                pass  # already gone; nothing left to release
 
     # --- callbacks, run by pika inside pump() -----------------------------------------------
 

@@ -14,6 +14,7 @@ acked at once, so it never blocks the queue.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -36,7 +37,8 @@ __all__ = ["ReplyListener", "parse_reply"]
 log = logging.getLogger(__name__)
 
 
-def parse_reply(body: bytes, *, routing_key: str = "", message_id: str | None = None) -> Reply | None:
+def parse_reply(body: bytes, *, routing_key: str = "",
+                message_id: str | None = None) -> Reply | None:
     """Parse a reply body; ``None`` (and a warning naming the field, never the body) if invalid."""
     try:
         return REPLY_ADAPTER.validate_json(body)
@@ -139,18 +141,14 @@ class ReplyListener:
         Idempotent; never raises for a connection that is already gone.
         """
         if ack_last:
-            try:
+            with contextlib.suppress(*CONNECTION_ERRORS):  # else it is redelivered: fine
                 self._ack_last()
-            except CONNECTION_ERRORS:
-                pass  # the broker redelivers it: at-least-once
         conn, self._conn, self._channel = self._conn, None, None
         self._buffer.clear()
         self._last_tag = None
         if conn is not None and conn.is_open:
-            try:
+            with contextlib.suppress(*CONNECTION_ERRORS):
                 conn.close()
-            except CONNECTION_ERRORS:
-                pass
 
     def __enter__(self) -> Self:
         return self
@@ -221,7 +219,6 @@ class ReplyListener:
     def _give_back(self) -> None:
         tag, self._last_tag = self._last_tag, None
         if tag is not None and self._channel is not None and self._channel.is_open:
-            try:
+            # Unacked on a dead channel, it is redelivered anyway.
+            with contextlib.suppress(*CONNECTION_ERRORS):
                 self._channel.basic_nack(tag, requeue=True)
-            except CONNECTION_ERRORS:
-                pass  # unacked on a dead channel is redelivered anyway

@@ -110,7 +110,7 @@ def retry_delay(attempt: int, backoff: float) -> float:
     """Pause before connect number ``attempt + 1``: ``backoff * 2**(attempt-1)`` with ±50 %
     jitter (so that many clients restarted together do not reconnect in lockstep), capped."""
     base = min(MAX_BACKOFF_S, backoff * 2 ** max(0, attempt - 1))
-    return base * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not cryptography
+    return base * random.uniform(0.5, 1.5)  # jitter, not cryptography
 
 
 class _RedactReturnedBody(logging.Filter):
@@ -144,8 +144,8 @@ def coalesce_writes(connection: pika.BlockingConnection) -> bool:
     transport = getattr(getattr(connection, "_impl", None), "_transport", None)
     buffers = getattr(transport, "_tx_buffers", None)
     produce = getattr(transport, "_produce", None)
-    if (type(transport).__name__ != "_AsyncPlaintextTransport" or produce is None
-            or not isinstance(buffers, deque)):
+    if (transport is None or type(transport).__name__ != "_AsyncPlaintextTransport"
+            or produce is None or not isinstance(buffers, deque)):
         log.debug("pika transport not recognised; frames are sent one by one")
         return False
 
@@ -169,7 +169,8 @@ def connection_parameters(url: str, *, connect_timeout: float, name: str) -> pik
     try:
         params = pika.URLParameters(url)
     except (ValueError, TypeError) as exc:
-        raise ProducerError(f"invalid broker URL {safe_url(url)}: {exc.__class__.__name__}") from None
+        raise ProducerError(
+            f"invalid broker URL {safe_url(url)}: {exc.__class__.__name__}") from None
     params.connection_attempts = 1
     params.socket_timeout = connect_timeout
     params.stack_timeout = connect_timeout * 2

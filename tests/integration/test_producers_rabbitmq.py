@@ -43,9 +43,6 @@ from tests.samples import TAJ, event_start, prescription
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 CLOSED_PORT_URL = "amqp://guest:guest@127.0.0.1:1/%2F"
 
-rabbitmq = [pytest.mark.integration, pytest.mark.rabbitmq]
-
-
 def _unique(prefix: str) -> str:
     return f"test.producers.{prefix}.{uuid.uuid4().hex[:10]}"
 
@@ -99,7 +96,6 @@ def _break_socket(publisher: Publisher | BatchPublisher) -> None:
 # --- Publisher ----------------------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("route")
 @pytest.mark.integration
 @pytest.mark.rabbitmq
 def test_submit_returns_after_confirm_with_routing_properties_and_headers(admin, route) -> None:
@@ -247,10 +243,10 @@ def test_submit_is_safe_from_many_threads(admin, route) -> None:
 @pytest.mark.integration
 def test_broker_unavailable_after_bounded_retry() -> None:
     # Given a publisher aimed at a closed port, with 3 attempts
-    with Publisher(url=CLOSED_PORT_URL, retry_attempts=3, retry_backoff=0.01) as publisher:
-        # When a request is submitted, then it gives up, saying how often it tried
-        with pytest.raises(BrokerUnavailable) as caught:
-            publisher.submit(prescription())
+    # When a request is submitted, then it gives up, saying how often it tried
+    with (Publisher(url=CLOSED_PORT_URL, retry_attempts=3, retry_backoff=0.01) as publisher,
+          pytest.raises(BrokerUnavailable) as caught):
+        publisher.submit(prescription())
     assert caught.value.attempts == 3
     assert "guest:***@" in caught.value.reason
 
@@ -321,9 +317,9 @@ def test_batch_republishes_unconfirmed_messages_after_a_cut(admin, route) -> Non
 
 @pytest.mark.integration
 def test_batch_broker_unavailable_after_bounded_retry() -> None:
-    with BatchPublisher(url=CLOSED_PORT_URL, retry_attempts=2, retry_backoff=0.01) as publisher:
-        with pytest.raises(BrokerUnavailable) as caught:
-            publisher.publish(prescription())
+    with (BatchPublisher(url=CLOSED_PORT_URL, retry_attempts=2, retry_backoff=0.01) as publisher,
+          pytest.raises(BrokerUnavailable) as caught):
+        publisher.publish(prescription())
     assert caught.value.attempts == 2 and caught.value.unconfirmed == ()
 
 
