@@ -16,11 +16,18 @@ What :func:`init_pki` creates, and which side uses it:
 ``sts.pem/.key``            the simulated STS: signs SAML assertions (self-signed)
 ``server-ca.pem/.key``      the CA of the simulator's HTTPS certificate: clients trust it
 ``server.pem/.key``         the simulator's HTTPS server certificate (serverAuth + SANs)
-``card-ca.pem/.key``        a simulated eSZIG card CA (for the virtual card)
+``card-ca.pem/.key``        a simulated eSZIG card CA: the eID server trusts it; it signs
+                            the virtual cards that :func:`simulator.users.write_demo_users`
+                            writes into ``cards/``
+``eid.pem/.key``            the simulated eID server: signs eID request packages and rID
+                            packages (ECDSA P-256, SHA-256; self-signed)
+``challenge.pem/.key``      the GATEWAY's card challenge key (Ed25519, self-signed): the
+                            workers sign card challenges, the card bridge pins the cert
 ==========================  ==========================================================
 
-The building blocks (:func:`new_rsa_key`, :func:`make_ca`, :func:`issue_certificate`,
-:func:`write_pem`) are public so that tests can mint foreign, expired or odd certificates.
+The building blocks (:func:`new_rsa_key`, :func:`new_ec_key`, :func:`new_ed25519_key`,
+:func:`make_ca`, :func:`issue_certificate`, :func:`issue_card_certificate`, :func:`write_pem`)
+are public so that tests can mint foreign, expired or odd certificates.
 RSA key generation (about 50 ms per key) dominates the cost; :func:`init_pki` takes well under
 two seconds.
 """
@@ -38,15 +45,18 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "PkiPaths",
     "cert_days_left",
     "init_pki",
+    "issue_card_certificate",
     "issue_certificate",
     "make_ca",
+    "new_ec_key",
+    "new_ed25519_key",
     "new_rsa_key",
     "write_pem",
 ]
@@ -55,7 +65,10 @@ __all__ = [
 _BACKDATE = timedelta(minutes=5)
 _CA_DAYS = 3650
 
-KeyOrCert = rsa.RSAPrivateKey | x509.Certificate
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+KeyOrCert = PrivateKey | x509.Certificate
+#: how long a virtual eSZIG card's certificate is valid
+CARD_DAYS = 3 * 365
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,10 @@ class PkiPaths:
     server_key: Path
     card_ca_cert: Path
     card_ca_key: Path
+    eid_cert: Path
+    eid_key: Path
+    challenge_cert: Path
+    challenge_key: Path
     readme: Path
 
     @classmethod
@@ -103,6 +120,10 @@ class PkiPaths:
             server_key=d / "server.key",
             card_ca_cert=d / "card-ca.pem",
             card_ca_key=d / "card-ca.key",
+            eid_cert=d / "eid.pem",
+            eid_key=d / "eid.key",
+            challenge_cert=d / "challenge.pem",
+            challenge_key=d / "challenge.key",
             readme=d / "README.txt",
         )
 
@@ -127,12 +148,33 @@ def new_rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
+def new_ec_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh ECDSA P-256 key (the eSZIG card's and the eID server's key type)."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def new_ed25519_key() -> ed25519.Ed25519PrivateKey:
+    """A fresh Ed25519 key (the gateway's card challenge key)."""
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def _hash_for(key: PrivateKey) -> hashes.SHA256 | None:
+    """The digest to sign a certificate with: none for EdDSA keys, SHA-256 otherwise."""
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        return None
+    return hashes.SHA256()
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
 def _name(
-    common_name: str, *, organization: str | None = None, organization_identifier: str | None = None
+    common_name: str,
+    *,
+    organization: str | None = None,
+    organization_identifier: str | None = None,
+    serial_number: str | None = None,
 ) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COUNTRY_NAME, "HU")]
     if organization:
@@ -140,6 +182,8 @@ def _name(
     if organization_identifier:
         attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_IDENTIFIER, organization_identifier))
     attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    if serial_number:
+        attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
     return x509.Name(attrs)
 
 
@@ -148,9 +192,9 @@ def make_ca(
     *,
     days: int = _CA_DAYS,
     not_before: datetime | None = None,
-    key: rsa.RSAPrivateKey | None = None,
-    issuer: tuple[rsa.RSAPrivateKey, x509.Certificate] | None = None,
-) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    key: PrivateKey | None = None,
+    issuer: tuple[PrivateKey, x509.Certificate] | None = None,
+) -> tuple[PrivateKey, x509.Certificate]:
     """A CA certificate (``cA=TRUE``, keyCertSign + cRLSign), valid ``days`` from ``not_before``.
 
     Self-signed (a root) unless ``issuer`` = (key, cert) of a parent CA is given, which makes an
@@ -189,7 +233,7 @@ def make_ca(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
             critical=False,
         )
-        .sign(signing_key, hashes.SHA256())
+        .sign(signing_key, _hash_for(signing_key))
     )
     return key, cert
 
@@ -202,11 +246,11 @@ def _san_entry(host: str) -> x509.GeneralName:
 
 
 def issue_certificate(
-    ca_key: rsa.RSAPrivateKey,
+    ca_key: PrivateKey,
     ca_cert: x509.Certificate | None,
     *,
     common_name: str,
-    key: rsa.RSAPrivateKey | None = None,
+    key: PrivateKey | None = None,
     days: int = 365,
     not_before: datetime | None = None,
     not_after: datetime | None = None,
@@ -214,14 +258,16 @@ def issue_certificate(
     server_hosts: Sequence[str] = (),
     organization: str | None = None,
     organization_identifier: str | None = None,
-) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    serial_number: str | None = None,
+) -> tuple[PrivateKey, x509.Certificate]:
     """An end-entity certificate signed by ``ca_key``/``ca_cert``.
 
     ``ca_cert=None`` makes the certificate self-signed (then ``ca_key`` must be ``key``'s pair,
     or ``key`` is omitted and ``ca_key`` is used). ``client`` adds the clientAuth EKU and
     ``server_hosts`` the serverAuth EKU plus a SAN per host (IP addresses become iPAddress
     entries). ``not_after`` overrides ``days``; a ``not_after`` in the past makes an expired
-    certificate (``not_before`` then defaults to a day earlier).
+    certificate (``not_before`` then defaults to a day earlier). ``serial_number`` adds a
+    subject serialNumber attribute (an eSZIG card's serial). ``key`` may be RSA, EC or Ed25519.
     """
     if ca_cert is None:
         key = key or ca_key
@@ -235,7 +281,10 @@ def issue_certificate(
     if end <= start:
         raise ValueError("not_after must be later than not_before")
     subject = _name(
-        common_name, organization=organization, organization_identifier=organization_identifier
+        common_name,
+        organization=organization,
+        organization_identifier=organization_identifier,
+        serial_number=serial_number,
     )
     issuer = subject if ca_cert is None else ca_cert.subject
     signer_public = ca_key.public_key()
@@ -277,7 +326,31 @@ def issue_certificate(
         )
     if usages:
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    return key, builder.sign(ca_key, hashes.SHA256())
+    return key, builder.sign(ca_key, _hash_for(ca_key))
+
+
+def issue_card_certificate(
+    ca_key: PrivateKey,
+    ca_cert: x509.Certificate,
+    *,
+    holder_name: str,
+    card_serial: str,
+    key: ec.EllipticCurvePrivateKey | None = None,
+    days: int = CARD_DAYS,
+    not_after: datetime | None = None,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A virtual eSZIG card's authentication certificate: an EC P-256 key, subject CN = the
+    holder's name and serialNumber = the card serial, digitalSignature + clientAuth."""
+    return issue_certificate(  # type: ignore[return-value]
+        ca_key,
+        ca_cert,
+        common_name=holder_name,
+        key=key or new_ec_key(),
+        days=days,
+        not_after=not_after,
+        client=True,
+        serial_number=card_serial,
+    )
 
 
 def _pem_bytes(key_or_cert: KeyOrCert) -> bytes:
@@ -338,7 +411,18 @@ sts.pem / sts.key                    simulated STS signing certificate (self-sig
 server-ca.pem / server-ca.key        CA of the simulator's HTTPS certificate; clients trust it
 server.pem / server.key              simulator HTTPS server certificate (serverAuth), SANs:
                                      {hosts}
-card-ca.pem / card-ca.key            simulated eSZIG card CA (virtual card)
+card-ca.pem / card-ca.key            simulated eSZIG card CA; the eID server trusts it, and it
+                                     signs the virtual cards in cards/ (written with users.json)
+eid.pem / eid.key                    simulated eID server (ECDSA P-256, self-signed); signs the
+                                     eID request packages and the rID packages
+challenge.pem / challenge.key        the GATEWAY's card challenge key (Ed25519, self-signed):
+                                     the workers sign card challenges with challenge.key, the
+                                     card bridge pins challenge.pem
+
+cards/<user>.key, .pem, .json        (written by `eeszt-gw pki init` with users.json) one
+                                     virtual eSZIG card per demo doctor: EC P-256 key, card
+                                     certificate (serialNumber = card serial), PIN/CAN/PUK and
+                                     document data. The PIN, CAN and PUK are test secrets.
 """
 
 
@@ -397,6 +481,17 @@ def init_pki(
         days=days,
     )
     card_key, card_cert = make_ca("Simulated eSZIG card CA")
+    eid_key, eid_cert = issue_certificate(
+        new_ec_key(), None, common_name="EESZT eID server (simulated)", client=False, days=days
+    )
+    challenge_key, challenge_cert = issue_certificate(
+        new_ed25519_key(),
+        None,
+        common_name="eeszt-gateway card challenge signer",
+        organization=institution_name,
+        client=False,
+        days=days,
+    )
 
     for path, obj in (
         (paths.waf_ca_key, waf_key),
@@ -415,6 +510,10 @@ def init_pki(
         (paths.server_cert, srv_cert),
         (paths.card_ca_key, card_key),
         (paths.card_ca_cert, card_cert),
+        (paths.eid_key, eid_key),
+        (paths.eid_cert, eid_cert),
+        (paths.challenge_key, challenge_key),
+        (paths.challenge_cert, challenge_cert),
     ):
         write_pem(path, obj)
     paths.readme.write_text(

@@ -37,6 +37,18 @@ class NoLoginRoute(TokenError):
     """No way to log this identity in is configured (no password, no MobilToken secret)."""
 
 
+class LoginRequired(TokenError):
+    """The doctor must log in at a workstation (eSZIG card, or a MobilToken code typed there).
+
+    The worker then starts one login for the doctor and parks the request until it completes.
+    """
+
+    def __init__(self, user_id: str, *, route: str) -> None:
+        super().__init__(f"{user_id} must log in ({route})")
+        self.user_id = user_id
+        self.route = route
+
+
 @dataclass(frozen=True, slots=True)
 class Token:
     identity: str
@@ -63,6 +75,8 @@ class Credential:
     password: str | None = None
     totp_secret: str | None = None
     workstation: str | None = None
+    #: interactive route when no secret is configured: "eszig" (card) or "mobiltoken" (typed code)
+    interactive: str = "eszig"
 
     def __repr__(self) -> str:
         return f"Credential({self.user_id}, password={'***' if self.password else None}, " \
@@ -76,9 +90,12 @@ def load_credentials(path: Path) -> dict[str, Credential]:
     for i, u in enumerate(data.get("users", [])):
         if "user_id" not in u:
             raise ValueError(f"{path}: users[{i}] has no user_id")
+        route = u.get("login", "eszig")
+        if route not in ("eszig", "mobiltoken"):
+            raise ValueError(f"{path}: users[{i}].login must be eszig or mobiltoken, not {route!r}")
         creds[u["user_id"]] = Credential(user_id=u["user_id"], password=u.get("password"),
                                          totp_secret=u.get("totp_secret"),
-                                         workstation=u.get("workstation"))
+                                         workstation=u.get("workstation"), interactive=route)
     return creds
 
 
@@ -108,7 +125,7 @@ class TokenManager:
     def __init__(self, *, sts: StsClient, credentials: dict[str, Credential] | None = None,
                  share=None, refresh_ratio: float = 0.8,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 share_wait_s: float = 10.0) -> None:
+                 share_wait_s: float = 10.0, interactive_logins: bool = True) -> None:
         from .token_share import LocalTokenShare
 
         self.sts = sts
@@ -117,6 +134,7 @@ class TokenManager:
         self.refresh_ratio = refresh_ratio
         self.clock = clock
         self.share_wait_s = share_wait_s
+        self.interactive_logins = interactive_logins
         self._cache: dict[str, Token] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -156,6 +174,21 @@ class TokenManager:
                 raise
             self._cache[identity] = token
             return token
+
+    def put(self, identity: str, issued: IssuedLike, *, reason: str = "") -> Token:
+        """Cache a token obtained outside :meth:`get` (an interactive login) and share it."""
+        token = self._token(identity, issued)
+        with self._lock_for(identity):
+            self._cache[identity] = token
+        self.stats["logins"] += 1
+        self.logins_by_reason[reason] += 1
+        self.share.publish(identity, token)
+        return token
+
+    def usable(self, identity: str) -> Token | None:
+        """The cached token if it can still be used (even if due for a refresh)."""
+        token = self._cache.get(identity)
+        return token if token is not None and token.usable(self.clock()) else None
 
     def invalidate(self, identity: str, token: Token | None = None) -> None:
         """Forget a token the service refused (only if it is still the cached one)."""
@@ -205,6 +238,8 @@ class TokenManager:
         elif kind == "doctor":
             cred = self.credentials.get(name)
             if cred is None or not (cred.password or cred.totp_secret):
+                if self.interactive_logins:
+                    raise LoginRequired(name, route=cred.interactive if cred else "eszig")
                 raise NoLoginRoute(f"no login route is configured for {name}")
             try:
                 if cred.password:
@@ -220,6 +255,9 @@ class TokenManager:
                                   code=exc.code) from None
         else:
             raise ValueError(f"unknown identity {identity!r}")
+        return self._token(identity, issued)
+
+    def _token(self, identity: str, issued: IssuedLike) -> Token:
         lifetime = issued.expires - issued.created
         return Token(identity=identity, assertion=issued.assertion, created=issued.created,
                      expires=issued.expires,

@@ -412,3 +412,23 @@ def test_iteration_and_listen_deliver_in_order_and_stop(admin, reply_route) -> N
     # Then all four came in order and were acked
     assert taken == ["rx-0", "rx-1", "rx-2", "rx-3"]
     assert admin.queue_declare(queue, passive=True).method.message_count == 0
+
+
+@pytest.mark.integration
+@pytest.mark.rabbitmq
+def test_listener_reconnects_after_the_connection_is_cut(admin, reply_route) -> None:
+    key, _ = reply_route
+    with ReplyListener(URL, routing_key=key, retry_backoff=0.01) as listener:
+        listener.open()
+        admin.basic_publish(REPLIES_EXCHANGE, key, _reply("rx-before").model_dump_json().encode())
+        assert listener.get(timeout=5).idempotency_key == "rx-before"
+        # Given the connection is cut while that reply is still unacked
+        listener._conn._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+        admin.basic_publish(REPLIES_EXCHANGE, key, _reply("rx-after").model_dump_json().encode())
+
+        # When reading on, then the listener reconnects and gets the new reply (and the
+        # unacked one again: at-least-once)
+        keys = []
+        while (reply := listener.get(timeout=2)) is not None:
+            keys.append(reply.idempotency_key)
+    assert "rx-after" in keys and set(keys) <= {"rx-before", "rx-after"}
