@@ -146,6 +146,12 @@ def _add_simulator(sub) -> None:
     _add(p, "--host", E + "HOST", "address of the HTTPS service port (default: 127.0.0.1)")
     _add(p, "--port", E + "PORT", "HTTPS service port (default: 8443)", type=int)
     _add(p, "--admin-port", E + "ADMIN_PORT", "admin port, bound to 127.0.0.1 only (default: 8444)", type=int)
+    _add(p, "--eid-port", E + "EID_PORT",
+         "HTTPS port of the eID server (POST /eid/authenticate, GET /eid/health), bound to "
+         "--host, server-auth TLS only: no client certificate (default: 8445)", type=int)
+    _add(p, "--eid-package-ttl-s", E + "EID_PACKAGE_TTL_S",
+         "lifetime of an eID request package in seconds (default: 120)", type=int)
+    _add(p, "--rid-ttl-s", E + "RID_TTL_S", "lifetime of an rID package in seconds (default: 60)", type=int)
     _add(p, "--db", E + "DB", "SQLite file that records what was accepted (default: var/simulator.sqlite)")
     _add(p, "--users-file", E + "USERS_FILE", "sector users JSON (default: PKI_DIR/users.json)")
     _add(p, "--duplicates", E + "DUPLICATES",
@@ -264,6 +270,117 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=_demo)
 
 
+# --- card bridge ----------------------------------------------------------------------------------
+def _card_bridge(ns: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from card_bridge.card import PcscReader
+    from card_bridge.challenge import ChallengeVerifier, load_pinned_key
+    from card_bridge.daemon import Bridge, BridgeService, check
+    from card_bridge.eid import EidServer
+    from card_bridge.login import LocalCardClient
+    from card_bridge.presence import PresenceMonitor
+    from card_bridge.prompt import TerminalPrompt
+    from card_bridge.settings import BridgeSettings
+
+    try:
+        settings = BridgeSettings(**_given(ns, "check"))
+    except ValidationError as exc:
+        for e in exc.errors():
+            print(f"error: {'.'.join(map(str, e['loc']))}: {e['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    if getattr(ns, "check", False):
+        return check(settings.heartbeat_dir, settings.workstation)
+    try:
+        key = load_pinned_key(settings.challenge_key)
+    except (OSError, ValueError) as exc:
+        print(f"error: challenge_key: {exc}", file=sys.stderr)
+        return 2
+    reader = PcscReader(settings.reader)
+    client = LocalCardClient(reader=reader, card_wait_s=settings.card_wait_s,
+                             prompt_timeout_s=settings.prompt_timeout_s,
+                             eid=EidServer(url=settings.eid_url, ca_file=settings.eid_ca,
+                                           timeout_s=settings.eid_timeout_s))
+    bridge = Bridge(workstation=settings.workstation, verifier=ChallengeVerifier(
+        key=key, workstation=settings.workstation), card_client=client, prompt=TerminalPrompt(),
+        prompt_timeout_s=settings.prompt_timeout_s)
+    presence = PresenceMonitor(reader=settings.reader).start()
+    service = BridgeService(bridge=bridge, url=settings.broker_url,
+                            heartbeat_dir=settings.heartbeat_dir, presence=presence)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.stop_event.set())
+    t = threading.Thread(target=service.run, name="bridge", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.5)
+    presence.stop()
+    return 0
+
+
+def _add_card_bridge(sub) -> None:
+    p = sub.add_parser(
+        "card-bridge", help="the workstation daemon: eSZIG card and MobilToken logins",
+        description=(
+            "Run the card bridge of one workstation. It consumes only this workstation's queue "
+            "(eeszt.card.<WS>), accepts only challenges signed by the gateway's pinned challenge "
+            "key, shows who asks and why, prompts for the PIN (or a MobilToken code), drives the "
+            "eSZIG card through PC/SC, gets an rID from the eID server and answers on the "
+            "broker. The PIN never leaves this process. " + ENV_NOTE))
+    E = "EESZT_BRIDGE_"
+    _add(p, "--workstation", E + "WORKSTATION", "this workstation's id, as HIS requests name it (required)")
+    _add(p, "--broker-url", E + "BROKER_URL", "RabbitMQ URL; in production a user that may read "
+         "only this workstation's queue (default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+    _add(p, "--challenge-key", E + "CHALLENGE_KEY", "the gateway's challenge public key or "
+         "certificate, pinned (default: pki/challenge.pem)")
+    _add(p, "--eid-url", E + "EID_URL", "the eID server (default: https://localhost:8445)")
+    _add(p, "--eid-ca", E + "EID_CA", "CA file of the eID server's certificate (default: pki/server-ca.pem)")
+    _add(p, "--reader", E + "READER", "use the first PC/SC reader whose name contains this (default: the first)")
+    _add(p, "--card-wait-s", E + "CARD_WAIT_S", "how long to wait for a card (default: 30)", type=float)
+    _add(p, "--prompt-timeout-s", E + "PROMPT_TIMEOUT_S", "how long to wait for the PIN (default: 120)", type=float)
+    _add(p, "--heartbeat-dir", E + "HEARTBEAT_DIR", "heartbeat for --check (default: /tmp/eeszt-gw-bridge)")
+    _add(p, "--log-level", E + "LOG_LEVEL", "debug, info, warning or error (default: info)")
+    p.add_argument("--check", action="store_true",
+                   help="health probe: exit 0 if this workstation's bridge beat within 30 s and "
+                        "is connected to the broker")
+    p.set_defaults(func=_card_bridge)
+
+
+def _virtual_card(ns: argparse.Namespace) -> int:
+    from simulator.card.vpcd import run_virtual_card
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_virtual_card(Path(ns.cards_dir), ns.user, host=ns.host, port=ns.port)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_virtual_card(sub) -> None:
+    p = sub.add_parser(
+        "virtual-card", help="insert a virtual eSZIG card into pcscd (vpcd), for tests and demos",
+        description=(
+            "Connect a virtual eSZIG card to pcscd's vpcd driver (connecting is inserting it; "
+            "stopping this command removes it) and serve its applet: SELECT, VERIFY PIN (CAN "
+            "after 2 wrong tries, then blocked), PUK unblock, INTERNAL AUTHENTICATE, the "
+            "certificate and the document data. The card's files come from `eeszt-gw pki init` "
+            "(PKI_DIR/cards/<user>.*). Never install vpcd on a production workstation: it "
+            "listens without authentication."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--user", required=True, help="whose card, e.g. O10001")
+    p.add_argument("--cards-dir", default="pki/cards", help="folder with <user>.key/.pem/.json")
+    p.add_argument("--host", default="127.0.0.1", help="where pcscd's vpcd listens")
+    p.add_argument("--port", type=int, default=35963, help="vpcd slot port (35963 = reader 00 00, 35964 = 00 01)")
+    p.set_defaults(func=_virtual_card)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eeszt-gw",
@@ -277,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulator(sub)
     _add_worker(sub)
     _add_demo(sub)
+    _add_card_bridge(sub)
+    _add_virtual_card(sub)
     try:
         from producers.cli import add_commands
     except ImportError:  # pragma: no cover - producers are part of the same distribution

@@ -72,7 +72,8 @@ class SW(enum.IntEnum):
 # --- messages on the broker ---------------------------------------------------------------------
 #: direct exchange; routing key = workstation id; one queue per workstation: eeszt.card.<WS>
 CARD_EXCHANGE: Final = "eeszt.card"
-#: where bridges answer (routing key = LOGIN_ANSWERS_KEY); consumed by the workers
+#: where bridges' answers (and the workers' own login events) land; consumed by the workers.
+#: Bridges publish to exchange ``schemas.wire.LOGIN_EXCHANGE`` with key ``LOGIN_ANSWER_KEY``.
 LOGIN_ANSWERS_QUEUE: Final = "eeszt.login.answers"
 
 

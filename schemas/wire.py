@@ -75,3 +75,22 @@ def work_queue_arguments(queue: str) -> dict[str, str]:
 
 
 REQUESTS_EXCHANGE_ARGUMENTS: Final[dict[str, str]] = {"alternate-exchange": UNROUTED_EXCHANGE}
+
+# --- interactive logins (eSZIG card / MobilToken at the doctor's workstation) -----------------
+#: the request waits for its doctor's login; the value is the doctor's user id
+H_WAITING_LOGIN: Final = "eeszt-waiting-login"
+#: direct exchange the card bridges answer to (routing key LOGIN_ANSWER_KEY)
+LOGIN_EXCHANGE: Final = "eeszt.login"
+LOGIN_ANSWER_KEY: Final = "answer"
+#: delayed login events (sweeps) wait here, then dead-letter to the answers queue
+LOGIN_DELAY_QUEUE: Final = "eeszt.login.delay"
+
+
+def login_wait_queue(user_id: str) -> str:
+    """Requests of one doctor waiting for that doctor's login (durable, TTL = their deadline)."""
+    return f"eeszt.login.wait.{user_id}"
+
+
+def login_pending_queue(user_id: str) -> str:
+    """Holds at most one marker: a login of this doctor is in progress (TTL = login window)."""
+    return f"eeszt.login.pending.{user_id}"

@@ -1,4 +1,5 @@
-"""The simulator's ASGI applications: the EESZT service port and the loopback admin port.
+"""The simulator's ASGI applications: the EESZT service port, the eID server and the loopback
+admin port.
 
 Both are plain ASGI callables (no framework): the request path is short, and the fault
 injector needs uvicorn's transport to reset a connection the way a failing load balancer does.
@@ -24,19 +25,21 @@ from pydantic import ValidationError
 from schemas.permissions import Access, is_allowed
 from schemas.soap import SERVICES, FaultCode, contract_path
 
+from .eid import EidError, EidKey, EidServer
 from .faults import FaultConfig, FaultInjector, Injection
 from .pki import PkiPaths
 from .saml import AssertionIssuer, AssertionVerifier, SamlError
 from .services import QUERY_OP, Caller, ServiceHandler, build_handlers
 from .soapio import SoapFault, body_of, envelope_bytes, fault_bytes, operation_element, parse_envelope
 from .store import Store
-from .sts import StsHandler
+from .sts import EID_PACKAGE_TAG, StsHandler
 from .users import UserRegistry
 from .wsse import WsseError, WsseVerifier
 
 log = logging.getLogger("eeszt_gw.simulator")
 
 MAX_BODY = 16 * 1024 * 1024
+MAX_EID_BODY = 64 * 1024
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -75,7 +78,7 @@ class Counters:
         }
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, limit: int = MAX_BODY) -> bytes:
     chunks, size = [], 0
     while True:
         msg = await receive()
@@ -83,7 +86,7 @@ async def _read_body(receive: Receive) -> bytes:
             raise _Gone
         chunk = msg.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > limit:
             raise _TooLarge
         chunks.append(chunk)
         if not msg.get("more_body"):
@@ -119,16 +122,22 @@ class Simulator:
     """The EESZT service port: ``POST /sts`` and ``POST /services/<name>``."""
 
     def __init__(self, *, pki: PkiPaths, db_path: Path, users: UserRegistry,
-                 faults: FaultConfig, seed: int | None = None) -> None:
+                 faults: FaultConfig, seed: int | None = None, eid_package_ttl_s: float = 120,
+                 rid_ttl_s: float = 60) -> None:
         self.pki = pki
         self.db_path = db_path
         self.store = Store(db_path)
         self.verifier = WsseVerifier(trusted_ca_pems=[pki.qualified_ca_cert.read_bytes()],
                                      max_skew_seconds=faults.max_skew_s)
         self.saml = AssertionVerifier(cert_pem=pki.sts_cert.read_bytes())
+        self.eid = EidServer(key=EidKey.from_pem(pki.eid_key.read_bytes()),
+                             card_ca_pem=pki.card_ca_cert.read_bytes(), users=users,
+                             package_ttl=timedelta(seconds=eid_package_ttl_s),
+                             rid_ttl=timedelta(seconds=rid_ttl_s))
+        self.eid.cards.apply(self.store.card_states())  # activations changed on the admin port
         self.sts = StsHandler(
             issuer=AssertionIssuer(key_pem=pki.sts_key.read_bytes(), cert_pem=pki.sts_cert.read_bytes()),
-            users=users,
+            users=users, eid=self.eid, used=self.store,
         )
         self.handlers: dict[str, ServiceHandler] = build_handlers()
         self.injector = FaultInjector(faults, seed=seed)
@@ -244,6 +253,8 @@ class Simulator:
         if not verified.institution_id:
             raise SoapFault(FaultCode.CERT_UNTRUSTED, "the signing certificate names no institution")
         op = operation_element(verified.body)
+        if op.tag == EID_PACKAGE_TAG:
+            return envelope_bytes(self.sts.eid_package(op, signer_institution=verified.institution_id))
         lifetime = timedelta(seconds=self.faults.token_lifetime_s)
         xml, subject, method = self.sts.issue(op, signer_institution=verified.institution_id,
                                               lifetime=lifetime)
@@ -319,6 +330,7 @@ class AdminApp:
         elif path == "/admin/stats" and method == "GET":
             stats = self.store.stats()
             stats.update(self.sim.counters.snapshot())
+            stats["eid"] = self.sim.eid.counters.snapshot()
             stats["duplicates_mode"] = self.sim.faults.duplicates.value
             stats["faults_config"] = json.loads(self.sim.faults.model_dump_json())
             await self._json(send, 200, stats)
@@ -345,13 +357,114 @@ class AdminApp:
             rows = self.store.records(service=query.get("service"), key=query.get("key"),
                                       limit=int(query.get("limit", "1000")))
             await self._json(send, 200, {"records": rows})
+        elif path == "/admin/cards" and method == "GET":
+            await self._json(send, 200, {"cards": [c.as_json() for c in self.sim.eid.cards.entries()]})
+        elif path.startswith("/admin/cards/") and method == "PATCH":
+            await self._patch_card(send, path.removeprefix("/admin/cards/"), body)
         elif path == "/admin/reset" and method == "POST":
             self.store.reset()
             self.sim.counters = Counters()
+            self.sim.eid.counters.reset()
+            self.sim.eid.cards.reset()
             await self._json(send, 200, {"status": "reset"})
         else:
             await self._json(send, 404, {"error": f"no admin route {method} {path}"})
 
+    async def _patch_card(self, send: Send, serial: str, body: bytes) -> None:
+        """PATCH /admin/cards/<serial> {"activated": bool}: activate or deactivate a card."""
+        def refuse(status: int, field_name: str, reason: str):
+            return self._json(send, status, {"errors": [{"field": field_name, "reason": reason}]})
+
+        try:
+            changes = json.loads(body or b"{}")
+        except ValueError:
+            await refuse(422, "body", "the body is not JSON")
+            return
+        if not isinstance(changes, dict):
+            await refuse(422, "body", "expected a JSON object")
+            return
+        extra = sorted(set(changes) - {"activated"})
+        if extra:
+            await refuse(422, extra[0], "unknown field; only 'activated' can be changed")
+            return
+        if not isinstance(changes.get("activated"), bool):
+            await refuse(422, "activated", "required, true or false")
+            return
+        entry = self.sim.eid.cards.set_activated(serial, changes["activated"])
+        if entry is None:
+            await refuse(404, "card_serial", f"no registered card {serial!r}")
+            return
+        self.store.set_card_state(serial, entry.activated)
+        log.info("card %s of %s: activated=%s", serial, entry.user_id, entry.activated)
+        await self._json(send, 200, entry.as_json())
+
     @staticmethod
     async def _json(send: Send, status: int, payload: Any) -> None:
         await _respond(send, status, json.dumps(payload, default=str).encode(), b"application/json")
+
+
+class EidServerApp:
+    """The simulated eID server (its own HTTPS listener, server-auth TLS only: the eSzemélyi
+    client on a workstation has no access certificate).
+
+    ``POST /eid/authenticate`` JSON {"package", "card_certificate" (base64 DER), "signature"
+    (base64 DER ECDSA-SHA256 over the raw nonce bytes)} -> 200 {"rid"} or 400/403 {"code",
+    "message"} (codes: :data:`simulator.eid.EID_ERROR_STATUS`). ``GET /eid/health`` -> 200.
+    """
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self._store: Store | None = None  # opened lazily on the eID server's thread
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.sim.db_path)
+        return self._store
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"]
+        if path == "/eid/health" and method == "GET":
+            await AdminApp._json(send, 200, {"status": "ok"})
+            return
+        if path != "/eid/authenticate":
+            await self._error(send, 404, "not_found", f"no eID route {method} {path}")
+            return
+        if method != "POST":
+            await self._error(send, 405, "method_not_allowed", "use POST")
+            return
+        try:
+            body = await _read_body(receive, MAX_EID_BODY)
+        except _Gone:
+            return
+        except _TooLarge:
+            await self._error(send, 413, "bad_request", f"body larger than {MAX_EID_BODY} bytes")
+            return
+        self.sim.counters.requests["eid"] += 1
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            self.sim.eid.counters.auth_failed("bad_request")
+            await self._error(send, 400, "bad_request", "the body must be a JSON object")
+            return
+        try:
+            rid, _ = self.sim.eid.authenticate(package=data.get("package"),
+                                               card_certificate=data.get("card_certificate"),
+                                               signature=data.get("signature"), used=self.store)
+        except EidError as exc:
+            await AdminApp._json(send, exc.http_status, exc.as_json())
+            return
+        await AdminApp._json(send, 200, {"rid": rid})
+
+    @staticmethod
+    async def _error(send: Send, status: int, code: str, message: str) -> None:
+        await AdminApp._json(send, status, {"code": code, "message": message})

@@ -1,4 +1,5 @@
-"""Serving the simulator: uvicorn with mutual TLS, plus the admin port on a thread.
+"""Serving the simulator: uvicorn with mutual TLS, plus the admin port and the eID server (HTTPS,
+server-auth only) on threads.
 
 Why uvicorn: it is a production ASGI server (httptools parser, uvloop event loop) that handles
 about 2,400 verified SOAP requests per second per core on this class of machine
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import uvicorn
 
-from .app import AdminApp, Simulator
+from .app import AdminApp, EidServerApp, Simulator
 from .faults import FaultConfig, OutageWindow
 from .pki import PkiPaths
 from .settings import SimulatorSettings
@@ -35,6 +36,16 @@ def server_ssl_context(pki: PkiPaths) -> ssl.SSLContext:
     return ctx
 
 
+def eid_ssl_context(pki: PkiPaths) -> ssl.SSLContext:
+    """TLS 1.2+ with our server certificate and no client certificate: the eSzemélyi client on a
+    workstation has no access certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def faults_from_settings(s: SimulatorSettings) -> FaultConfig:
     return FaultConfig(
         latency_ms=s.latency_ms, jitter_ms=s.jitter_ms, error_rate=s.error_rate,
@@ -50,13 +61,25 @@ def build_simulator(s: SimulatorSettings) -> Simulator:
     """Load the PKI and the users, open the store. Raises FileNotFoundError naming what is missing."""
     pki = PkiPaths.in_dir(s.pki_dir)
     for path in (pki.server_cert, pki.server_key, pki.waf_ca_cert, pki.qualified_ca_cert,
-                 pki.sts_cert, pki.sts_key):
+                 pki.sts_cert, pki.sts_key, pki.card_ca_cert, pki.eid_cert, pki.eid_key):
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `eeszt-gw pki init {s.pki_dir}` first")
+            raise FileNotFoundError(
+                f"{path} is missing: run `eeszt-gw pki init {s.pki_dir}` first (a PKI made before "
+                f"the eID server lacks eid.pem/eid.key: re-create it with --force)")
     users_file = s.users_file or (s.pki_dir / "users.json")
     users = UserRegistry.load(users_file) if users_file.exists() else UserRegistry()
     Path(s.db).parent.mkdir(parents=True, exist_ok=True)
-    return Simulator(pki=pki, db_path=s.db, users=users, faults=faults_from_settings(s), seed=s.seed)
+    return Simulator(pki=pki, db_path=s.db, users=users, faults=faults_from_settings(s), seed=s.seed,
+                     eid_package_ttl_s=s.eid_package_ttl_s, rid_ttl_s=s.rid_ttl_s)
+
+
+def eid_server(sim: Simulator, s: SimulatorSettings) -> uvicorn.Server:
+    """The eID server's uvicorn (not started), on HOST:EID_PORT with server-auth TLS."""
+    config = uvicorn.Config(EidServerApp(sim), host=s.host, port=s.eid_port, log_level=s.log_level,
+                            access_log=False, lifespan="off", timeout_keep_alive=s.keep_alive_s)
+    config.load()
+    config.ssl = eid_ssl_context(sim.pki)
+    return uvicorn.Server(config)
 
 
 def serve(s: SimulatorSettings) -> None:
@@ -66,16 +89,28 @@ def serve(s: SimulatorSettings) -> None:
                                           log_level="warning", access_log=False, lifespan="off"))
     # Not the main thread: uvicorn installs no signal handlers there; the main server owns them.
     threading.Thread(target=admin.run, name="sim-admin", daemon=True).start()
+    eid = eid_server(sim, s)
+    eid_thread = threading.Thread(target=eid.run, name="sim-eid", daemon=True)
+    eid_thread.start()
+    # The service port opens only once the eID server listens: a client that reached the one
+    # can reach the other (tests wait for the service port).
+    deadline = time.monotonic() + 20
+    while not eid.started:
+        if not eid_thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the eID server did not start on {s.host}:{s.eid_port}")
+        time.sleep(0.01)
     config = uvicorn.Config(sim, host=s.host, port=s.port, log_level=s.log_level,
                             access_log=False, lifespan="off", timeout_keep_alive=s.keep_alive_s,
                             backlog=2048)
     config.load()
     config.ssl = server_ssl_context(sim.pki)  # our context: CERT_REQUIRED against the WAF CA
     server = uvicorn.Server(config)
-    log.info("EESZT simulator on https://%s:%d (admin http://127.0.0.1:%d), duplicates=%s",
-             s.host, s.port, s.admin_port, s.duplicates.value)
+    log.info("EESZT simulator on https://%s:%d (admin http://127.0.0.1:%d, eID server "
+             "https://%s:%d), duplicates=%s", s.host, s.port, s.admin_port, s.host, s.eid_port,
+             s.duplicates.value)
     try:
         server.run()
     finally:
         admin.should_exit = True
+        eid.should_exit = True
         time.sleep(0.2)

@@ -18,6 +18,10 @@ class SimulatorSettings(BaseSettings):
     port: int = Field(default=8443, ge=0, le=65535, description="HTTPS service port (mutual TLS)")
     admin_port: int = Field(default=8444, ge=0, le=65535,
                             description="plain-HTTP admin port, always bound to 127.0.0.1")
+    eid_port: int = Field(default=8445, ge=0, le=65535,
+                          description="HTTPS port of the eID server (server-auth TLS only), on HOST")
+    eid_package_ttl_s: int = Field(default=120, ge=1, description="lifetime of an eID request package")
+    rid_ttl_s: int = Field(default=60, ge=1, description="lifetime of an rID package")
     db: Path = Field(default=Path("var/simulator.sqlite"), description="SQLite file of records")
     users_file: Path | None = Field(default=None,
                                     description="sector users (default: PKI_DIR/users.json)")

@@ -2,7 +2,9 @@
 
 Tests prove "nothing lost, nothing sent twice" from here: every accepted write is one row in
 ``records``; every business request that got past the transport is one row in ``attempts``;
-every token the STS issued is one row in ``sts_issues``.
+every token the STS issued is one row in ``sts_issues``. ``eid_used`` remembers every spent eID
+package and rID (single use across restarts: :meth:`Store.reset` keeps it), and ``card_states``
+the card activations changed on the admin port.
 
 Each thread that needs the store opens its own :class:`Store` (the request thread writes, the
 admin thread reads; WAL lets them run side by side). A Store may be created on one thread and
@@ -52,6 +54,17 @@ CREATE TABLE IF NOT EXISTS sts_issues (
     method TEXT NOT NULL,
     institution TEXT NOT NULL,
     issued_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS eid_used (
+    kind TEXT NOT NULL,
+    token_id TEXT NOT NULL,
+    used_at TEXT NOT NULL,
+    PRIMARY KEY (kind, token_id)
+);
+CREATE TABLE IF NOT EXISTS card_states (
+    card_serial TEXT PRIMARY KEY,
+    activated INTEGER NOT NULL,
+    changed_at TEXT NOT NULL
 );
 """
 
@@ -165,8 +178,38 @@ class Store:
         )
 
     @_locked
+    def is_used(self, kind: str, token_id: str) -> bool:
+        """True when the eID package / rID ``token_id`` was already spent."""
+        return self._db.execute("SELECT 1 FROM eid_used WHERE kind=? AND token_id=?",
+                                (kind, token_id)).fetchone() is not None
+
+    @_locked
+    def mark_used(self, kind: str, token_id: str) -> bool:
+        """Spend an eID package / rID; False when it already was spent (atomic in SQLite)."""
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO eid_used (kind, token_id, used_at) VALUES (?,?,?)",
+            (kind, token_id, _now()))
+        return cur.rowcount == 1
+
+    @_locked
+    def set_card_state(self, card_serial: str, activated: bool) -> None:
+        self._db.execute(
+            "INSERT INTO card_states (card_serial, activated, changed_at) VALUES (?,?,?)"
+            " ON CONFLICT(card_serial) DO UPDATE SET activated=excluded.activated,"
+            " changed_at=excluded.changed_at",
+            (card_serial, int(bool(activated)), _now()))
+
+    @_locked
+    def card_states(self) -> dict[str, bool]:
+        return {serial: bool(a) for serial, a in
+                self._db.execute("SELECT card_serial, activated FROM card_states")}
+
+    @_locked
     def reset(self) -> None:
-        self._db.executescript("DELETE FROM records; DELETE FROM attempts; DELETE FROM sts_issues;")
+        """Forget records, attempts, issues and card activation changes. Spent eID packages and
+        rIDs stay spent."""
+        self._db.executescript("DELETE FROM records; DELETE FROM attempts; DELETE FROM sts_issues;"
+                               " DELETE FROM card_states;")
 
     # --- reads (admin thread) ------------------------------------------------------------------
     @_locked

@@ -49,6 +49,7 @@ class SimulatorProcess:
     admin_url: str
     pki: PkiPaths
     log_path: Path
+    eid_url: str = ""
 
     def admin(self, method: str, path: str, payload: Any | None = None) -> Any:
         data = None if payload is None else json.dumps(payload).encode()
@@ -70,16 +71,16 @@ class SimulatorProcess:
 
 
 def start_simulator(pki: PkiPaths, workdir: Path, *extra: str) -> SimulatorProcess:
-    port, admin_port = free_port(), free_port()
+    port, admin_port, eid_port = free_port(), free_port(), free_port()
     log_path = workdir / f"simulator-{port}.log"
     cmd = [sys.executable, "-m", "eeszt_gw.cli", "simulator", "--pki-dir", str(pki.directory),
-           "--port", str(port), "--admin-port", str(admin_port),
+           "--port", str(port), "--admin-port", str(admin_port), "--eid-port", str(eid_port),
            "--db", str(workdir / f"sim-{port}.sqlite"), "--log-level", "warning", *extra]
     log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     sim = SimulatorProcess(proc, f"https://localhost:{port}", f"http://127.0.0.1:{admin_port}",
-                           pki, log_path)
+                           pki, log_path, eid_url=f"https://localhost:{eid_port}")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:

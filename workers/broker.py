@@ -28,6 +28,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import CurrentMessage, ShutdownNotifications, TimeLimit
 
+from schemas.card import LOGIN_ANSWERS_QUEUE
 from schemas.wire import H_TYPE
 
 #: payload type family -> actor (one actor per EESZT service)
@@ -39,6 +40,7 @@ ACTOR_OF_FAMILY: dict[str, str] = {
     "ehr": "eht",
 }
 UNROUTABLE_ACTOR = "unroutable"
+LOGIN_ACTOR = "loginEvents"
 
 
 def _plain_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
@@ -61,7 +63,10 @@ def wrap_delivery(*, queue: str, body: bytes, routing_key: str | None = None,
     """A dramatiq message for one raw delivery. Never fails, whatever the body holds."""
     plain = _plain_headers(headers)
     mtype = plain.get(H_TYPE) or routing_key or ""
-    actor = ACTOR_OF_FAMILY.get(str(mtype).split(".", 1)[0], UNROUTABLE_ACTOR)
+    if queue == LOGIN_ANSWERS_QUEUE:
+        actor = LOGIN_ACTOR
+    else:
+        actor = ACTOR_OF_FAMILY.get(str(mtype).split(".", 1)[0], UNROUTABLE_ACTOR)
     meta = {"queue": queue, "type": mtype or None, "redelivered": bool(redelivered),
             "headers": plain, "message_id": message_id}
     return dramatiq.Message(

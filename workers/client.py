@@ -8,6 +8,7 @@ templates of :mod:`workers.soap`. It does not retry: retry policy belongs to the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from lxml import etree
@@ -15,12 +16,15 @@ from lxml import etree
 from schemas.envelope import RequestEnvelope
 
 from .soap import (
+    EID_PACKAGE_ACTION,
     IssuedToken,
     SoapCall,
     SubmitResult,
     build_call,
+    build_eid_package_request,
     build_query,
     build_sts_request,
+    parse_eid_package,
     parse_issue,
     parse_query,
     parse_submit,
@@ -72,6 +76,15 @@ class EesztClient:
                                 password=password, otp=otp, rid_package=rid_package)
         resp = self.transport.post("/sts", self.signer.sign_to_bytes(env), soap_action=STS_ACTION)
         return parse_issue(resp.status, resp.body)
+
+    def request_eid_package(self, *, user_id: str, workstation: str) -> tuple[str, datetime]:
+        """eSZIG step 1: ask the STS, in the name of ``user_id``, for an eID request package for
+        the card client on ``workstation``. Returns (package, expires_at). Raises the errors of
+        :mod:`workers.errors` (AUTH_FAILED: unknown user or not of this institution)."""
+        env = build_eid_package_request(user_id=user_id, workstation=workstation)
+        resp = self.transport.post("/sts", self.signer.sign_to_bytes(env),
+                                   soap_action=EID_PACKAGE_ACTION)
+        return parse_eid_package(resp.status, resp.body)
 
     def send(self, call: SoapCall, assertion: etree._Element | None) -> tuple[int, bytes]:
         body = self.signer.sign_to_bytes(call.envelope, assertion=assertion)

@@ -7,6 +7,7 @@ cases against this fake and against the real simulator over HTTPS, so the two ca
 
 from __future__ import annotations
 
+import base64
 import threading
 import uuid
 from collections import Counter, deque
@@ -52,6 +53,9 @@ class FakeEeszt:
             subject, role = user_id, "doctor"
         elif method == "mobiltoken" and user_id and otp and otp.isdigit():
             subject, role = user_id, "doctor"
+        elif method == "eszig" and user_id and rid_package and \
+                base64.b64decode(rid_package).decode() == f"rid:{user_id}":
+            subject, role = user_id, "doctor"
         else:
             raise ServiceRejected(f"authentication failed for {user_id}", service="sts",
                                   code=FaultCode.AUTH_FAILED.value)
@@ -60,6 +64,12 @@ class FakeEeszt:
         self._tokens[token_id] = (subject, role, now + self.token_lifetime)
         assertion = etree.Element("{urn:oasis:names:tc:SAML:2.0:assertion}Assertion", ID=token_id)
         return IssuedToken(assertion=assertion, created=now, expires=now + self.token_lifetime)
+
+    def request_eid_package(self, *, user_id: str, workstation: str) -> tuple[str, datetime]:
+        """A stand-in package: the fake's "card" answers it with the rID ``rid:<user>``."""
+        with self._lock:
+            self.sts_calls["eid_package"] += 1
+        return f"package:{user_id}:{workstation}", self.clock() + timedelta(minutes=2)
 
     def expire_all_tokens(self) -> None:
         past = self.clock() - timedelta(seconds=1)

@@ -100,8 +100,8 @@ class RabbitOutbox:
                 self._channel().basic_publish(exchange, routing_key, body, props,
                                               mandatory=mandatory)
                 return
-            except pika.exceptions.UnroutableError:
-                raise
+            except (pika.exceptions.UnroutableError, pika.exceptions.NackError):
+                raise  # the broker answered: not a connection problem, do not retry
             except (pika.exceptions.AMQPError, OSError) as exc:
                 last = exc
                 self._drop()

@@ -44,13 +44,21 @@ from schemas.wire import (
     H_REASON,
     H_STATUS_SENT,
     H_TYPE,
+    H_WAITING_LOGIN,
 )
 
 from .errors import AmbiguousOutcome, LoginFailed, ServiceRejected, ServiceUnavailable, TokenRejected
 from .outbox import Outbox
 from .retry import RetryPolicy
 from .soap import SubmitResult
-from .tokens import NoLoginRoute, Token, TokenManager, doctor_identity, institution_identity
+from .tokens import (
+    LoginRequired,
+    NoLoginRoute,
+    Token,
+    TokenManager,
+    doctor_identity,
+    institution_identity,
+)
 
 log = logging.getLogger("eeszt_gw.pipeline")
 NIL = uuid.UUID(int=0)
@@ -101,7 +109,7 @@ class _NullObserver:
 class Pipeline:
     def __init__(self, *, client: ServiceClient, tokens: TokenManager, outbox: Outbox,
                  institution: str, policy: RetryPolicy = RetryPolicy(),
-                 observer: Observer | None = None,
+                 observer: Observer | None = None, logins: Any = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.client = client
         self.tokens = tokens
@@ -109,6 +117,7 @@ class Pipeline:
         self.institution = institution
         self.policy = policy
         self.observer = observer or _NullObserver()
+        self.logins = logins  # a workers.login.LoginCoordinator, or None: no interactive logins
         self.clock = clock
         self._rng = random.Random()
 
@@ -166,12 +175,22 @@ class Pipeline:
                                 f"acts as a doctor")
         now = self.clock()
         if now >= request.deadline:
+            if msg.headers.get(H_WAITING_LOGIN):
+                return self._fail(msg, request, f"login not completed: {msg.headers[H_WAITING_LOGIN]} "
+                                                "did not log in before the request's deadline")
             return self._fail(msg, request, "the deadline passed before the request could be sent")
         identity = (doctor_identity(request.acting.user_id) if request.acting.kind == "doctor"
                     else institution_identity(self.institution))
         ambiguous = msg.redelivered or bool(msg.headers.get(H_AMBIGUOUS))
         try:
             result = self._submit(request, service.name, identity, ambiguous)
+        except LoginRequired as exc:
+            if self.logins is None:
+                return self._reject(request, GW_LOGIN, "acting.user_id",
+                                    f"{exc}, but interactive logins are not enabled here")
+            self.observer.outcome(service.name, "waiting", request)
+            return self.logins.wait(queue=msg.queue, body=msg.body, headers=msg.headers,
+                                    message_id=msg.message_id, request=request, route=exc.route)
         except (NoLoginRoute, LoginFailed) as exc:
             return self._reject(request, GW_LOGIN if isinstance(exc, NoLoginRoute) else exc.code or GW_LOGIN,
                                 "acting.user_id", str(exc))

@@ -22,9 +22,11 @@ import dramatiq
 import pika
 from pydantic import SecretStr
 
+from schemas.card import LOGIN_ANSWERS_QUEUE
 from schemas.wire import QUEUE_CLASSES
 
 from .broker import rabbit_broker
+from .login_backends import RabbitLoginBackend
 from .outbox import RabbitOutbox
 from .runtime import build_runtime
 from .settings import WorkerSettings
@@ -63,8 +65,13 @@ def worker_main(settings: WorkerSettings) -> None:
     outbox = RabbitOutbox(url=settings.broker_url)
     share = RabbitTokenShare(url=settings.broker_url,
                              key_b64=(settings.token_key or SecretStr(new_key())).get_secret_value())
-    runtime = build_runtime(settings, broker=broker, outbox=outbox, share=share)
+    logins = RabbitLoginBackend(outbox=outbox, window_s=settings.login_window_s,
+                                challenge_ttl_s=settings.challenge_ttl_s)
+    runtime = build_runtime(settings, broker=broker, outbox=outbox, share=share,
+                            login_backend=logins)
     queues = {QUEUE_CLASSES[c] for c in settings.queue_classes()}
+    if runtime.logins is not None and "interactive" in settings.queue_classes():
+        queues.add(LOGIN_ANSWERS_QUEUE)
     worker = dramatiq.Worker(broker, queues=queues, worker_threads=settings.threads,
                              worker_timeout=500)
     worker.start()

@@ -12,12 +12,17 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pathlib import Path
+
 import dramatiq
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from .actors import register_actors
 from .client import ClientFiles, EesztClient
+from .login import LoginBackend, LoginCoordinator
 from .outbox import BrokerError, Outbox
 from .pipeline import Incoming, Observer, Pipeline, internal_error
 from .retry import RetryPolicy
@@ -45,6 +50,18 @@ class Runtime:
     tokens: TokenManager
     outbox: Outbox
     share: Any
+    logins: LoginCoordinator | None = None
+
+    def handle_login_event(self, body_b64: str, meta: dict[str, Any]) -> None:
+        """The body of the login-events actor (card answers, window expiries, sweeps)."""
+        if self.logins is None:
+            return
+        try:
+            self.logins.on_event(base64.b64decode(body_b64), meta.get("headers") or {})
+        except BrokerError:
+            raise
+        except Exception:  # a bad answer must not kill the worker
+            log.exception("internal error on a login event")
 
     def handle(self, body_b64: str, meta: dict[str, Any]) -> None:
         """The body of every actor."""
@@ -67,9 +84,16 @@ class Runtime:
         self.broker.close()
 
 
+def load_challenge_key(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path}: the challenge key must be an Ed25519 private key")
+    return key
+
+
 def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: Outbox,
-                  share: Any = None, client: Any = None,
-                  observer: Observer | None = None) -> Runtime:
+                  share: Any = None, client: Any = None, observer: Observer | None = None,
+                  login_backend: LoginBackend | None = None) -> Runtime:
     files = ClientFiles.from_pki_dir(settings.pki_dir)
     institution = institution_of(files.institution_cert.read_bytes())
     if client is None:
@@ -79,13 +103,22 @@ def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: 
                              pool_size=max(8, settings.threads))
     creds_file = settings.credentials_file or settings.pki_dir / "users.json"
     credentials = load_credentials(creds_file) if creds_file.exists() else {}
+    challenge_key_path = settings.challenge_key or settings.pki_dir / "challenge.key"
+    interactive = (settings.interactive_logins and login_backend is not None
+                   and challenge_key_path.exists())
     tokens = TokenManager(sts=client, credentials=credentials, share=share,
-                          refresh_ratio=settings.token_refresh_ratio)
+                          refresh_ratio=settings.token_refresh_ratio,
+                          interactive_logins=interactive)
+    logins = None
+    if interactive:
+        logins = LoginCoordinator(backend=login_backend, eeszt=client, tokens=tokens,
+                                  outbox=outbox, challenge_key=load_challenge_key(challenge_key_path),
+                                  institution=institution, challenge_ttl_s=settings.challenge_ttl_s)
     policy = RetryPolicy(call_attempts=settings.call_attempts, base_s=settings.retry_base_s,
                          cap_s=settings.retry_cap_s)
     pipeline = Pipeline(client=client, tokens=tokens, outbox=outbox, institution=institution,
-                        policy=policy, observer=observer)
+                        policy=policy, observer=observer, logins=logins)
     runtime = Runtime(broker=broker, pipeline=pipeline, client=client, tokens=tokens,
-                      outbox=outbox, share=share)
-    register_actors(broker, runtime.handle)
+                      outbox=outbox, share=share, logins=logins)
+    register_actors(broker, runtime.handle, runtime.handle_login_event)
     return runtime

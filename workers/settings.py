@@ -38,6 +38,14 @@ class WorkerSettings(BaseSettings):
         default=None,
         description="base64 32-byte key that encrypts tokens shared between worker processes; "
                     "the supervisor makes one for its own children when unset")
+    interactive_logins: bool = Field(
+        default=True, description="log doctors in at their workstation (eSZIG card or MobilToken "
+                                  "code through the card bridge) when no password or secret is set")
+    challenge_key: Path | None = Field(
+        default=None, description="Ed25519 key that signs card challenges (default: PKI_DIR/challenge.key)")
+    login_window_s: float = Field(default=120.0, gt=0,
+                                  description="how long a doctor has to complete a login")
+    challenge_ttl_s: float = Field(default=120.0, gt=0, description="lifetime of a card challenge")
     heartbeat_dir: Path = Field(default=Path("/tmp/eeszt-gw-worker"),
                                 description="where worker processes write their heartbeat")
     log_level: str = "info"

@@ -9,6 +9,7 @@ same seam.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from xml.sax.saxutils import escape
@@ -144,6 +145,37 @@ def build_sts_request(*, method: str, user_id: str | None = None, workstation: s
             parts.append(f"<sts:{name}>{escape(value)}</sts:{name}>")
     return _envelope(f'<sts:RequestSecurityToken xmlns:sts="{STS_NS}">{"".join(parts)}'
                      "</sts:RequestSecurityToken>")
+
+
+#: SOAPAction of the STS's EidPackageRequest operation (sts.wsdl)
+EID_PACKAGE_ACTION = f"{STS_NS}/EidPackageRequest"
+
+
+def build_eid_package_request(*, user_id: str, workstation: str) -> etree._Element:
+    """An unsigned EidPackageRequest: eSZIG step 1, an eID request package for a sector user."""
+    return _envelope(f'<sts:EidPackageRequest xmlns:sts="{STS_NS}">'
+                     f"<sts:UserId>{escape(user_id)}</sts:UserId>"
+                     f"<sts:Workstation>{escape(workstation)}</sts:Workstation>"
+                     "</sts:EidPackageRequest>")
+
+
+def parse_eid_package(status: int, data: bytes) -> tuple[str, datetime]:
+    """(package, expires_at) from an EidPackageResponse; faults raise like :func:`parse_issue`.
+
+    The package is opaque to the gateway: it goes to the workstation's card bridge as is.
+    """
+    child = _body_child(status, data, "sts")
+    s = f"{{{STS_NS}}}"
+    package = (child.findtext(f"{s}Package") or "").strip()
+    expires = child.findtext(f"{s}ExpiresAt")
+    if child.tag != f"{s}EidPackageResponse" or not package or not expires:
+        raise ServiceUnavailable("sts: answer carries no eID package", service="sts")
+    return package, datetime.fromisoformat(expires.strip().replace("Z", "+00:00"))
+
+
+def encode_rid_package(rid: str) -> str:
+    """The RidPackage of an eszig Issue request: base64 of the rID string's UTF-8 bytes."""
+    return base64.b64encode(rid.encode("utf-8")).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ and a HIS's own client all agree; RabbitMQ refuses a re-declaration with other a
 
 from __future__ import annotations
 
+from schemas.card import CARD_EXCHANGE, LOGIN_ANSWERS_QUEUE
 from schemas.wire import (
     BINDINGS,
     DEAD_LETTER_QUEUE,
@@ -16,6 +17,9 @@ from schemas.wire import (
     TOKENS_EXCHANGE,
     UNROUTED_EXCHANGE,
     INTERACTIVE_QUEUE,
+    LOGIN_ANSWER_KEY,
+    LOGIN_DELAY_QUEUE,
+    LOGIN_EXCHANGE,
     retry_queue,
     work_queue_arguments,
 )
@@ -38,3 +42,11 @@ def declare(channel) -> None:
     # Unknown message types still reach a worker, which answers with a rejection.
     channel.queue_bind(INTERACTIVE_QUEUE, UNROUTED_EXCHANGE)
     channel.queue_declare(DEAD_LETTER_QUEUE, durable=True)
+    # Interactive logins: challenges to workstations, answers from the bridges.
+    channel.exchange_declare(CARD_EXCHANGE, "direct", durable=True)
+    # topic, so that topic permissions can pin a bridge user to the key "answer"
+    channel.exchange_declare(LOGIN_EXCHANGE, "topic", durable=True)
+    channel.queue_declare(LOGIN_ANSWERS_QUEUE, durable=True)
+    channel.queue_bind(LOGIN_ANSWERS_QUEUE, LOGIN_EXCHANGE, routing_key=LOGIN_ANSWER_KEY)
+    channel.queue_declare(LOGIN_DELAY_QUEUE, durable=True, arguments={
+        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": LOGIN_ANSWERS_QUEUE})

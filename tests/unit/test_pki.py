@@ -174,3 +174,55 @@ def test_intermediate_ca_chains_to_its_root() -> None:
     inter.verify_directly_issued_by(root)
     leaf.verify_directly_issued_by(inter)
     assert inter.issuer == root.subject
+
+
+def test_eid_server_key_is_ecdsa_p256_with_a_self_signed_certificate(pki: PkiPaths) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = load_pem_private_key(pki.eid_key.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+    cert = _cert(pki.eid_cert)
+    cert.verify_directly_issued_by(cert)
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
+        "EESZT eID server (simulated)"
+    )
+    assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
+
+
+def test_challenge_key_is_ed25519_with_a_self_signed_certificate(pki: PkiPaths) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = load_pem_private_key(pki.challenge_key.read_bytes(), password=None)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    cert = _cert(pki.challenge_cert)
+    cert.verify_directly_issued_by(cert)
+    public = cert.public_key()
+    assert isinstance(public, ed25519.Ed25519PublicKey)
+    public.verify(key.sign(b"challenge"), b"challenge")  # the bridge pins this public key
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "Teszt Kórház"
+
+
+def test_new_pki_paths_are_listed_and_keys_private(pki: PkiPaths) -> None:
+    names = {p.name for p in pki.files()}
+    assert {"eid.pem", "eid.key", "challenge.pem", "challenge.key"} <= names
+    assert {"eid.key", "challenge.key"} <= {p.name for p in pki.key_files()}
+    text = pki.readme.read_text(encoding="utf-8")
+    assert "Ed25519" in text and "P-256" in text
+
+
+def test_card_certificates_carry_the_card_serial_and_an_ec_key(pki: PkiPaths) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from simulator.pki import issue_card_certificate
+
+    ca_key = load_pem_private_key(pki.card_ca_key.read_bytes(), password=None)
+    ca = _cert(pki.card_ca_cert)
+    key, cert = issue_card_certificate(ca_key, ca, holder_name="Dr. Teszt Elek",
+                                       card_serial="EK12345678")
+    cert.verify_directly_issued_by(ca)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == "EK12345678"
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "Dr. Teszt Elek"
+    assert _eku(cert) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature

@@ -13,17 +13,20 @@ from typing import Any, Callable
 
 import dramatiq
 
+from schemas.card import LOGIN_ANSWERS_QUEUE
 from schemas.wire import INTERACTIVE_QUEUE
 
 from . import ebeutalo, eht, eprofil, erecept, esemenykatalogus
 
 SERVICES: tuple[ModuleType, ...] = (erecept, ebeutalo, eprofil, esemenykatalogus, eht)
 UNROUTABLE = "unroutable"
+LOGIN_EVENTS = "loginEvents"
 
 Handler = Callable[[str, dict[str, Any]], None]
 
 
-def register_actors(broker: dramatiq.Broker, handler: Handler) -> dict[str, dramatiq.Actor]:
+def register_actors(broker: dramatiq.Broker, handler: Handler,
+                    login_handler: Handler | None = None) -> dict[str, dramatiq.Actor]:
     """Declare every actor on ``broker`` (no global broker: nothing happens at import time).
 
     All actors are declared even in a process that consumes one queue class, so that a message
@@ -40,4 +43,13 @@ def register_actors(broker: dramatiq.Broker, handler: Handler) -> dict[str, dram
         fn.__name__ = name
         actors[name] = dramatiq.actor(fn, actor_name=name, queue_name=queue, priority=priority,
                                       broker=broker)
+    if login_handler is not None:
+        # Card answers and login events: priority 0, they unblock waiting prescriptions.
+        def login_fn(body_b64: str, meta: dict[str, Any], _h: Handler = login_handler) -> None:
+            _h(body_b64, meta)
+
+        login_fn.__name__ = LOGIN_EVENTS
+        actors[LOGIN_EVENTS] = dramatiq.actor(login_fn, actor_name=LOGIN_EVENTS,
+                                              queue_name=LOGIN_ANSWERS_QUEUE, priority=0,
+                                              broker=broker)
     return actors

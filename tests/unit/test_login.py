@@ -1,0 +1,135 @@
+"""One login per doctor for many waiting requests, with the in-memory login backend."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from schemas.card import CardAnswer
+from schemas.replies import Accepted, Failed, StatusUpdate
+from schemas.wire import INTERACTIVE_QUEUE
+from tests import samples
+from workers.fakes import FakeEeszt
+from workers.login import LoginCoordinator
+from workers.login_backends import MemoryLoginBackend
+from workers.outbox import MemoryOutbox
+from workers.pipeline import Incoming, Pipeline
+from workers.retry import RetryPolicy
+from workers.tokens import TokenManager
+
+
+class Harness:
+    """Pipeline + coordinator + memory backend; a fake bridge answers challenges."""
+
+    def __init__(self, answer=None, window_s: float = 30.0):
+        self.fake = FakeEeszt()
+        self.outbox = MemoryOutbox()
+        self.tokens = TokenManager(sts=self.fake, credentials={})
+        self.work: queue.Queue = queue.Queue()
+        self.answer = answer or (lambda ch: {"outcome": "rid", "rid_package": f"rid:{ch.user_id}"})
+        self.backend = MemoryLoginBackend(
+            requeue=lambda q, body, headers, mid: self.work.put(Incoming(body=body, queue=q, headers=headers)),
+            deliver_challenge=self._bridge, deliver_event=lambda body: self.logins.on_event(body, {}),
+            window_s=window_s)
+        self.logins = LoginCoordinator(backend=self.backend, eeszt=self.fake, tokens=self.tokens,
+                                       outbox=self.outbox, challenge_key=Ed25519PrivateKey.generate(),
+                                       institution="H100200")
+        self.pipeline = Pipeline(client=self.fake, tokens=self.tokens, outbox=self.outbox,
+                                 institution="H100200", logins=self.logins,
+                                 policy=RetryPolicy(call_wait_min_s=0.001, call_wait_max_s=0.002))
+        self.challenges = []
+
+    def _bridge(self, challenge) -> bool:
+        self.challenges.append(challenge)
+        fields = self.answer(challenge)
+        if fields is None:
+            return True  # nobody answers
+
+        def later():
+            time.sleep(0.05)
+            answer = CardAnswer(challenge_id=challenge.challenge_id, user_id=challenge.user_id,
+                                workstation=challenge.workstation, at=datetime.now(timezone.utc),
+                                **fields)
+            self.logins.on_event(answer.model_dump_json().encode(), {})
+
+        threading.Thread(target=later, daemon=True).start()
+        return True
+
+    def drain(self, seconds: float = 2.0) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                self.pipeline.handle(self.work.get(timeout=0.1))
+            except queue.Empty:
+                pass
+
+
+def requests_for(user: str, n: int, **update):
+    return [samples.prescription(user_id=user).model_copy(update=update) for _ in range(n)]
+
+
+def test_twenty_requests_one_challenge_one_login():
+    h = Harness()
+    for r in requests_for("O10003", 20):
+        assert h.pipeline.handle(Incoming(body=r.to_json(), queue=INTERACTIVE_QUEUE)) == "waiting"
+    h.drain()
+    replies = h.outbox.replies["his.demo"]
+    accepted = [r for r in replies if isinstance(r, Accepted)]
+    waiting = [r for r in replies if isinstance(r, StatusUpdate) and r.state == "waiting_for_login"]
+    assert len(accepted) == 20 and len(waiting) == 20
+    assert len(h.challenges) == 1 and h.fake.sts_calls["eszig"] == 1
+    assert h.fake.sts_calls["eid_package"] == 1 and len(h.fake.records) == 20
+
+
+def test_wrong_pin_is_reported_with_tries_left_and_the_doctor_is_asked_again():
+    answers = iter([{"outcome": "error", "error": "wrong_pin", "tries_left": 2},
+                    {"outcome": "error", "error": "wrong_pin", "tries_left": 1}])
+    h = Harness(answer=lambda ch: next(answers, {"outcome": "rid", "rid_package": f"rid:{ch.user_id}"}))
+    (r,) = requests_for("O10004", 1)
+    h.pipeline.handle(Incoming(body=r.to_json(), queue=INTERACTIVE_QUEUE))
+    h.drain()
+    details = [x.detail for x in h.outbox.replies["his.demo"] if isinstance(x, StatusUpdate)]
+    assert any("2 tries left" in d for d in details) and any("1 try left" in d for d in details)
+    assert len(h.challenges) == 3
+    assert isinstance(h.outbox.replies["his.demo"][-1], Accepted)
+
+
+def test_blocked_pin_says_how_to_unblock_and_the_request_fails_at_its_deadline():
+    h = Harness(answer=lambda ch: {"outcome": "error", "error": "pin_blocked", "tries_left": 0})
+    now = datetime.now(timezone.utc)
+    (r,) = requests_for("O10005", 1, deadline=now + timedelta(seconds=1))
+    h.pipeline.handle(Incoming(body=r.to_json(), queue=INTERACTIVE_QUEUE))
+    h.drain(2.5)
+    replies = h.outbox.replies["his.demo"]
+    assert any("PUK" in x.detail for x in replies if isinstance(x, StatusUpdate))
+    assert len(h.challenges) == 1  # a blocked PIN is not asked again
+    final = replies[-1]
+    assert isinstance(final, Failed) and "login not completed" in final.reason
+
+
+def test_login_window_expiry_tells_the_his():
+    h = Harness(answer=lambda ch: None, window_s=0.3)
+    (r,) = requests_for("O10006", 1)
+    h.pipeline.handle(Incoming(body=r.to_json(), queue=INTERACTIVE_QUEUE))
+    h.drain(1.0)
+    details = [x.detail for x in h.outbox.replies["his.demo"] if isinstance(x, StatusUpdate)]
+    assert any("not completed in time" in d for d in details)
+
+
+def test_mobiltoken_route_sends_an_otp_challenge():
+    h = Harness(answer=lambda ch: {"outcome": "otp", "otp": "123456"})
+    from workers.tokens import Credential
+
+    h.tokens.credentials["O10007"] = Credential(user_id="O10007", interactive="mobiltoken")
+    (r,) = requests_for("O10007", 1)
+    h.pipeline.handle(Incoming(body=r.to_json(), queue=INTERACTIVE_QUEUE))
+    h.drain(1.0)
+    assert h.challenges[0].kind == "mobiltoken" and h.challenges[0].eid_package is None
+    assert h.fake.sts_calls["mobiltoken"] == 1
+    assert isinstance(h.outbox.replies["his.demo"][-1], Accepted)

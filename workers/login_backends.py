@@ -1,0 +1,234 @@
+"""The broker side of interactive logins: RabbitMQ, and in memory for the demo and unit tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from typing import Any, Callable
+
+import pika
+import pika.exceptions
+
+from schemas.card import CARD_EXCHANGE, LOGIN_ANSWERS_QUEUE, CardChallenge, workstation_queue
+from schemas.wire import (
+    H_WAITING_LOGIN,
+    INTERACTIVE_QUEUE,
+    LOGIN_DELAY_QUEUE,
+    login_pending_queue,
+    login_wait_queue,
+)
+
+from .outbox import RabbitOutbox
+
+WAIT_QUEUE_IDLE_MS = 8 * 24 * 3600 * 1000  # an unused wait queue disappears after 8 days
+
+
+class RabbitLoginBackend:
+    """Login state kept in RabbitMQ itself, so that every worker process sees the same."""
+
+    def __init__(self, *, outbox: RabbitOutbox, window_s: float, challenge_ttl_s: float) -> None:
+        self.outbox = outbox  # its per-thread confirmed channels are reused here
+        self.window_ms = int(window_s * 1000)
+        self.challenge_ttl_ms = int(challenge_ttl_s * 1000)
+        self._declared: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _ch(self):
+        return self.outbox._channel()
+
+    def _declare(self, name: str, arguments: dict[str, Any]) -> None:
+        if name in self._declared:
+            return
+        with self._lock:
+            self._ch().queue_declare(name, durable=True, arguments=arguments)
+            self._declared.add(name)
+
+    def park(self, user_id: str, *, queue: str, body: bytes, headers: dict[str, Any],
+             ttl_ms: int, message_id: str | None) -> None:
+        name = login_wait_queue(user_id)
+        # When a request's TTL (its deadline) runs out, it goes back to its work queue, where
+        # the worker answers "login not completed".
+        self._declare(name, {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue,
+                             "x-expires": WAIT_QUEUE_IDLE_MS})
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                     headers=headers, message_id=message_id, expiration=str(ttl_ms))
+        self.outbox._publish("", name, body, props, mandatory=True)
+
+    def begin(self, user_id: str, *, marker: bytes) -> bool:
+        name = login_pending_queue(user_id)
+        self._declare(name, {"x-max-length": 1, "x-overflow": "reject-publish",
+                             "x-message-ttl": self.window_ms, "x-dead-letter-exchange": "",
+                             "x-dead-letter-routing-key": LOGIN_ANSWERS_QUEUE,
+                             "x-expires": self.window_ms * 4})
+        try:
+            self.outbox._publish("", name, marker, pika.BasicProperties(delivery_mode=2),
+                                 mandatory=True)
+        except pika.exceptions.NackError:
+            return False  # a login of this doctor is already in progress
+        return True
+
+    def pending(self, user_id: str) -> bool:
+        try:
+            ok = self._ch().queue_declare(login_pending_queue(user_id), passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            self.outbox._drop()
+            self._declared.discard(login_pending_queue(user_id))
+            return False
+        return ok.method.message_count > 0
+
+    def end(self, user_id: str) -> None:
+        try:
+            self._ch().queue_purge(login_pending_queue(user_id))
+        except pika.exceptions.ChannelClosedByBroker:
+            self.outbox._drop()
+
+    def send_challenge(self, challenge: CardChallenge) -> bool:
+        # The workstation's queue exists before its first challenge, so that a bridge started
+        # later still finds it; a bridge's own broker user may only read it.
+        queue = workstation_queue(challenge.workstation)
+        if queue not in self._declared:
+            with self._lock:
+                ch = self._ch()
+                ch.queue_declare(queue, durable=True)
+                ch.queue_bind(queue, CARD_EXCHANGE, routing_key=challenge.workstation)
+                self._declared.add(queue)
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                     message_id=str(challenge.challenge_id),
+                                     expiration=str(self.challenge_ttl_ms))
+        try:
+            self.outbox._publish(CARD_EXCHANGE, challenge.workstation,
+                                 challenge.model_dump_json().encode(), props, mandatory=True)
+        except pika.exceptions.UnroutableError:
+            return False
+        return True
+
+    def waiting(self, user_id: str) -> list[tuple[bytes, dict[str, Any]]]:
+        """Look at the waiting requests without taking them (they are requeued)."""
+        ch = self._ch()
+        out, last = [], None
+        try:
+            while len(out) < 10_000:
+                method, props, body = ch.basic_get(login_wait_queue(user_id), auto_ack=False)
+                if method is None:
+                    break
+                out.append((body, dict(props.headers or {})))
+                last = method.delivery_tag
+        except pika.exceptions.ChannelClosedByBroker:
+            self.outbox._drop()
+            return out
+        if last is not None:
+            ch.basic_nack(last, multiple=True, requeue=True)
+        return out
+
+    def release(self, user_id: str) -> int:
+        """Move every waiting request of ``user_id`` back to its work queue (confirmed)."""
+        ch = self._ch()
+        moved = 0
+        while True:
+            try:
+                method, props, body = ch.basic_get(login_wait_queue(user_id), auto_ack=False)
+            except pika.exceptions.ChannelClosedByBroker:
+                self.outbox._drop()
+                return moved
+            if method is None:
+                return moved
+            headers = {k: v for k, v in (props.headers or {}).items() if k != H_WAITING_LOGIN}
+            out = pika.BasicProperties(delivery_mode=2, content_type=props.content_type,
+                                       headers=headers, message_id=props.message_id)
+            ch.basic_publish("", INTERACTIVE_QUEUE, body, out, mandatory=True)
+            ch.basic_ack(method.delivery_tag)
+            moved += 1
+
+    def schedule(self, event: dict[str, Any], delay_s: float) -> None:
+        props = pika.BasicProperties(delivery_mode=2, expiration=str(max(1, int(delay_s * 1000))))
+        self.outbox._publish("", LOGIN_DELAY_QUEUE, json.dumps(event).encode(), props,
+                             mandatory=True)
+
+
+class MemoryLoginBackend:
+    """The same operations in memory, with timers, for the embedded demo and unit tests.
+
+    ``requeue(queue, body, headers, message_id)`` puts a request back on a work queue;
+    ``deliver_challenge(challenge) -> bool`` hands a challenge to a workstation;
+    ``deliver_event(body)`` hands a login event back to the coordinator.
+    """
+
+    def __init__(self, *, requeue: Callable[[str, bytes, dict[str, Any], str | None], None],
+                 deliver_challenge: Callable[[CardChallenge], bool],
+                 deliver_event: Callable[[bytes], None], window_s: float) -> None:
+        self.requeue = requeue
+        self.deliver_challenge = deliver_challenge
+        self.deliver_event = deliver_event
+        self.window_s = window_s
+        self._waiting: dict[str, list[tuple[str, bytes, dict[str, Any], str | None, threading.Timer]]] = defaultdict(list)
+        self._pending: dict[str, threading.Timer] = {}
+        self._lock = threading.RLock()
+        self.challenges: list[CardChallenge] = []
+
+    def _timer(self, delay_s: float, fn: Callable[[], None]) -> threading.Timer:
+        t = threading.Timer(delay_s, fn)
+        t.daemon = True
+        t.start()
+        return t
+
+    def park(self, user_id: str, *, queue: str, body: bytes, headers: dict[str, Any],
+             ttl_ms: int, message_id: str | None) -> None:
+        entry: list = [queue, body, dict(headers), message_id, None]
+
+        def expire() -> None:
+            with self._lock:
+                items = self._waiting.get(user_id, [])
+                if entry_t in items:
+                    items.remove(entry_t)
+                else:
+                    return
+            self.requeue(queue, body, dict(headers), message_id)
+
+        with self._lock:
+            entry[4] = self._timer(ttl_ms / 1000, expire)
+            entry_t = tuple(entry)
+            self._waiting[user_id].append(entry_t)
+
+    def begin(self, user_id: str, *, marker: bytes) -> bool:
+        with self._lock:
+            if user_id in self._pending:
+                return False
+
+            def expired() -> None:
+                with self._lock:
+                    self._pending.pop(user_id, None)
+                self.deliver_event(marker)
+
+            self._pending[user_id] = self._timer(self.window_s, expired)
+            return True
+
+    def pending(self, user_id: str) -> bool:
+        with self._lock:
+            return user_id in self._pending
+
+    def end(self, user_id: str) -> None:
+        with self._lock:
+            timer = self._pending.pop(user_id, None)
+        if timer:
+            timer.cancel()
+
+    def send_challenge(self, challenge: CardChallenge) -> bool:
+        self.challenges.append(challenge)
+        return self.deliver_challenge(challenge)
+
+    def waiting(self, user_id: str) -> list[tuple[bytes, dict[str, Any]]]:
+        with self._lock:
+            return [(body, headers) for _, body, headers, _, _ in self._waiting.get(user_id, [])]
+
+    def release(self, user_id: str) -> int:
+        with self._lock:
+            items = self._waiting.pop(user_id, [])
+        for queue, body, headers, message_id, timer in items:
+            timer.cancel()
+            headers = {k: v for k, v in headers.items() if k != H_WAITING_LOGIN}
+            self.requeue(queue, body, headers, message_id)
+        return len(items)
+
+    def schedule(self, event: dict[str, Any], delay_s: float) -> None:
+        self._timer(delay_s, lambda: self.deliver_event(json.dumps(event).encode()))
