@@ -30,7 +30,7 @@ from schemas.envelope import RequestEnvelope
 from schemas.replies import is_final
 from schemas.soap import OPERATION_OF
 from simulator.pki import init_pki
-from simulator.server import build_simulator, server_ssl_context
+from simulator.server import build_simulator, eid_server, server_ssl_context
 from simulator.settings import SimulatorSettings
 from simulator.users import write_demo_users
 from workers.settings import WorkerSettings
@@ -73,15 +73,23 @@ class Tally:
             return True
 
 
-def _start_simulator(pki_dir: Path, workdir: Path, latency_ms: float) -> tuple[Any, uvicorn.Server, str]:
+def _free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = SimulatorSettings(pki_dir=pki_dir, port=port, db=workdir / "simulator.sqlite",
-                                 duplicates="naive", latency_ms=latency_ms, log_level="warning")
+        return s.getsockname()[1]
+
+
+def _start_simulator(pki_dir: Path, workdir: Path, latency_ms: float
+                     ) -> tuple[Any, list[uvicorn.Server], str, str]:
+    port = _free_port()
+    settings = SimulatorSettings(pki_dir=pki_dir, port=port, eid_port=_free_port(),
+                                 db=workdir / "simulator.sqlite", duplicates="naive",
+                                 latency_ms=latency_ms, log_level="warning")
     sim = build_simulator(settings)
+    eid = eid_server(sim, settings)
+    threading.Thread(target=eid.run, name="simulator-eid", daemon=True).start()
     config = uvicorn.Config(sim, host="127.0.0.1", port=port, log_level="warning",
                             access_log=False, lifespan="off", timeout_keep_alive=120)
     config.load()
@@ -89,11 +97,11 @@ def _start_simulator(pki_dir: Path, workdir: Path, latency_ms: float) -> tuple[A
     server = uvicorn.Server(config)
     threading.Thread(target=server.run, name="simulator", daemon=True).start()
     deadline = time.monotonic() + 20
-    while not server.started:
+    while not (server.started and eid.started):
         if time.monotonic() > deadline:
             raise RuntimeError("the simulator did not start")
         time.sleep(0.02)
-    return sim, server, f"https://localhost:{port}"
+    return sim, [server, eid], f"https://localhost:{port}", f"https://localhost:{settings.eid_port}"
 
 
 def run_demo(*, prescriptions: int = 300, referrals: int = 150, profiles: int = 50,
@@ -118,18 +126,24 @@ def _run(workdir: Path, *, broker_url: str | None, threads: int, latency_ms: flo
     init_pki(pki_dir)
     write_demo_users(pki_dir / "users.json", institution="H100200", count=doctors)
     console.print(f"test PKI and {doctors} demo doctors in {pki_dir}")
-    sim, server, base_url = _start_simulator(pki_dir, workdir, latency_ms)
+    sim, servers, base_url, eid_url = _start_simulator(pki_dir, workdir, latency_ms)
     console.print(f"EESZT simulator on {base_url} (mutual TLS, {latency_ms:g} ms latency, naive "
-                  "duplicates)")
-
+                  f"duplicates), eID server on {eid_url}")
+    # The first doctor logs in with the eSZIG card at the workstation; the others by password.
+    users = json.loads((pki_dir / "users.json").read_text())["users"]
+    card_doctor = users[0]["user_id"]
+    creds = [{"user_id": u["user_id"], "workstation": u["workstation"], "login": "eszig"}
+             if u["user_id"] == card_doctor else u for u in users]
+    (workdir / "credentials.json").write_text(json.dumps({"users": creds}))
     settings = WorkerSettings(pki_dir=pki_dir, eeszt_url=base_url, threads=threads,
-                              retry_base_s=0.5)
+                              retry_base_s=0.5, credentials_file=workdir / "credentials.json")
     tally = Tally()
     if broker_url:
-        gateway = RabbitGateway(broker_url, settings, reply_key=REPLY_KEY)
+        gateway = RabbitGateway(broker_url, settings, reply_key=REPLY_KEY, eid_url=eid_url)
     else:
-        gateway = EmbeddedGateway(settings, reply_key=REPLY_KEY)
-    console.print(f"workers: {threads} threads on {gateway.description}")
+        gateway = EmbeddedGateway(settings, reply_key=REPLY_KEY, eid_url=eid_url)
+    console.print(f"workers: {threads} threads on {gateway.description}; {card_doctor} logs in "
+                  "with an eSZIG card (in-process virtual card) at the workstation")
 
     lines = list(generate(doctors=doctors, reply_to=REPLY_KEY, seed=seed, **counts))
     requests = [RequestEnvelope.from_json(line) for line in lines]
@@ -166,9 +180,17 @@ def _run(workdir: Path, *, broker_url: str | None, threads: int, latency_ms: flo
     follower.join(timeout=2)
     stats = sim.store.stats()
     gateway.close()
-    server.should_exit = True
+    for server in servers:
+        server.should_exit = True
 
     _print_table(tally, gateway.logins_by_service())
+    ws = gateway.workstations
+    if ws is not None:
+        console.print(f"eSZIG card login of {card_doctor}: {ws.challenges} challenge(s), "
+                      f"{ws.pin_prompts} PIN prompt(s), STS eszig issues: "
+                      f"{stats['sts_issues'].get('eszig', 0)}; the doctor's waiting requests "
+                      f"got one 'waiting_for_login' status each "
+                      f"({tally.statuses.get('waiting_for_login', 0)} in all)")
     console.print(f"simulator: {stats['total_records']} records stored, "
                   f"{stats['repeated_keys']} idempotency keys stored more than once, "
                   f"STS issues {json.dumps(stats['sts_issues'])}")

@@ -8,17 +8,83 @@ against each.
 
 from __future__ import annotations
 
+import json
+import threading
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import dramatiq
 
+from card_bridge.card import InProcessReader
+from card_bridge.challenge import ChallengeVerifier, load_pinned_key
+from card_bridge.daemon import Bridge
+from card_bridge.eid import EidServer
+from card_bridge.login import LocalCardClient
+from card_bridge.prompt import ScriptedPrompt
+from schemas.card import LOGIN_ANSWERS_QUEUE, CardChallenge
 from schemas.envelope import RequestEnvelope
-from schemas.wire import INTERACTIVE_QUEUE, queue_for_type
+from schemas.wire import INTERACTIVE_QUEUE, LOGIN_ANSWER_KEY, LOGIN_EXCHANGE, queue_for_type
+from simulator.card import InProcessCard
+from simulator.card.files import load_card
 from workers.broker import rabbit_broker, stub_broker, wrap_delivery
+from workers.login_backends import MemoryLoginBackend, RabbitLoginBackend
 from workers.outbox import MemoryOutbox, RabbitOutbox
 from workers.runtime import build_runtime
 from workers.settings import WorkerSettings
+
+
+@dataclass
+class Workstations:
+    """Doctors' workstations in this process: a card bridge with the doctor's virtual card in
+    an in-process reader, and a doctor who types the card's PIN when asked.
+
+    The PIN comes from the virtual card's own file (``cards/<user>.json``), standing in for
+    the doctor's memory; it goes from the prompt to the card, as on a real workstation.
+    """
+
+    cards_dir: Path
+    eid_url: str
+    eid_ca: Path
+    challenge_cert: Path
+    answer: Callable[[bytes], None]
+    challenges: int = 0
+    pin_prompts: int = 0
+    _cards: dict[str, InProcessCard] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def card(self, user_id: str) -> InProcessCard:
+        with self._lock:
+            if user_id not in self._cards:
+                self._cards[user_id] = InProcessCard(load_card(self.cards_dir, user_id))
+            return self._cards[user_id]
+
+    def deliver(self, challenge: CardChallenge) -> bool:
+        try:
+            card = self.card(challenge.user_id)
+        except (FileNotFoundError, ValueError):
+            return False  # no such workstation/card here
+        pin = json.loads((self.cards_dir / f"{challenge.user_id}.json").read_text())["pin"]
+        prompt = ScriptedPrompt([pin])
+        bridge = Bridge(workstation=challenge.workstation,
+                        verifier=ChallengeVerifier(key=load_pinned_key(self.challenge_cert),
+                                                   workstation=challenge.workstation),
+                        card_client=LocalCardClient(
+                            reader=InProcessReader(card), card_wait_s=5,
+                            eid=EidServer(url=self.eid_url, ca_file=self.eid_ca)),
+                        prompt=prompt)
+
+        def run() -> None:
+            answer = bridge.handle(challenge.model_dump_json().encode())
+            with self._lock:
+                self.challenges += 1
+                self.pin_prompts += prompt.count("pin")
+            if answer is not None:
+                self.answer(answer.model_dump_json().encode())
+
+        threading.Thread(target=run, name=f"bridge-{challenge.workstation}", daemon=True).start()
+        return True
 
 
 class EmbeddedGateway:
@@ -26,7 +92,8 @@ class EmbeddedGateway:
 
     description = "the embedded in-memory broker"
 
-    def __init__(self, settings: WorkerSettings, *, reply_key: str) -> None:
+    def __init__(self, settings: WorkerSettings, *, reply_key: str,
+                 eid_url: str | None = None) -> None:
         from producers.memory import MemoryPublisher, MemoryReplies
 
         self.broker = stub_broker()
@@ -37,7 +104,20 @@ class EmbeddedGateway:
                 wrap_delivery(queue=queue, body=body, headers=headers, message_id=mid),
                 delay=int(delay_s * 1000)))
         self.outbox = outbox
-        self.runtime = build_runtime(settings, broker=self.broker, outbox=outbox)
+        self.workstations = None
+        login_backend = None
+        if eid_url:
+            pki = Path(settings.pki_dir)
+            self.workstations = Workstations(
+                cards_dir=pki / "cards", eid_url=eid_url, eid_ca=pki / "server-ca.pem",
+                challenge_cert=pki / "challenge.pem", answer=self._login_event)
+            login_backend = MemoryLoginBackend(
+                requeue=lambda queue, body, headers, mid: self.broker.enqueue(
+                    wrap_delivery(queue=queue, body=body, headers=headers, message_id=mid)),
+                deliver_challenge=self.workstations.deliver, deliver_event=self._login_event,
+                window_s=settings.login_window_s)
+        self.runtime = build_runtime(settings, broker=self.broker, outbox=outbox,
+                                     login_backend=login_backend)
         self.publisher = MemoryPublisher(sink=self._deliver)
         self.worker = dramatiq.Worker(self.broker, worker_threads=settings.threads, worker_timeout=100)
         self.worker.start()
@@ -47,6 +127,9 @@ class EmbeddedGateway:
         queue = queue_for_type(routing_key) or INTERACTIVE_QUEUE
         self.broker.enqueue(wrap_delivery(queue=queue, body=body, routing_key=routing_key,
                                           headers=headers, message_id=message_id))
+
+    def _login_event(self, body: bytes) -> None:
+        self.broker.enqueue(wrap_delivery(queue=LOGIN_ANSWERS_QUEUE, body=body))
 
     def publish(self, request: RequestEnvelope) -> None:
         self.publisher.submit(request)
@@ -74,7 +157,8 @@ class EmbeddedGateway:
 class RabbitGateway:
     """The same workers, in this process, on a real RabbitMQ; the HIS uses the real producers."""
 
-    def __init__(self, url: str, settings: WorkerSettings, *, reply_key: str) -> None:
+    def __init__(self, url: str, settings: WorkerSettings, *, reply_key: str,
+                 eid_url: str | None = None) -> None:
         from producers.publisher import BatchPublisher, Publisher
         from producers.replies import ReplyListener
         from workers.process import declare_topology
@@ -84,13 +168,28 @@ class RabbitGateway:
         declare_topology(url)
         self.broker = rabbit_broker(url)
         share = RabbitTokenShare(url=url, key_b64=new_key())
-        self.runtime = build_runtime(settings, broker=self.broker, outbox=RabbitOutbox(url=url),
-                                     share=share)
+        outbox = RabbitOutbox(url=url)
+        self.workstations = None
+        login_backend = None
+        if eid_url:
+            pki = Path(settings.pki_dir)
+            self._answers = Publisher(url=url, declare_topology=False, exchange=LOGIN_EXCHANGE)
+            self.workstations = Workstations(
+                cards_dir=pki / "cards", eid_url=eid_url, eid_ca=pki / "server-ca.pem",
+                challenge_cert=pki / "challenge.pem", answer=self._answer)
+            login_backend = _RabbitWithLocalWorkstations(
+                outbox=outbox, window_s=settings.login_window_s,
+                challenge_ttl_s=settings.challenge_ttl_s, workstations=self.workstations)
+        self.runtime = build_runtime(settings, broker=self.broker, outbox=outbox, share=share,
+                                     login_backend=login_backend)
         self.listener = ReplyListener(url, routing_key=reply_key)
         self.publisher = BatchPublisher(url=url)
         self.raw = Publisher(url=url)
         self.worker = dramatiq.Worker(self.broker, worker_threads=settings.threads, worker_timeout=100)
         self.worker.start()
+
+    def _answer(self, body: bytes) -> None:
+        self._answers.submit_raw(LOGIN_ANSWER_KEY, body)  # as a bridge answers
 
     def publish(self, request: RequestEnvelope) -> None:
         self.publisher.publish(request)
@@ -112,5 +211,18 @@ class RabbitGateway:
         self.worker.stop(timeout=10_000)
         self.publisher.close()
         self.raw.close()
+        if self.workstations is not None:
+            self._answers.close()
         self.listener.close()
         self.runtime.close()
+
+
+class _RabbitWithLocalWorkstations(RabbitLoginBackend):
+    """Challenges go to the in-process workstations of the demo instead of real bridges."""
+
+    def __init__(self, *, workstations: Workstations, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.workstations = workstations
+
+    def send_challenge(self, challenge: CardChallenge) -> bool:
+        return self.workstations.deliver(challenge)

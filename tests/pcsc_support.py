@@ -93,14 +93,24 @@ def ensure_pcscd() -> str:
     return proc.stdout.strip()
 
 
+def _live_pcscd(pid: int) -> bool:
+    """True for a running pcscd; False once it exited (a zombie counts as exited: PID 1 may
+    reap the orphans of ensure-pcscd late)."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return comm == "pcscd" and state != "Z"
+
+
 def our_pcscd_pid() -> int | None:
     """The PID of the pcscd that ensure-pcscd started, if it still runs."""
     try:
         pid = int(PCSCD_PIDFILE.read_text().strip())
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except (OSError, ValueError):
         return None
-    return pid if comm == "pcscd" else None
+    return pid if _live_pcscd(pid) else None
 
 
 def stop_our_pcscd(timeout: float = 10.0) -> int:
@@ -114,23 +124,11 @@ def stop_our_pcscd(timeout: float = 10.0) -> int:
                     f"{PCSCD_PIDFILE}); refusing to stop a pcscd this test did not start")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists():
-        if _is_zombie(pid):  # our own child (ensure-pcscd ran under this process): reap it
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
+    while _live_pcscd(pid):
         if time.monotonic() > deadline:
             pytest.fail(f"pcscd {pid} did not exit within {timeout}s of SIGTERM")
         time.sleep(0.02)
     return pid
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return False
 
 
 # --- PC/SC waits (pyscard imported lazily) ------------------------------------------------------
