@@ -2,30 +2,43 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+BASE   := $(VENV)/.stamp-base
+FULL   := $(VENV)/.stamp-test
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv rabbitmq simulator clean help
+.PHONY: demo test venv rabbitmq pcscd clean help
 
 help:
 	@echo "make demo    run the embedded demo (no external services)"
-	@echo "make test    run the whole test suite (starts or installs RabbitMQ as needed)"
-	@echo "make venv    create $(VENV) and install the project"
+	@echo "make test    run the whole test suite (starts or installs RabbitMQ and pcscd+vpcd)"
+	@echo "make venv    create $(VENV) and install the project with its test and card extras"
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test]'
-	@touch $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 
-venv: $(STAMP)
+# The demo needs the project only.
+$(BASE): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+# Tests need the test tools and pyscard, whose source build needs what ensure-pcscd installs.
+$(FULL): pyproject.toml | $(BIN)/python
+	@.ci/ensure-pcscd
+	$(BIN)/pip install -q -e '.[test,card]'
+	@touch $@ $(BASE)
+
+venv: $(FULL)
 
 rabbitmq:
 	@.ci/ensure-rabbitmq
 
-demo: venv
+pcscd:
+	@.ci/ensure-pcscd
+
+demo: $(BASE)
 	$(BIN)/eeszt-gw demo
 
-test: venv rabbitmq
+test: $(FULL) rabbitmq pcscd
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -46,7 +46,9 @@ def declare(channel) -> None:
     channel.exchange_declare(CARD_EXCHANGE, "direct", durable=True)
     # topic, so that topic permissions can pin a bridge user to the key "answer"
     channel.exchange_declare(LOGIN_EXCHANGE, "topic", durable=True)
-    channel.queue_declare(LOGIN_ANSWERS_QUEUE, durable=True)
+    # dramatiq consumes it too, so it must carry the same arguments as a work queue
+    channel.queue_declare(LOGIN_ANSWERS_QUEUE, durable=True,
+                          arguments=work_queue_arguments(LOGIN_ANSWERS_QUEUE))
     channel.queue_bind(LOGIN_ANSWERS_QUEUE, LOGIN_EXCHANGE, routing_key=LOGIN_ANSWER_KEY)
     channel.queue_declare(LOGIN_DELAY_QUEUE, durable=True, arguments={
         "x-dead-letter-exchange": "", "x-dead-letter-routing-key": LOGIN_ANSWERS_QUEUE})

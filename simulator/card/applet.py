@@ -16,7 +16,11 @@ Status words the contract leaves open, and what this applet answers:
 - READ BINARY with no EF selected: 6A82 (there is no current file);
 - P1/P2 the contract does not list (for example SELECT with P1 05): 6A80 (malformed);
 - a PIN, CAN or PUK that is not all ASCII digits: 6A80, and no try is used;
-- a wrong PIN also drops the verified state; the CAN stays verified until power off.
+- a wrong PIN also drops the verified state; the CAN stays verified until power off;
+- the wrong PIN (or PUK) that uses up the last try answers 6983 at once (never 63C0);
+- RESET RETRY COUNTER works in any state (blocked or not) and needs neither PIN nor CAN;
+- an APDU whose length bytes do not add up, or an extended-length APDU: 6700;
+- INTERNAL AUTHENTICATE signs SHA-256(nonce): verify with ``ECDSA(SHA256())`` over the nonce.
 """
 
 from __future__ import annotations

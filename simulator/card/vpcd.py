@@ -122,8 +122,8 @@ class VpcdCard:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Remove the card for good and end :meth:`serve_forever` (joins the thread of
-        :meth:`start`, waiting at most ``timeout`` seconds)."""
+        """Remove the card and end :meth:`serve_forever` (joins the thread of :meth:`start`,
+        waiting at most ``timeout`` seconds). To serve again: :meth:`insert`, then :meth:`start`."""
         self._stopping.set()
         self._inserted.set()  # wake a waiting loop so that it sees _stopping
         self._drop_connection()
