@@ -224,6 +224,11 @@ def _add_worker(sub) -> None:
     _add(p, "--call-attempts", E + "CALL_ATTEMPTS", "tries inside one call for a transient error (default: 3)", type=int)
     _add(p, "--retry-base-s", E + "RETRY_BASE_S", "first broker-side retry delay; doubles each time, with jitter (default: 1)", type=float)
     _add(p, "--retry-cap-s", E + "RETRY_CAP_S", "longest broker-side retry delay (default: 3600)", type=float)
+    _add(p, "--challenge-key", E + "CHALLENGE_KEY", "Ed25519 key that signs card login challenges "
+         "(default: PKI_DIR/challenge.key)")
+    _add(p, "--login-window-s", E + "LOGIN_WINDOW_S", "how long a doctor has to complete a card or "
+         "MobilToken login before the HIS is told (default: 120)", type=float)
+    _add(p, "--challenge-ttl-s", E + "CHALLENGE_TTL_S", "lifetime of one login challenge (default: 120)", type=float)
     _add(p, "--heartbeat-dir", E + "HEARTBEAT_DIR", "where processes write heartbeats for --check (default: /tmp/eeszt-gw-worker)")
     _add(p, "--log-level", E + "LOG_LEVEL", "debug, info, warning or error (default: info)")
     p.add_argument("--check", action="store_true",

@@ -79,6 +79,9 @@ REQUESTS_EXCHANGE_ARGUMENTS: Final[dict[str, str]] = {"alternate-exchange": UNRO
 # --- interactive logins (eSZIG card / MobilToken at the doctor's workstation) -----------------
 #: the request waits for its doctor's login; the value is the doctor's user id
 H_WAITING_LOGIN: Final = "eeszt-waiting-login"
+#: set on requests a completed login released: the doctor's token is on its way to every
+#: worker process, so a worker that has not received it yet waits for it instead of logging in
+H_LOGIN_RELEASED: Final = "eeszt-login-released"
 #: direct exchange the card bridges answer to (routing key LOGIN_ANSWER_KEY)
 LOGIN_EXCHANGE: Final = "eeszt.login"
 LOGIN_ANSWER_KEY: Final = "answer"

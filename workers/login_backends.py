@@ -12,6 +12,7 @@ import pika.exceptions
 
 from schemas.card import CARD_EXCHANGE, LOGIN_ANSWERS_QUEUE, CardChallenge, workstation_queue
 from schemas.wire import (
+    H_LOGIN_RELEASED,
     H_WAITING_LOGIN,
     INTERACTIVE_QUEUE,
     LOGIN_DELAY_QUEUE,
@@ -134,6 +135,7 @@ class RabbitLoginBackend:
             if method is None:
                 return moved
             headers = {k: v for k, v in (props.headers or {}).items() if k != H_WAITING_LOGIN}
+            headers[H_LOGIN_RELEASED] = 1
             out = pika.BasicProperties(delivery_mode=2, content_type=props.content_type,
                                        headers=headers, message_id=props.message_id)
             ch.basic_publish("", INTERACTIVE_QUEUE, body, out, mandatory=True)
@@ -227,6 +229,7 @@ class MemoryLoginBackend:
         for queue, body, headers, message_id, timer in items:
             timer.cancel()
             headers = {k: v for k, v in headers.items() if k != H_WAITING_LOGIN}
+            headers[H_LOGIN_RELEASED] = 1
             self.requeue(queue, body, headers, message_id)
         return len(items)
 

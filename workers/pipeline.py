@@ -44,6 +44,7 @@ from schemas.wire import (
     H_REASON,
     H_STATUS_SENT,
     H_TYPE,
+    H_LOGIN_RELEASED,
     H_WAITING_LOGIN,
 )
 
@@ -182,8 +183,9 @@ class Pipeline:
         identity = (doctor_identity(request.acting.user_id) if request.acting.kind == "doctor"
                     else institution_identity(self.institution))
         ambiguous = msg.redelivered or bool(msg.headers.get(H_AMBIGUOUS))
+        released = bool(msg.headers.get(H_LOGIN_RELEASED))
         try:
-            result = self._submit(request, service.name, identity, ambiguous)
+            result = self._submit(request, service.name, identity, ambiguous, released)
         except LoginRequired as exc:
             if self.logins is None:
                 return self._reject(request, GW_LOGIN, "acting.user_id",
@@ -204,12 +206,12 @@ class Pipeline:
         return "accepted"
 
     def _submit(self, request: RequestEnvelope, service: str, identity: str,
-                ambiguous: bool) -> SubmitResult:
+                ambiguous: bool, released: bool = False) -> SubmitResult:
         """Send (or find) the request. Raises the error tree; refreshes a refused token once."""
         refreshed = False
         ambiguous_sends = 0
         while True:
-            token = self.tokens.get(identity, reason=service)
+            token = self.tokens.get(identity, reason=service, expect_shared=released)
             try:
                 if ambiguous:
                     found = self._landed(service, request, token)

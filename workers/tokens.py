@@ -143,11 +143,12 @@ class TokenManager:
         self.share.subscribe(self._accept_shared)
 
     # --- public -----------------------------------------------------------------------------
-    def get(self, identity: str, *, reason: str = "") -> Token:
+    def get(self, identity: str, *, reason: str = "", expect_shared: bool = False) -> Token:
         """A usable token for ``identity``, logging in when needed.
 
         Raises NoLoginRoute, LoginFailed, or the ServiceError family when the STS is unreachable
-        and no usable token is cached.
+        and no usable token is cached. ``expect_shared``: another process has just logged this
+        identity in, so wait for its token to arrive through the share before logging in again.
         """
         now = self.clock()
         token = self._cache.get(identity)
@@ -160,6 +161,11 @@ class TokenManager:
             if token is not None and token.fresh(now):
                 self.stats["hits"] += 1
                 return token
+            if expect_shared:
+                shared = self.share.wait_for(identity, timeout_s=self.share_wait_s, clock=self.clock)
+                if shared is not None:
+                    self._cache[identity] = shared
+                    return shared
             try:
                 token = self._obtain(identity, reason)
             except (TokenError, ServiceRejected):
