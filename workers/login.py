@@ -105,8 +105,14 @@ class LoginCoordinator:
     # --- a request that needs a login ---------------------------------------------------------
     def wait(self, *, queue: str, body: bytes, headers: dict[str, Any], message_id: str | None,
              request: RequestEnvelope, route: str) -> str:
-        """Park ``request`` until its doctor logs in; start the login if nobody has."""
+        """Park ``request`` until its doctor logs in; start the login if nobody has.
+
+        Returns "waiting", or "ready" when the doctor's token arrived meanwhile (the caller then
+        sends the request at once instead).
+        """
         user, workstation = request.acting.user_id, request.acting.workstation
+        if self.tokens.usable(doctor_identity(user)) is not None:
+            return "ready"
         headers = dict(headers)
         headers[H_TYPE] = request.message_type
         headers[H_WAITING_LOGIN] = user
@@ -120,6 +126,9 @@ class LoginCoordinator:
         marker = json.dumps({"event": "window-expired", "user_id": user,
                              "workstation": workstation, "route": route}).encode()
         started = self.backend.begin(user, marker=marker)
+        if started and self.tokens.usable(doctor_identity(user)) is not None:
+            self.backend.end(user)  # a login completed just now: nothing to start
+            started = False
         if started:
             log.info("login of %s started at workstation %s (%s)", user, workstation, route)
             self._challenge(user, workstation, route)

@@ -190,9 +190,13 @@ class Pipeline:
             if self.logins is None:
                 return self._reject(request, GW_LOGIN, "acting.user_id",
                                     f"{exc}, but interactive logins are not enabled here")
+            outcome = self.logins.wait(queue=msg.queue, body=msg.body, headers=msg.headers,
+                                       message_id=msg.message_id, request=request,
+                                       route=exc.route)
+            if outcome == "ready":  # the doctor's token arrived meanwhile: send now
+                return self._process(msg, request)
             self.observer.outcome(service.name, "waiting", request)
-            return self.logins.wait(queue=msg.queue, body=msg.body, headers=msg.headers,
-                                    message_id=msg.message_id, request=request, route=exc.route)
+            return outcome
         except (NoLoginRoute, LoginFailed) as exc:
             return self._reject(request, GW_LOGIN if isinstance(exc, NoLoginRoute) else exc.code or GW_LOGIN,
                                 "acting.user_id", str(exc))

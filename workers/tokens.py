@@ -155,6 +155,10 @@ class TokenManager:
         if token is not None and token.fresh(now):
             self.stats["hits"] += 1
             return token
+        if token is not None and token.usable(now) and self._interactive_route(identity):
+            # A card login cannot be refreshed without the doctor: use it while it lives.
+            self.stats["hits"] += 1
+            return token
         with self._lock_for(identity):
             now = self.clock()
             token = self._cache.get(identity)
@@ -182,10 +186,12 @@ class TokenManager:
             return token
 
     def put(self, identity: str, issued: IssuedLike, *, reason: str = "") -> Token:
-        """Cache a token obtained outside :meth:`get` (an interactive login) and share it."""
+        """Cache a token obtained outside :meth:`get` (an interactive login) and share it.
+
+        No identity lock: a thread of :meth:`get` may hold it while it waits for a token.
+        """
         token = self._token(identity, issued)
-        with self._lock_for(identity):
-            self._cache[identity] = token
+        self._cache[identity] = token  # one reference swap
         self.stats["logins"] += 1
         self.logins_by_reason[reason] += 1
         self.share.publish(identity, token)
@@ -217,10 +223,25 @@ class TokenManager:
             self._cache[identity] = token
             self.stats["shared_in"] += 1
 
+    def _interactive_route(self, identity: str) -> str | None:
+        """The interactive route of a doctor with no secret configured, else None."""
+        kind, _, name = identity.partition(":")
+        if kind != "doctor" or not self.interactive_logins:
+            return None
+        cred = self.credentials.get(name)
+        if cred is not None and (cred.password or cred.totp_secret):
+            return None
+        return cred.interactive if cred is not None else "eszig"
+
     def _obtain(self, identity: str, reason: str) -> Token:
         shared = self.share.lookup(identity)
         if shared is not None and shared.fresh(self.clock()):
             return shared
+        route = self._interactive_route(identity)
+        if route is not None:
+            # The doctor logs in at the workstation; the login coordinator's pending marker,
+            # not this lock, makes that happen once across processes.
+            raise LoginRequired(identity.partition(":")[2], route=route)
         with self.share.lock(identity, wait_s=self.share_wait_s) as acquired:
             if not acquired:
                 # Another process is logging this identity in: its token arrives through the share.
