@@ -386,6 +386,32 @@ def _add_virtual_card(sub) -> None:
     p.set_defaults(func=_virtual_card)
 
 
+# --- bench ----------------------------------------------------------------------------------------
+def _bench_card_login(ns: argparse.Namespace) -> int:
+    from .bench.card_login import run
+
+    return run(n=ns.n, apdus=ns.apdus, json_out=Path(ns.json) if ns.json else None)
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks that print figures measured in one run",
+                       description="Benchmarks. Each scenario prints a table; --json also writes "
+                                   "the figures to a file.")
+    psub = p.add_subparsers(dest="sub", required=True, metavar="SCENARIO")
+    card = psub.add_parser(
+        "card-login", help="challenge → rID time of a card login, beside the APDU round trip",
+        description="Time card logins through the real PC/SC stack (pyscard → pcscd → vpcd → the "
+                    "virtual eSZIG card) and the simulator's eID server, from the bridge taking a "
+                    "signed challenge to holding the rID, without the PIN typing; and the APDU "
+                    "round trip through pcscd beside it. Needs pcscd with vpcd "
+                    "(`.ci/ensure-pcscd`) and the card extra (pyscard).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    card.add_argument("--n", type=int, default=30, help="logins to time")
+    card.add_argument("--apdus", type=int, default=500, help="APDUs for the round-trip figure")
+    card.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    card.set_defaults(func=_bench_card_login)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eeszt-gw",
@@ -401,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_card_bridge(sub)
     _add_virtual_card(sub)
+    _add_bench(sub)
     try:
         from producers.cli import add_commands
     except ImportError:  # pragma: no cover - producers are part of the same distribution

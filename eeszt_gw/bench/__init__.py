@@ -1,0 +1,1 @@
+"""``eeszt-gw bench``: benchmark scenarios. Each prints a table of figures measured in one run."""
