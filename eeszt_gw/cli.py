@@ -229,6 +229,12 @@ def _add_worker(sub) -> None:
     _add(p, "--login-window-s", E + "LOGIN_WINDOW_S", "how long a doctor has to complete a card or "
          "MobilToken login before the HIS is told (default: 120)", type=float)
     _add(p, "--challenge-ttl-s", E + "CHALLENGE_TTL_S", "lifetime of one login challenge (default: 120)", type=float)
+    _add(p, "--breaker-failures", E + "BREAKER_FAILURES", "transient failures in a row that open "
+         "a service's circuit: its requests are then parked in the broker (default: 5)", type=int)
+    _add(p, "--probe-interval-s", E + "PROBE_INTERVAL_S", "while a circuit is open, one probe per "
+         "this many seconds per worker process (default: 10)", type=float)
+    _add(p, "--release-rate", E + "RELEASE_RATE", "parked requests moved back per second once "
+         "the service answers again (default: 20)", type=float)
     _add(p, "--heartbeat-dir", E + "HEARTBEAT_DIR", "where processes write heartbeats for --check (default: /tmp/eeszt-gw-worker)")
     _add(p, "--log-level", E + "LOG_LEVEL", "debug, info, warning or error (default: info)")
     p.add_argument("--check", action="store_true",
@@ -412,6 +418,69 @@ def _add_bench(sub) -> None:
     card.set_defaults(func=_bench_card_login)
 
 
+# --- status ---------------------------------------------------------------------------------------
+STATUS_EXIT_CODES = ("exit codes: 0 healthy; 1 something needs attention (dead letters in eeszt.dlq, "
+                     "requests in flight longer than --time-limit-s, a certificate within "
+                     "--cert-warn-days or expired, parked requests); 2 the broker is unreachable.")
+
+
+def _status(ns: argparse.Namespace) -> int:
+    import os
+
+    from .status import StatusOptions, run
+
+    if ns.wait_s <= 0 or ns.browse_cap < 1 or ns.time_limit_s <= 0:
+        print("error: --wait-s and --time-limit-s must be positive, --browse-cap at least 1",
+              file=sys.stderr)
+        return 2
+    opts = StatusOptions(
+        broker_url=getattr(ns, "broker_url", None) or os.environ.get("EESZT_BROKER_URL")
+        or "amqp://guest:guest@127.0.0.1:5672/%2F",
+        pki_dir=Path(getattr(ns, "pki_dir", None) or os.environ.get("EESZT_PKI_DIR") or "pki"),
+        wait_s=ns.wait_s, time_limit_s=ns.time_limit_s, cert_warn_days=ns.cert_warn_days,
+        browse_cap=ns.browse_cap, browse_work_queues=ns.browse_work_queues,
+        use_rabbitmqctl=not ns.no_rabbitmqctl)
+    return run(opts, as_json=ns.json)
+
+
+def _add_status(sub) -> None:
+    p = sub.add_parser(
+        "status", help="what the gateway holds and does now, per service; exit 0/1/2",
+        description=(
+            "Show, per EESZT service and in total: ready requests, requests in flight (and those "
+            "over their time limit), retrying and parked requests with the oldest waiting age, "
+            "requests waiting for a doctor's login (per doctor), dead letters, and the "
+            "certificates in --pki-dir that expire soon. Needs only AMQP (no management "
+            "plugin): queue depths by passive declare, breakdowns by browsing queues (messages "
+            "are put back), in-flight work by asking the worker processes on the fanout "
+            "exchange eeszt.control. The doctors' wait queues are listed with rabbitmqctl when "
+            "it works on this host for a local broker, else from the workers' answers. "
+            + STATUS_EXIT_CODES + " " + ENV_NOTE),
+        epilog=STATUS_EXIT_CODES,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    E = "EESZT_"
+    _add(p, "--broker-url", E + "BROKER_URL", "RabbitMQ URL (default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+    _add(p, "--pki-dir", E + "PKI_DIR", "folder with access.pem, institution.pem, server-ca.pem, "
+         "sts.pem, challenge.pem (default: pki)")
+    p.add_argument("--wait-s", type=float, default=1.5,
+                   help="how long to wait for the worker processes' answers")
+    p.add_argument("--time-limit-s", type=float, default=600.0,
+                   help="a request in flight longer than this is flagged (the workers' dramatiq "
+                        "TimeLimit is 10 min)")
+    p.add_argument("--cert-warn-days", type=float, default=30.0,
+                   help="flag certificates that expire within this many days")
+    p.add_argument("--browse-cap", type=int, default=10_000,
+                   help="messages looked at per queue for the per-service breakdown and ages; "
+                        "the output says when it cut a breakdown short")
+    p.add_argument("--browse-work-queues", action="store_true",
+                   help="also break the work queues down by service; this marks their messages "
+                        "redelivered, so a worker asks EESZT by key before sending each of them")
+    p.add_argument("--no-rabbitmqctl", action="store_true",
+                   help="do not ask rabbitmqctl for the doctors' wait queues; use the workers' answers")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eeszt-gw",
@@ -428,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_card_bridge(sub)
     _add_virtual_card(sub)
     _add_bench(sub)
+    _add_status(sub)
     try:
         from producers.cli import add_commands
     except ImportError:  # pragma: no cover - producers are part of the same distribution

@@ -97,3 +97,12 @@ def login_wait_queue(user_id: str) -> str:
 def login_pending_queue(user_id: str) -> str:
     """Holds at most one marker: a login of this doctor is in progress (TTL = login window)."""
     return f"eeszt.login.pending.{user_id}"
+
+
+# --- outages: requests parked while a service's circuit breaker is open ----------------------
+H_PARKED: Final = "eeszt-parked"  # the request was parked during an outage
+
+
+def parked_queue(service: str) -> str:
+    """Requests held while ``service`` is down (durable, no TTL but each request's deadline)."""
+    return f"eeszt.parked.{service}"

@@ -27,6 +27,7 @@ from schemas.wire import (
     H_MESSAGE_ID,
     H_REASON,
     REPLIES_EXCHANGE,
+    parked_queue,
     retry_queue,
 )
 
@@ -51,6 +52,13 @@ class Outbox(Protocol):
 
     def dead_letter(self, body: bytes, headers: dict[str, Any], message_id: str | None) -> None:
         """Keep a message that cannot be processed, with the reason in its headers."""
+
+    def park(self, service: str, queue: str, body: bytes, headers: dict[str, Any], ttl_ms: int,
+             message_id: str | None) -> None:
+        """Hold a request while ``service`` is down; at its deadline it returns to ``queue``."""
+
+    def release_parked(self, service: str, queue: str, *, rate_per_s: float) -> int:
+        """Move the parked requests of ``service`` back to ``queue``, at most ``rate_per_s``."""
 
 
 def reply_headers(reply: Reply) -> dict[str, Any]:
@@ -145,6 +153,51 @@ class RabbitOutbox:
                                      timestamp=int(time.time()))
         self._publish("", DEAD_LETTER_QUEUE, body, props, mandatory=True)
 
+    def park(self, service: str, queue: str, body: bytes, headers: dict[str, Any], ttl_ms: int,
+             message_id: str | None) -> None:
+        name = parked_queue(service)
+        if name not in self._declared:
+            with self._declare_lock:
+                self._channel().queue_declare(name, durable=True, arguments={
+                    "x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue})
+                self._declared.add(name)
+        props = pika.BasicProperties(content_type="application/json", delivery_mode=2,
+                                     message_id=message_id, headers=headers,
+                                     expiration=str(max(1, ttl_ms)))
+        self._publish("", name, body, props, mandatory=True)
+
+    def release_parked(self, service: str, queue: str, *, rate_per_s: float) -> int:
+        """One releaser at a time across processes (an exclusive lock queue); paced."""
+        conn = pika.BlockingConnection(self.params)
+        moved = 0
+        try:
+            ch = conn.channel()
+            try:
+                ch.queue_declare(f"eeszt.lock.release.{service}", exclusive=True, auto_delete=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code == 405:
+                    return 0  # another process is releasing this service's backlog
+                raise
+            ch.confirm_delivery()
+            interval = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
+            while True:
+                try:
+                    method, props, body = ch.basic_get(parked_queue(service), auto_ack=False)
+                except pika.exceptions.ChannelClosedByBroker:
+                    return moved  # nothing was ever parked
+                if method is None:
+                    return moved
+                out = pika.BasicProperties(content_type=props.content_type, delivery_mode=2,
+                                           message_id=props.message_id, headers=props.headers)
+                ch.basic_publish("", queue, body, out, mandatory=True)
+                ch.basic_ack(method.delivery_tag)
+                moved += 1
+                if interval:
+                    time.sleep(interval)
+        finally:
+            if conn.is_open:
+                conn.close()
+
     def close(self) -> None:
         self._drop()
 
@@ -156,6 +209,8 @@ class MemoryOutbox:
     replies: dict[str, list[Reply]] = field(default_factory=lambda: defaultdict(list))
     retries: list[tuple[str, bytes, dict[str, Any], float]] = field(default_factory=list)
     dead: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+    parked: dict[str, list[tuple[str, bytes, dict[str, Any], str | None]]] = field(
+        default_factory=lambda: defaultdict(list))
     on_reply: Callable[[str, Reply], None] | None = None
     on_retry: Callable[[str, bytes, dict[str, Any], float, str | None], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -176,6 +231,19 @@ class MemoryOutbox:
     def dead_letter(self, body: bytes, headers: dict[str, Any], message_id: str | None) -> None:
         with self._lock:
             self.dead.append((body, dict(headers)))
+
+    def park(self, service: str, queue: str, body: bytes, headers: dict[str, Any], ttl_ms: int,
+             message_id: str | None) -> None:
+        with self._lock:
+            self.parked[service].append((queue, body, dict(headers), message_id))
+
+    def release_parked(self, service: str, queue: str, *, rate_per_s: float) -> int:
+        with self._lock:
+            items = self.parked.pop(service, [])
+        for q, body, headers, mid in items:
+            if self.on_retry:
+                self.on_retry(q, body, headers, 0.0, mid)
+        return len(items)
 
     def all_replies(self) -> list[Reply]:
         with self._lock:

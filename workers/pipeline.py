@@ -45,6 +45,7 @@ from schemas.wire import (
     H_STATUS_SENT,
     H_TYPE,
     H_LOGIN_RELEASED,
+    H_PARKED,
     H_WAITING_LOGIN,
 )
 
@@ -110,7 +111,7 @@ class _NullObserver:
 class Pipeline:
     def __init__(self, *, client: ServiceClient, tokens: TokenManager, outbox: Outbox,
                  institution: str, policy: RetryPolicy = RetryPolicy(),
-                 observer: Observer | None = None, logins: Any = None,
+                 observer: Observer | None = None, logins: Any = None, breakers: Any = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.client = client
         self.tokens = tokens
@@ -119,6 +120,7 @@ class Pipeline:
         self.policy = policy
         self.observer = observer or _NullObserver()
         self.logins = logins  # a workers.login.LoginCoordinator, or None: no interactive logins
+        self.breakers = breakers  # a workers.breaker.Breakers, or None: no circuit breaking
         self.clock = clock
         self._rng = random.Random()
 
@@ -176,14 +178,24 @@ class Pipeline:
                                 f"acts as a doctor")
         now = self.clock()
         if now >= request.deadline:
+            if msg.headers.get(H_PARKED):
+                return self._fail(msg, request, f"EESZT {service.name} was unavailable until the "
+                                                "request's deadline")
             if msg.headers.get(H_WAITING_LOGIN):
                 return self._fail(msg, request, f"login not completed: {msg.headers[H_WAITING_LOGIN]} "
                                                 "did not log in before the request's deadline")
             return self._fail(msg, request, "the deadline passed before the request could be sent")
         identity = (doctor_identity(request.acting.user_id) if request.acting.kind == "doctor"
                     else institution_identity(self.institution))
-        ambiguous = msg.redelivered or bool(msg.headers.get(H_AMBIGUOUS))
+        # Ask EESZT before sending whenever any worker handled this message before: after a
+        # crash a copy may sit in a retry, park or wait queue while the original comes back
+        # redelivered, and only one of them may create the record.
+        ambiguous = msg.redelivered or any(msg.headers.get(h) for h in (
+            H_AMBIGUOUS, H_ATTEMPT, H_PARKED, H_LOGIN_RELEASED, H_WAITING_LOGIN))
         released = bool(msg.headers.get(H_LOGIN_RELEASED))
+        breaker = self.breakers.get(service.name) if self.breakers is not None else None
+        if breaker is not None and breaker.is_open:
+            return self._park(msg, request, f"EESZT {service.name} is unavailable", ambiguous)
         try:
             result = self._submit(request, service.name, identity, ambiguous, released)
         except LoginRequired as exc:
@@ -201,9 +213,16 @@ class Pipeline:
             return self._reject(request, GW_LOGIN if isinstance(exc, NoLoginRoute) else exc.code or GW_LOGIN,
                                 "acting.user_id", str(exc))
         except ServiceRejected as exc:
+            self._answered(breaker)
             return self._reject(request, exc.code or "REJECTED", exc.field, str(exc))
         except ServiceUnavailable as exc:
+            if breaker is not None:
+                breaker.record_failure()
+                if breaker.is_open:
+                    return self._park(msg, request, str(exc),
+                                      ambiguous or isinstance(exc, AmbiguousOutcome))
             return self._retry_later(msg, request, exc)
+        self._answered(breaker)
         self._reply(request, Accepted(**reply_fields(request), eeszt_id=result.eeszt_id,
                                       version=result.version))
         self.observer.outcome(service.name, "accepted", request)
@@ -233,6 +252,32 @@ class Pipeline:
                 if ambiguous_sends >= 2:
                     raise  # the broker-side retry asks again, later
                 ambiguous = True
+
+    def _answered(self, breaker) -> None:
+        if breaker is not None and breaker.record_success():
+            self.breakers.closed(breaker.service)
+
+    def _park(self, msg: Incoming, request: RequestEnvelope, detail: str, ambiguous: bool) -> str:
+        """Hold the request durably while its service is down; tell the HIS once."""
+        service = OPERATION_OF[request.message_type][0].name
+        headers = dict(msg.headers)
+        headers[H_TYPE] = request.message_type
+        headers[H_PARKED] = 1
+        headers.setdefault(H_FIRST_SEEN, int(time.time() * 1000))
+        if ambiguous:
+            headers[H_AMBIGUOUS] = 1
+        sent = set(filter(None, str(headers.get(H_STATUS_SENT, "")).split(",")))
+        tell = "parked" not in sent
+        if tell:
+            headers[H_STATUS_SENT] = ",".join(sorted(sent | {"parked"}))
+        ttl_ms = max(1, int((request.deadline - self.clock()).total_seconds() * 1000))
+        self.outbox.park(service, msg.queue, msg.body, headers, ttl_ms, str(request.message_id))
+        if tell:
+            self._reply(request, StatusUpdate(**reply_fields(request), state=StatusState.PARKED,
+                                              detail=f"{detail}; the request waits in the broker "
+                                                     "and is sent when the service is back"))
+        self.observer.outcome(service, "parked", request)
+        return "parked"
 
     def _landed(self, service: str, request: RequestEnvelope, token: Token) -> SubmitResult | None:
         """What the service holds under the request's key. Raises AmbiguousOutcome if it cannot

@@ -147,7 +147,8 @@ def supervise(settings: WorkerSettings) -> int:
                 continue
             recent = [t for t in restarts.get(slot, []) if time.time() - t < 60]
             restarts[slot] = recent + [time.time()]
-            delay = min(30.0, 0.5 * 2 ** len(recent))
+            # Quick restarts for an occasional death; back off only when a slot keeps dying.
+            delay = min(30.0, 0.5 * 2 ** max(0, len(recent) - 5))
             log.warning("worker process %s (pid %s) exited with %s; restarting in %.1fs",
                         p.name, p.pid, p.exitcode, delay)
             if stopping.wait(delay):

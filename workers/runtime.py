@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,14 +21,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from .actors import register_actors
+from .actors import SERVICES, register_actors
+from .breaker import Breakers
+from .errors import ServiceRejected, ServiceUnavailable
 from .client import ClientFiles, EesztClient
 from .login import LoginBackend, LoginCoordinator
 from .outbox import BrokerError, Outbox
 from .pipeline import Incoming, Observer, Pipeline, internal_error
 from .retry import RetryPolicy
 from .settings import WorkerSettings
-from .tokens import TokenManager, load_credentials
+from .tokens import TokenManager, institution_identity, load_credentials
 from .transport import Timeouts
 
 log = logging.getLogger("eeszt_gw.worker")
@@ -51,6 +54,7 @@ class Runtime:
     outbox: Outbox
     share: Any
     logins: LoginCoordinator | None = None
+    breakers: Breakers | None = None
 
     def handle_login_event(self, body_b64: str, meta: dict[str, Any]) -> None:
         """The body of the login-events actor (card answers, window expiries, sweeps)."""
@@ -77,6 +81,8 @@ class Runtime:
             internal_error(self.pipeline, msg, exc)
 
     def close(self) -> None:
+        if self.breakers is not None:
+            self.breakers.stop()
         for part in (self.share, self.outbox, self.client):
             close = getattr(part, "close", None)
             if close:
@@ -116,9 +122,30 @@ def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: 
                                   institution=institution, challenge_ttl_s=settings.challenge_ttl_s)
     policy = RetryPolicy(call_attempts=settings.call_attempts, base_s=settings.retry_base_s,
                          cap_s=settings.retry_cap_s)
+    queue_of = {m.ACTOR: m.QUEUE for m in SERVICES}
+
+    def probe(service: str) -> bool:
+        """Any SOAP answer, even a refusal, means the service is back."""
+        token = tokens.get(institution_identity(institution), reason="probe")
+        try:
+            client.query(service, "eeszt-gw-circuit-probe", token.assertion)
+        except ServiceRejected:
+            return True
+        except ServiceUnavailable:
+            return False
+        return True
+
+    def release(service: str) -> None:
+        threading.Thread(target=outbox.release_parked, args=(service, queue_of[service]),
+                         kwargs={"rate_per_s": settings.release_rate},
+                         name=f"release-{service}", daemon=True).start()
+
+    breakers = Breakers(failure_threshold=settings.breaker_failures,
+                        probe_interval_s=settings.probe_interval_s, probe=probe,
+                        on_close=release).start()
     pipeline = Pipeline(client=client, tokens=tokens, outbox=outbox, institution=institution,
-                        policy=policy, observer=observer, logins=logins)
+                        policy=policy, observer=observer, logins=logins, breakers=breakers)
     runtime = Runtime(broker=broker, pipeline=pipeline, client=client, tokens=tokens,
-                      outbox=outbox, share=share, logins=logins)
+                      outbox=outbox, share=share, logins=logins, breakers=breakers)
     register_actors(broker, runtime.handle, runtime.handle_login_event)
     return runtime

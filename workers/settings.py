@@ -46,6 +46,12 @@ class WorkerSettings(BaseSettings):
     login_window_s: float = Field(default=120.0, gt=0,
                                   description="how long a doctor has to complete a login")
     challenge_ttl_s: float = Field(default=120.0, gt=0, description="lifetime of a card challenge")
+    breaker_failures: int = Field(default=5, ge=1, description="transient failures in a row "
+                                  "(each after its in-call retries) that open a service's circuit")
+    probe_interval_s: float = Field(default=10.0, gt=0, description="while a circuit is open, one "
+                                    "probe per this many seconds per worker process")
+    release_rate: float = Field(default=20.0, gt=0, description="parked requests moved back per "
+                                "second once a service answers again")
     heartbeat_dir: Path = Field(default=Path("/tmp/eeszt-gw-worker"),
                                 description="where worker processes write their heartbeat")
     log_level: str = "info"

@@ -1,0 +1,103 @@
+"""How ``eeszt-gw status`` prints its report for a person (rich tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+COLUMNS = (("queued", "queued"), ("in_flight", "in flight"), ("over_time_limit", "over limit"),
+           ("retrying", "retrying"), ("parked", "parked"), ("waiting_login", "login wait"),
+           ("dead_letters", "dead letters"))
+
+
+def age(seconds: float | None) -> str:
+    """``3d 4h``, ``25m 3s``, ``12s``; a dash for no age."""
+    if seconds is None:
+        return "—"
+    s = int(seconds)
+    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "m", 60),
+                                     ("m", 60, "s", 1)):
+        if s >= size:
+            return f"{s // size}{unit} {(s % size) // subsize}{sub}"
+    return f"{s}s"
+
+
+def _cell(value: Any, warn: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"[bold red]{value}[/]" if warn and value else str(value)
+
+
+def render(report: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    limit = age(report["time_limit_s"])
+    table = Table(title=f"eeszt-gw status  {report['broker']}  {report['at'][:19]}Z",
+                  title_justify="left")
+    table.add_column("service")
+    for _, head in COLUMNS:
+        table.add_column(head, justify="right")
+    table.add_column("oldest waiting", justify="right")
+    warn = {"over_time_limit", "parked", "dead_letters"}
+    rows = list(report["services"].items()) + [("total", report["totals"])]
+    for name, row in rows:
+        table.add_row(f"[bold]{name}[/]" if name == "total" else name,
+                      *(_cell(row[k], k in warn) for k, _ in COLUMNS), age(row["oldest_waiting_s"]),
+                      end_section=(name == rows[-2][0]))
+    console.print(table)
+
+    q = report["queues"]
+    work = ", ".join(f"{n} {q[n] if q[n] is not None else 'absent'}" for n in q
+                     if n.count(".") == 1 and n != "eeszt.dlq")
+    console.print(f"work queues (ready): {work}")
+    workers = report["workers"]
+    console.print(f"workers: {len(workers)} process(es) answered"
+                  + "".join(f"\n  pid {w.get('pid')} on {w.get('host')}: "
+                            f"{','.join(w.get('queues') or []) or '?'}" for w in workers))
+    over = [i for i in report["in_flight"] if i["over_time_limit"]]
+    if over:
+        console.print(f"[bold red]in flight longer than {limit}:[/]")
+        for i in over[:20]:
+            console.print(f"  {i.get('message_id')}  {i['service']} {i.get('message_type')}  "
+                          f"for {age(i['age_s'])}  (pid {i.get('pid')} on {i.get('host')})")
+    waits = report["login_waits"]
+    if isinstance(waits, str):
+        console.print(f"waiting for login: {waits}")
+    else:
+        docs = waits["doctors"]
+        console.print(f"waiting for login ({waits['source']}): "
+                      + (", ".join(f"{u} {d['waiting']} (oldest {age(d['oldest_s'])})"
+                                   for u, d in docs.items()) or "none"))
+    dead = report["dead_letters"]
+    if dead["total"]:
+        console.print(f"[bold red]dead letters: {dead['total']}[/] (oldest {age(dead['oldest_s'])}; "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(dead["by_service"].items()))
+                      + "; codes " + ", ".join(f"{k} {v}" for k, v in sorted(dead["by_code"].items()))
+                      + ")")
+    else:
+        console.print("dead letters: 0")
+    _certificates(console, report)
+    for note in report["notes"]:
+        console.print(f"[dim]note: {note}[/]")
+    if report["attention"]:
+        console.print("[bold red]ATTENTION:[/] " + "; ".join(report["attention"]))
+    else:
+        console.print("[bold green]healthy[/]")
+
+
+def _certificates(console: Console, report: dict[str, Any]) -> None:
+    certs = report["certificates"]
+    if not certs:
+        return
+    table = Table(title=f"certificates (warning within {report['cert_warn_days']:g} days)",
+                  title_justify="left")
+    for head in ("file", "for", "days left", "not after", "state"):
+        table.add_column(head, justify="right" if head == "days left" else "left")
+    for c in certs:
+        bad = c["state"] in ("expiring", "expired", "unreadable")
+        table.add_row(c["file"], c["role"],
+                      f"{c['days_left']:.1f}" if c["days_left"] is not None else "—",
+                      (c["not_after"] or "—")[:10],
+                      f"[bold red]{c['state']}[/]" if bad else c["state"])
+    console.print(table)

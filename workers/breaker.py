@@ -1,0 +1,136 @@
+"""A circuit breaker per EESZT service: hold traffic during an outage, release it afterwards.
+
+- **Closed**: requests go through. ``failure_threshold`` transient failures in a row (each
+  already retried inside the call) open it.
+- **Open**: requests are not sent; they are parked durably in ``eeszt.parked.<service>`` (see
+  :mod:`workers.outbox`) and acknowledged, so nothing waits in worker memory however long the
+  outage lasts, and the HIS is told "parked" once. A prober thread sends **one probe per
+  ``probe_interval_s`` per worker process** (a query by idempotency key: any SOAP answer, even a
+  refusal, means the service is back). That is the bound on what an unavailable EESZT sees from
+  the gateway: processes ÷ probe interval.
+- **Back**: a successful probe closes the breaker and the parked requests are moved back to their
+  work queue at ``release_rate`` per second (one releaser at a time across processes), so the
+  recovering service is not hit by a day's backlog at once.
+
+State is per worker process: each process finds out about an outage by itself (within
+``failure_threshold`` requests) and probes by itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from typing import Callable
+
+log = logging.getLogger("eeszt_gw.breaker")
+
+
+class State(str, enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+class CircuitBreaker:
+    def __init__(self, service: str, *, failure_threshold: int = 5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.service = service
+        self.failure_threshold = failure_threshold
+        self.clock = clock
+        self.state = State.CLOSED
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.last_probe = 0.0
+        self.openings = 0
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is State.OPEN
+
+    def record_success(self) -> bool:
+        """A call got an answer. Returns True when this closed an open breaker."""
+        with self._lock:
+            self.failures = 0
+            if self.state is State.OPEN:
+                self.state = State.CLOSED
+                log.info("%s answers again: circuit closed after %.0f s", self.service,
+                         self.clock() - (self.opened_at or self.clock()))
+                return True
+            return False
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            if self.state is State.CLOSED and self.failures >= self.failure_threshold:
+                self.state = State.OPEN
+                self.opened_at = self.last_probe = self.clock()
+                self.openings += 1
+                log.warning("%s is unavailable: circuit open, requests are parked", self.service)
+
+    def probe_due(self, interval_s: float) -> bool:
+        with self._lock:
+            if self.state is not State.OPEN or self.clock() - self.last_probe < interval_s:
+                return False
+            self.last_probe = self.clock()
+            return True
+
+
+class Breakers:
+    """The breakers of one process, and the thread that probes the open ones."""
+
+    def __init__(self, *, failure_threshold: int = 5, probe_interval_s: float = 10.0,
+                 probe: Callable[[str], bool] | None = None,
+                 on_close: Callable[[str], None] | None = None) -> None:
+        self.failure_threshold = failure_threshold
+        self.probe_interval_s = probe_interval_s
+        self.probe = probe
+        self.on_close = on_close
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.probes = 0
+
+    def get(self, service: str) -> CircuitBreaker:
+        with self._lock:
+            if service not in self._breakers:
+                self._breakers[service] = CircuitBreaker(service,
+                                                         failure_threshold=self.failure_threshold)
+            return self._breakers[service]
+
+    def states(self) -> dict[str, str]:
+        with self._lock:
+            return {s: b.state.value for s, b in self._breakers.items()}
+
+    def closed(self, service: str) -> None:
+        if self.on_close is not None:
+            self.on_close(service)
+
+    def start(self) -> "Breakers":
+        if self.probe is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="breaker-prober", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(0.5, self.probe_interval_s / 4)):
+            with self._lock:
+                breakers = list(self._breakers.values())
+            for breaker in breakers:
+                if not breaker.probe_due(self.probe_interval_s):
+                    continue
+                self.probes += 1
+                try:
+                    up = self.probe(breaker.service)
+                except Exception:  # a failing probe is a "still down"
+                    log.exception("probe of %s failed", breaker.service)
+                    up = False
+                if up and breaker.record_success():
+                    self.closed(breaker.service)
