@@ -33,6 +33,7 @@ from .status_broker import (
     UNKNOWN,
     BrokerUnreachable,
     BrokerView,
+    describe_error,
     message_facts,
     rabbitmqctl_queue_names,
     safe_url,
@@ -250,7 +251,7 @@ def run(opts: StatusOptions, *, as_json: bool = False) -> int:
     try:
         report = collect(opts)
     except (BrokerUnreachable, pika.exceptions.AMQPError, OSError) as exc:
-        message = f"broker unreachable at {safe_url(opts.broker_url)}: {exc}"
+        message = f"broker unreachable at {safe_url(opts.broker_url)}: {describe_error(exc)}"
         print(f"error: {message}", file=sys.stderr)
         if as_json:
             print(json.dumps({"error": message, "healthy": False, "exit_code": 2}))

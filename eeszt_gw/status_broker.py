@@ -33,6 +33,12 @@ class BrokerUnreachable(Exception):
     """The broker refused or did not answer the connection (exit code 2)."""
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for a pika or socket error (pika often keeps the cause in ``args``)."""
+    detail = str(exc) or ", ".join(str(a) or repr(a) for a in exc.args) or type(exc).__name__
+    return " ".join(detail.split())
+
+
 def safe_url(url: str) -> str:
     """The URL without its password."""
     parts = urlsplit(url)
@@ -99,7 +105,7 @@ class BrokerView:
         try:
             self.conn = pika.BlockingConnection(params)
         except (pika.exceptions.AMQPError, OSError) as exc:
-            raise BrokerUnreachable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+            raise BrokerUnreachable(describe_error(exc)) from exc
         self.ch = self.conn.channel()
 
     def __enter__(self) -> "BrokerView":

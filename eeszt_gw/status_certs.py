@@ -14,11 +14,11 @@ from cryptography import x509
 
 #: (file in PKI_DIR, what it is for)
 CERT_FILES: tuple[tuple[str, str], ...] = (
-    ("access.pem", "access certificate (mutual TLS to EESZT)"),
-    ("institution.pem", "institution certificate (WS-Security signing, STS login)"),
-    ("server-ca.pem", "trust: EESZT server CA"),
-    ("sts.pem", "trust: STS signing certificate"),
-    ("challenge.pem", "card challenge signer (pinned by the card bridges)"),
+    ("access.pem", "mTLS access"),
+    ("institution.pem", "WS-Security signing"),
+    ("server-ca.pem", "server CA (trust)"),
+    ("sts.pem", "STS (trust)"),
+    ("challenge.pem", "card challenges"),
 )
 
 

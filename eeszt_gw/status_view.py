@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-COLUMNS = (("queued", "queued"), ("in_flight", "in flight"), ("over_time_limit", "over limit"),
-           ("retrying", "retrying"), ("parked", "parked"), ("waiting_login", "login wait"),
-           ("dead_letters", "dead letters"))
+COLUMNS = (("queued", "\nqueued"), ("in_flight", "in\nflight"), ("over_time_limit", "over\nlimit"),
+           ("retrying", "retry-\ning"), ("parked", "\nparked"), ("waiting_login", "login\nwait"),
+           ("dead_letters", "dead\nletters"))
 
 
 def age(seconds: float | None) -> str:
@@ -34,16 +35,20 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     limit = age(report["time_limit_s"])
     table = Table(title=f"eeszt-gw status  {report['broker']}  {report['at'][:19]}Z",
-                  title_justify="left")
-    table.add_column("service")
-    for _, head in COLUMNS:
-        table.add_column(head, justify="right")
-    table.add_column("oldest waiting", justify="right")
+                  title_justify="left", box=box.HORIZONTALS, show_edge=False, pad_edge=False,
+                  padding=(0, 0, 0, 1))  # fits 80 columns even with the queued column
+    # unbrowsed work queues have no per-service count: their totals get a line of their own
+    columns = [c for c in COLUMNS if c[0] != "queued" or report["totals"]["queued"] is not None
+               and any(r["queued"] is not None for r in report["services"].values())]
+    table.add_column("\nservice", no_wrap=True)
+    for _, head in columns:
+        table.add_column(head, justify="right", no_wrap=True)
+    table.add_column("oldest\nwaiting", justify="right", no_wrap=True)
     warn = {"over_time_limit", "parked", "dead_letters"}
     rows = list(report["services"].items()) + [("total", report["totals"])]
     for name, row in rows:
         table.add_row(f"[bold]{name}[/]" if name == "total" else name,
-                      *(_cell(row[k], k in warn) for k, _ in COLUMNS), age(row["oldest_waiting_s"]),
+                      *(_cell(row[k], k in warn) for k, _ in columns), age(row["oldest_waiting_s"]),
                       end_section=(name == rows[-2][0]))
     console.print(table)
 
@@ -59,8 +64,8 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
     if over:
         console.print(f"[bold red]in flight longer than {limit}:[/]")
         for i in over[:20]:
-            console.print(f"  {i.get('message_id')}  {i['service']} {i.get('message_type')}  "
-                          f"for {age(i['age_s'])}  (pid {i.get('pid')} on {i.get('host')})")
+            console.print(f"  {i.get('message_id')} {i.get('message_type')} {age(i['age_s'])} "
+                          f"pid {i.get('pid')}@{i.get('host')}")
     waits = report["login_waits"]
     if isinstance(waits, str):
         console.print(f"waiting for login: {waits}")
@@ -81,7 +86,7 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
     for note in report["notes"]:
         console.print(f"[dim]note: {note}[/]")
     if report["attention"]:
-        console.print("[bold red]ATTENTION:[/] " + "; ".join(report["attention"]))
+        console.print("[bold red]ATTENTION[/]" + "".join(f"\n  - {a}" for a in report["attention"]))
     else:
         console.print("[bold green]healthy[/]")
 
@@ -91,7 +96,7 @@ def _certificates(console: Console, report: dict[str, Any]) -> None:
     if not certs:
         return
     table = Table(title=f"certificates (warning within {report['cert_warn_days']:g} days)",
-                  title_justify="left")
+                  title_justify="left", box=box.HORIZONTALS, show_edge=False, pad_edge=False)
     for head in ("file", "for", "days left", "not after", "state"):
         table.add_column(head, justify="right" if head == "days left" else "left")
     for c in certs:

@@ -35,7 +35,7 @@ buffer is lost if the process dies before the broker is back.
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 import random
@@ -95,9 +95,14 @@ class NullAuditLog:
         pass
 
 
+@functools.cache
+def _hostname() -> str:
+    return socket.gethostname()
+
+
 def worker_actor() -> str:
     """``"worker pid 123 on host"``: who acts, for events recorded by a worker process."""
-    return f"worker pid {os.getpid()} on {socket.gethostname()}"
+    return f"worker pid {os.getpid()} on {_hostname()}"
 
 
 def audit_event(kind: AuditKind | str, *, message_id: object, idempotency_key: str = "",
@@ -105,7 +110,7 @@ def audit_event(kind: AuditKind | str, *, message_id: object, idempotency_key: s
                 actor: str | None = None) -> AuditEvent:
     """An event that happened now, done by this worker process unless ``actor`` is given.
 
-    Raises ``ValueError`` (pydantic's ``ValidationError``) for an unknown ``kind``.
+    Raises ``ValueError`` for an unknown ``kind``.
     """
     return AuditEvent(message_id=str(message_id), idempotency_key=idempotency_key,
                       service=service, event=AuditKind(kind), at=datetime.now(timezone.utc),
@@ -182,9 +187,10 @@ def declare_stream(channel, retention: StreamRetention, queue: str = AUDIT_QUEUE
 class RabbitAuditLog:
     """Batched, confirmed writes to the audit stream from a background thread.
 
-    The thread starts on the first ``record`` (so a log made before a fork works in the child)
-    and has its own connection. Call :meth:`close` on shutdown; it flushes. See the module
-    docstring for the stream arguments and what a crash can lose.
+    The thread starts on the first ``record`` in a process (so a log made before a fork works
+    in the child, which writes only what it recorded itself) and has its own connection. Call
+    :meth:`close` on shutdown; it flushes. See the module docstring for the stream arguments
+    and what a crash can lose.
     """
 
     def __init__(self, url: str, *, flush_interval_s: float = 0.2, max_batch: int = 500,
@@ -216,13 +222,13 @@ class RabbitAuditLog:
                 if self._closing:
                     self.dropped += 1
                     return
+                if self._pid != os.getpid():
+                    self._start()
                 if len(self._buffer) >= self.max_buffer:
                     self._buffer.popleft()
                     self.dropped += 1
                 self._buffer.append(event)
                 full = len(self._buffer) >= self.max_batch
-                if self._thread is None or self._pid != os.getpid():
-                    self._start()
             if full:
                 self._wake.set()
         except Exception:  # the audit trail must never break the request it describes
@@ -259,12 +265,12 @@ class RabbitAuditLog:
             self._closing = True
             lost = len(self._buffer)
             self._buffer.clear()
+            self.dropped += lost
         self._stop.set()
         self._wake.set()
         if thread is not None:
             thread.join(timeout_s)
         if lost:
-            self.dropped += lost
             log.warning("audit log closed with %d events not written to %s", lost, AUDIT_QUEUE)
 
     def __enter__(self) -> "RabbitAuditLog":
@@ -273,9 +279,11 @@ class RabbitAuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _start(self) -> None:  # called with the lock held
+    def _start(self) -> None:  # the first record in this process; called with the lock held
+        if self._thread is not None:  # forked: the parent writes what it recorded, on its
+            self._buffer.clear()      # own connection, which is not ours to use
         self._pid = os.getpid()
-        self._conn = self._channel = None  # a parent's connection is not ours to use
+        self._conn = self._channel = None
         self._inflight = 0
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
@@ -433,7 +441,3 @@ def _append_marker(conn: pika.BlockingConnection, queue: str) -> str | None:
             channel.close()
     return marker
 
-
-def events_as_json(events: list[AuditEvent]) -> str:
-    """JSON lines, as ``eeszt-gw audit --json`` prints them."""
-    return "\n".join(json.dumps(e.model_dump(mode="json"), ensure_ascii=False) for e in events)
