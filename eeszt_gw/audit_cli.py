@@ -63,8 +63,8 @@ def guarded(handler: Callable[[argparse.Namespace], int], ns: argparse.Namespace
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
     except (pika.exceptions.AMQPError, OSError) as exc:
-        print(f"error: broker {safe_url(broker_url(ns))}: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
+        print(f"error: broker {safe_url(broker_url(ns))}: {type(exc).__name__}: "
+              f"{str(exc) or 'cannot connect'}", file=sys.stderr)
     return 2
 
 

@@ -235,6 +235,9 @@ def _add_worker(sub) -> None:
          "this many seconds per worker process (default: 10)", type=float)
     _add(p, "--release-rate", E + "RELEASE_RATE", "parked requests moved back per second once "
          "the service answers again (default: 20)", type=float)
+    _add(p, "--republish-delay-s", E + "REPUBLISH_DELAY_S", "a copy that a publisher sent again "
+         "after a lost confirm waits this long, then EESZT is asked before it is sent (default: 60)",
+         type=float)
     _add(p, "--heartbeat-dir", E + "HEARTBEAT_DIR", "where processes write heartbeats for --check (default: /tmp/eeszt-gw-worker)")
     _add(p, "--log-level", E + "LOG_LEVEL", "debug, info, warning or error (default: info)")
     p.add_argument("--check", action="store_true",

@@ -27,7 +27,14 @@ from typing import Any, Callable
 import pika.exceptions
 
 from schemas.soap import SERVICES
-from schemas.wire import BINDINGS, DEAD_LETTER_QUEUE, RETRY_TIERS_S, login_wait_queue, retry_queue
+from schemas.wire import (
+    BINDINGS,
+    DEAD_LETTER_QUEUE,
+    RETRY_TIERS_S,
+    login_wait_queue,
+    parked_queue,
+    retry_queue,
+)
 
 from .status_broker import (
     UNKNOWN,
@@ -43,11 +50,6 @@ from .status_certs import check_certificates
 WAIT_PREFIX = login_wait_queue("")
 COUNTERS = ("queued", "in_flight", "over_time_limit", "retrying", "parked", "waiting_login",
             "dead_letters")
-
-
-def parked_queue(service: str) -> str:
-    """A service's parked queue (EESZT is down for it; the requests wait durably)."""
-    return f"eeszt.parked.{service}"
 
 
 @dataclass(frozen=True)
@@ -77,145 +79,160 @@ def _started_at(value: Any) -> float | None:
 
 
 class _Tally:
-    def __init__(self) -> None:
-        self.services: dict[str, dict[str, Any]] = {
-            name: {c: 0 for c in COUNTERS} | {"oldest_waiting_s": None} for name in SERVICES}
+    """Counters per service, and the queue figures behind them."""
+
+    def __init__(self, broker: BrokerView, opts: StatusOptions, now: float) -> None:
+        self.broker, self.opts, self.now = broker, opts, now
+        self.services: dict[str, dict[str, Any]] = {name: self._blank() for name in SERVICES}
+        self.queues: dict[str, int | None] = {}
+        self.truncated: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _blank() -> dict[str, Any]:
+        return {c: 0 for c in COUNTERS} | {"oldest_waiting_s": None}
 
     def row(self, service: str) -> dict[str, Any]:
-        if service not in self.services:
-            self.services[service] = {c: 0 for c in COUNTERS} | {"oldest_waiting_s": None}
-        return self.services[service]
+        return self.services.setdefault(service, self._blank())
 
-    def add(self, service: str, counter: str, age: float | None = None, waiting: bool = True) -> None:
-        row = self.row(service)
-        row[counter] += 1
-        if waiting and age is not None:
+    def older(self, service: str, age: float | None) -> None:
+        if age is not None:
+            row = self.row(service)
             row["oldest_waiting_s"] = max(row["oldest_waiting_s"] or 0.0, age)
 
+    def depth(self, queue: str) -> int:
+        self.queues[queue] = ready = self.broker.depth(queue)
+        return ready or 0
 
-def collect(opts: StatusOptions, *, now: Callable[[], float] = time.time) -> dict[str, Any]:
-    """The whole status report as plain data. Raises :class:`BrokerUnreachable`."""
-    tally, queues, truncated, notes = _Tally(), {}, [], []
-    with BrokerView(opts.broker_url) as broker:
-        workers = broker.ask_workers(opts.wait_s)
-        t = now()
+    def browse(self, queue: str, ready: int, counter: str | None, *, head_only: bool = False
+               ) -> list[tuple[str, float | None, str | None]]:
+        """(service, age, code) of up to the cap of ``queue``'s messages, counted under
+        ``counter`` per service (ages count as waiting unless it is None)."""
+        if not ready:
+            return []
+        seen = self.broker.browse(queue, 1 if head_only else self.opts.browse_cap)
+        if len(seen) < ready and not head_only:
+            self.truncated.append({"queue": queue, "ready": ready, "browsed": len(seen)})
+        facts = [message_facts(props, body, self.now) for props, body in seen]
+        for service, age, _code in facts:
+            if counter:
+                self.row(service)[counter] += 1
+                self.older(service, age)
+        return facts
 
-        def browse(queue: str, counter: str, *, ready: int, waiting: bool = True,
-                   into: Callable[[str, float | None, str | None], None] | None = None) -> None:
-            if not ready:
-                return
-            seen = broker.browse(queue, opts.browse_cap)
-            if len(seen) < ready:
-                truncated.append({"queue": queue, "ready": ready, "browsed": len(seen)})
-            for props, body in seen:
-                service, age, code = message_facts(props, body, t)
-                tally.add(service, counter, age, waiting)
-                if into:
-                    into(service, age, code)
-
+    def work_retry_parked(self) -> None:
         for work in BINDINGS:
-            queues[work] = ready = broker.depth(work)
-            if opts.browse_work_queues:
-                browse(work, "queued", ready=ready or 0)
+            ready = self.depth(work)
+            if self.opts.browse_work_queues:
+                self.browse(work, ready, "queued")
             for tier in RETRY_TIERS_S:
                 name = retry_queue(work, tier)
-                queues[name] = ready = broker.depth(name)
-                browse(name, "retrying", ready=ready or 0)
+                self.browse(name, self.depth(name), "retrying")
         for service in SERVICES:
             name = parked_queue(service)
-            queues[name] = ready = broker.depth(name)
-            if ready:
-                tally.row(service)["parked"] += ready
-                for props, body in broker.browse(name, opts.browse_cap):
-                    age = message_facts(props, body, t)[1]
-                    if age is not None:
-                        row = tally.row(service)
-                        row["oldest_waiting_s"] = max(row["oldest_waiting_s"] or 0.0, age)
+            ready = self.depth(name)
+            self.row(service)["parked"] += ready
+            # The name gives the service, and the head is the oldest. One message only: a
+            # release that drains the queue meanwhile would not see what a browse holds.
+            for _s, age, _c in self.browse(name, ready, None, head_only=True):
+                self.older(service, age)
 
-        dead = {"total": 0, "by_service": Counter(), "by_code": Counter(), "oldest_s": None}
-
-        def dead_fact(service: str, age: float | None, code: str | None) -> None:
-            dead["by_service"][service] += 1
-            dead["by_code"][code or UNKNOWN] += 1
+    def dead_letters(self) -> dict[str, Any]:
+        total = self.depth(DEAD_LETTER_QUEUE)
+        by_service: Counter[str] = Counter()
+        by_code: Counter[str] = Counter()
+        oldest = None
+        for service, age, code in self.browse(DEAD_LETTER_QUEUE, total, None):
+            self.row(service)["dead_letters"] += 1
+            by_service[service] += 1
+            by_code[code or UNKNOWN] += 1
             if age is not None:
-                dead["oldest_s"] = max(dead["oldest_s"] or 0.0, age)
+                oldest = max(oldest or 0.0, age)
+        return {"total": total, "by_service": dict(by_service), "by_code": dict(by_code),
+                "oldest_s": oldest}
 
-        queues[DEAD_LETTER_QUEUE] = dead["total"] = broker.depth(DEAD_LETTER_QUEUE) or 0
-        browse(DEAD_LETTER_QUEUE, "dead_letters", ready=dead["total"], waiting=False,
-               into=dead_fact)
-
-        names = rabbitmqctl_queue_names(opts.broker_url) if opts.use_rabbitmqctl else None
+    def login_waits(self, workers: list[dict[str, Any]]) -> dict[str, Any] | str:
+        names = (rabbitmqctl_queue_names(self.opts.broker_url) if self.opts.use_rabbitmqctl
+                 else None)
         if names is not None:
             source = "rabbitmqctl"
             users = {n.removeprefix(WAIT_PREFIX) for n in names if n.startswith(WAIT_PREFIX)}
         elif any("login_waits" in w for w in workers):
-            source = "workers"
+            source = "workers"  # only the logins that live processes started
             users = {str(u).removeprefix(WAIT_PREFIX) for w in workers
                      for u in (w.get("login_waits") or [])}
         else:
-            source, users = None, set()
+            return "unknown (no rabbitmqctl here)"
         doctors: dict[str, dict[str, Any]] = {}
         for user in sorted(users):
             name = login_wait_queue(user)
-            ready = broker.depth(name)
+            ready = self.broker.depth(name)
             if ready is None:
-                continue
-            doc = doctors[user] = {"waiting": ready, "oldest_s": None}
+                continue  # released and gone since
+            ages = [a for _s, a, _c in self.browse(name, ready, "waiting_login") if a is not None]
+            doctors[user] = {"waiting": ready, "oldest_s": max(ages, default=None)}
+        return {"source": source, "doctors": doctors}
 
-            def wait_fact(_s: str, age: float | None, _c: str | None, doc=doc) -> None:
-                if age is not None:
-                    doc["oldest_s"] = max(doc["oldest_s"] or 0.0, age)
+    def in_flight(self, workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for w in workers:
+            for item in w.get("in_flight") or []:
+                if not isinstance(item, dict):
+                    continue
+                started = _started_at(item.get("started_at"))
+                age = self.now - started if started is not None else None
+                over = age is not None and age > self.opts.time_limit_s
+                service = item.get("service") if item.get("service") in SERVICES else UNKNOWN
+                self.row(service)["in_flight"] += 1
+                self.row(service)["over_time_limit"] += int(over)
+                out.append({**item, "service": service, "age_s": age, "over_time_limit": over,
+                            "pid": w.get("pid"), "host": w.get("host")})
+        return sorted(out, key=lambda i: -(i["age_s"] or 0))
 
-            browse(name, "waiting_login", ready=ready, into=wait_fact)
 
-    in_flight = []
-    for w in workers:
-        for item in w.get("in_flight") or []:
-            if not isinstance(item, dict):
-                continue
-            started = _started_at(item.get("started_at"))
-            age = t - started if started is not None else None
-            over = age is not None and age > opts.time_limit_s
-            service = item.get("service") if item.get("service") in SERVICES else UNKNOWN
-            tally.add(service, "in_flight", waiting=False)
-            if over:
-                tally.row(service)["over_time_limit"] += 1
-            in_flight.append({**item, "service": service, "age_s": age, "over_time_limit": over,
-                              "pid": w.get("pid"), "host": w.get("host")})
+def collect(opts: StatusOptions, *, now: Callable[[], float] = time.time) -> dict[str, Any]:
+    """The whole status report as plain data. Raises :class:`BrokerUnreachable`."""
+    with BrokerView(opts.broker_url) as broker:
+        workers = broker.ask_workers(opts.wait_s)
+        t = now()
+        tally = _Tally(broker, opts, t)
+        tally.work_retry_parked()
+        dead = tally.dead_letters()
+        waits = tally.login_waits(workers)
+    in_flight = tally.in_flight(workers)
     services = {k: v for k, v in tally.services.items()
                 if k in SERVICES or any(v[c] for c in COUNTERS)}
+    q = tally.queues
     totals = {c: sum(r[c] for r in services.values()) for c in COUNTERS}
     # ready counts are exact where a capped browse is not
-    totals["queued"] = sum(queues[q] or 0 for q in BINDINGS)
-    totals["retrying"] = sum(v or 0 for q, v in queues.items() if ".retry." in q)
-    totals["parked"] = sum(queues[parked_queue(s)] or 0 for s in SERVICES)
-    totals["dead_letters"] = dead["total"]
-    totals["waiting_login"] = sum(d["waiting"] for d in doctors.values())
-    totals["oldest_waiting_s"] = max((r["oldest_waiting_s"] for r in services.values()
-                                      if r["oldest_waiting_s"] is not None), default=None)
-    for row in services.values():
-        if not opts.browse_work_queues:
+    totals.update(
+        queued=sum(q[w] or 0 for w in BINDINGS),
+        retrying=sum(v or 0 for name, v in q.items() if ".retry." in name),
+        parked=sum(q[parked_queue(s)] or 0 for s in SERVICES), dead_letters=dead["total"],
+        waiting_login=sum(d["waiting"] for d in waits["doctors"].values())
+        if isinstance(waits, dict) else totals["waiting_login"],
+        oldest_waiting_s=max((r["oldest_waiting_s"] for r in services.values()
+                              if r["oldest_waiting_s"] is not None), default=None))
+    if not opts.browse_work_queues:
+        for row in services.values():
             row["queued"] = None
     certs = check_certificates(opts.pki_dir, now=datetime.fromtimestamp(t, timezone.utc),
                                warn_days=opts.cert_warn_days)
+    notes = []
     if opts.pki_dir is not None and not certs:
         notes.append(f"certificates not checked: no folder {opts.pki_dir}")
     if not workers:
         notes.append(f"no worker process answered within {opts.wait_s:g}s: in-flight unknown")
     if not opts.browse_work_queues:
         notes.append("work queues counted, not broken down by service (--browse-work-queues)")
-    for tr in truncated:
-        notes.append(f"breakdown of {tr['queue']} covers {tr['browsed']} of {tr['ready']} "
-                     f"messages (--browse-cap)")
+    notes += [f"breakdown of {tr['queue']} covers {tr['browsed']} of {tr['ready']} messages "
+              "(--browse-cap)" for tr in tally.truncated]
     report = {
-        "broker": safe_url(opts.broker_url), "at": datetime.fromtimestamp(t, timezone.utc).isoformat(),
+        "broker": safe_url(opts.broker_url),
+        "at": datetime.fromtimestamp(t, timezone.utc).isoformat(),
         "time_limit_s": opts.time_limit_s, "cert_warn_days": opts.cert_warn_days,
-        "services": services, "totals": totals, "queues": queues, "truncated": truncated,
+        "services": services, "totals": totals, "queues": q, "truncated": tally.truncated,
         "workers": [{k: v for k, v in w.items() if k != "in_flight"} for w in workers],
-        "in_flight": sorted(in_flight, key=lambda i: -(i["age_s"] or 0)),
-        "login_waits": {"source": source, "doctors": doctors} if source else "unknown (no rabbitmqctl here)",
-        "dead_letters": {**dead, "by_service": dict(dead["by_service"]),
-                         "by_code": dict(dead["by_code"])},
+        "in_flight": in_flight, "login_waits": waits, "dead_letters": dead,
         "certificates": certs, "notes": notes,
     }
     report["attention"] = attention(report)

@@ -305,8 +305,11 @@ def add_commands(subparsers: Any) -> None:
             "Invalid lines are listed on stderr and skipped; blank lines are ignored:",
             "  line 17: payload.taj: TAJ check digit is 3, expected 8",
             "A summary follows on stdout: lines read, published (confirmed by the broker), "
-            "invalid, failed, messages/s. Publishing a file twice is safe: the gateway "
-            "deduplicates by idempotency key.", ENV_NOTE),
+            "invalid, failed, messages/s. If the broker connection breaks, unconfirmed lines are "
+            "published again, marked so that the workers ask EESZT before sending them: a "
+            "reconnect never creates a second record. Publishing the same file twice, however, "
+            "sends each request twice; only an EESZT that deduplicates by idempotency key makes "
+            "that harmless.", ENV_NOTE),
         epilog="exit status: 0 every valid line was confirmed; 1 some were nacked, returned or "
                "not confirmed in time (listed on stderr with their line); 2 usage error, or the "
                "broker is unreachable.")

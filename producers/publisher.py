@@ -39,7 +39,7 @@ from producers.errors import BrokerUnavailable, InvalidRequest, ProducerError, P
 from producers.memory import BatchSummary, FailedMessage, to_wire
 from producers.topology import CONNECTION_ERRORS, coalesce_writes, connect, declare_topology
 from schemas.envelope import RequestEnvelope
-from schemas.wire import REQUESTS_EXCHANGE
+from schemas.wire import H_REPUBLISHED, REQUESTS_EXCHANGE
 
 __all__ = ["BatchPublisher", "BatchSummary", "FailedMessage", "Publisher", "parse_line"]
 
@@ -161,6 +161,8 @@ class _ConfirmChannel:
         if resend:
             log.info("republishing %d unconfirmed messages after reconnect", len(resend))
         for msg in resend:
+            # The first copy may have reached the queue: tell the workers this may be a twin.
+            msg.properties.headers = {**(msg.properties.headers or {}), H_REPUBLISHED: 1}
             self.send(msg)
 
     def send(self, msg: _Outgoing) -> None:

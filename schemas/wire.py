@@ -44,7 +44,10 @@ H_TYPE: Final = "eeszt-type"  # the payload type; wins over the routing key
 H_ATTEMPT: Final = "eeszt-attempt"  # how many times the gateway has tried to deliver it
 H_FIRST_SEEN: Final = "eeszt-first-seen"  # epoch ms when a worker first saw it
 H_AMBIGUOUS: Final = "eeszt-ambiguous"  # a previous attempt may have landed: query first
-H_STATUS_SENT: Final = "eeszt-status-sent"  # status updates already sent (comma separated)
+H_STATUS_SENT: Final = "eeszt-status-sent"
+#: set by a publisher on a copy it publishes again after losing the confirm of the first: the
+#: first may have reached the queue too. A HIS's own client should set it in that case.
+H_REPUBLISHED: Final = "eeszt-republished"  # status updates already sent (comma separated)
 H_REASON: Final = "eeszt-reason"  # dead letters: why
 H_CODE: Final = "eeszt-code"  # dead letters / replies: the stable code
 H_KIND: Final = "eeszt-kind"  # replies: accepted | rejected | failed | status

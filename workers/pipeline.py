@@ -46,6 +46,7 @@ from schemas.wire import (
     H_TYPE,
     H_LOGIN_RELEASED,
     H_PARKED,
+    H_REPUBLISHED,
     H_WAITING_LOGIN,
 )
 
@@ -112,6 +113,7 @@ class Pipeline:
     def __init__(self, *, client: ServiceClient, tokens: TokenManager, outbox: Outbox,
                  institution: str, policy: RetryPolicy = RetryPolicy(),
                  observer: Observer | None = None, logins: Any = None, breakers: Any = None,
+                 republish_delay_s: float = 60.0,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.client = client
         self.tokens = tokens
@@ -121,6 +123,7 @@ class Pipeline:
         self.observer = observer or _NullObserver()
         self.logins = logins  # a workers.login.LoginCoordinator, or None: no interactive logins
         self.breakers = breakers  # a workers.breaker.Breakers, or None: no circuit breaking
+        self.republish_delay_s = republish_delay_s
         self.clock = clock
         self._rng = random.Random()
 
@@ -185,6 +188,8 @@ class Pipeline:
                 return self._fail(msg, request, f"login not completed: {msg.headers[H_WAITING_LOGIN]} "
                                                 "did not log in before the request's deadline")
             return self._fail(msg, request, "the deadline passed before the request could be sent")
+        if msg.headers.get(H_REPUBLISHED) and not msg.headers.get(H_AMBIGUOUS):
+            return self._defer_republished(msg, request)
         identity = (doctor_identity(request.acting.user_id) if request.acting.kind == "doctor"
                     else institution_identity(self.institution))
         # Ask EESZT before sending whenever any worker handled this message before: after a
@@ -252,6 +257,18 @@ class Pipeline:
                 if ambiguous_sends >= 2:
                     raise  # the broker-side retry asks again, later
                 ambiguous = True
+
+    def _defer_republished(self, msg: Incoming, request: RequestEnvelope) -> str:
+        """A copy published again after a lost confirm may have a twin ahead of it in the queue.
+
+        The twin was delivered first (one queue, FIFO), so after ``republish_delay_s`` it has
+        finished its attempt; this copy then asks EESZT before sending (the ambiguous flag), and
+        only one record can come of the two.
+        """
+        headers = {**msg.headers, H_TYPE: request.message_type, H_AMBIGUOUS: 1}
+        self.outbox.retry(msg.queue, msg.body, headers, self.republish_delay_s,
+                          str(request.message_id))
+        return "deferred"
 
     def _answered(self, breaker) -> None:
         if breaker is not None and breaker.record_success():

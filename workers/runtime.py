@@ -144,7 +144,8 @@ def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: 
                         probe_interval_s=settings.probe_interval_s, probe=probe,
                         on_close=release).start()
     pipeline = Pipeline(client=client, tokens=tokens, outbox=outbox, institution=institution,
-                        policy=policy, observer=observer, logins=logins, breakers=breakers)
+                        policy=policy, observer=observer, logins=logins, breakers=breakers,
+                        republish_delay_s=settings.republish_delay_s)
     runtime = Runtime(broker=broker, pipeline=pipeline, client=client, tokens=tokens,
                       outbox=outbox, share=share, logins=logins, breakers=breakers)
     register_actors(broker, runtime.handle, runtime.handle_login_event)

@@ -52,6 +52,9 @@ class WorkerSettings(BaseSettings):
                                     "probe per this many seconds per worker process")
     release_rate: float = Field(default=20.0, gt=0, description="parked requests moved back per "
                                 "second once a service answers again")
+    republish_delay_s: float = Field(
+        default=60.0, ge=0, description="a copy a publisher sent again after a lost confirm waits "
+        "this long, so that its twin (delivered first) has finished, then EESZT is asked first")
     heartbeat_dir: Path = Field(default=Path("/tmp/eeszt-gw-worker"),
                                 description="where worker processes write their heartbeat")
     log_level: str = "info"

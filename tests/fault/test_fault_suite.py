@@ -103,7 +103,7 @@ def test_rabbitmq_restart_during_publishing_and_processing(clean, broker_url, si
     key = f"his.restart.{uuid.uuid4().hex[:6]}"
     replies = Replies(broker_url, key)
     pool = start_workers(broker_url=broker_url, sim=simulator, workdir=tmp_path, processes=2,
-                         threads=8)
+                         threads=8, extra=("--republish-delay-s", "5"))
     reqs = requests(n, key, seed=12)
     restarted = threading.Event()
 
@@ -161,11 +161,15 @@ def test_outage_longer_than_the_consumer_timeout(clean, broker_url, simulator, t
                         "application:set_env(rabbit, consumer_timeout, 1800000)."], timeout=60)
     result = finish(f"outage {outage_s:.0f} s > consumer timeout {consumer_timeout_ms // 1000} s",
                     n, replies, broker_url, simulator)
-    # Before its circuit opens a process sends what it has in flight (threads x attempts) plus
-    # the failures that open it; then one probe per probe interval.
-    bound = processes * (threads * attempts + failures * attempts + outage_s / probe_s + 1)
+    # Each worker process has a breaker per service. Before a breaker opens, its process sends
+    # what it has in flight (threads x attempts) and the failures that open it (failures x
+    # attempts); then one probe per probe interval, per service.
+    services = 5
+    bound = processes * (threads * attempts + services * failures * attempts
+                         + services * (outage_s / probe_s + 1))
     RESULTS.append(f"{'':38} EESZT saw {seen_in_outage} calls in the {outage_s:.0f} s outage "
-                   f"(bound {bound:.0f}: {processes} processes, 1 probe / {probe_s:g} s each)")
+                   f"(bound {bound:.0f}: {processes} processes x {services} services, "
+                   f"1 probe / {probe_s:g} s each)")
     assert seen_in_outage <= bound
     assert result.lost == 0 and result.duplicates == 0 and result.kinds["accepted"] == n
     parked_twice = [m for (m, state), c in replies.status_by_message.items() if state == "parked" and c > 1]

@@ -66,16 +66,22 @@ def dlq_depth(broker_url: str) -> int:
         conn.close()
 
 
-@pytest.fixture()
-def outbox(broker_url):
-    """A clean eeszt.dlq in this session's own vhost, and the workers' outbox to fill it."""
-    declare_topology(broker_url)
+def purge_dlq(broker_url: str) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(broker_url))
     conn.channel().queue_purge(DEAD_LETTER_QUEUE)
     conn.close()
+
+
+@pytest.fixture()
+def outbox(broker_url):
+    """A clean eeszt.dlq in this session's own vhost (before and after), and the workers'
+    outbox to fill it."""
+    declare_topology(broker_url)
+    purge_dlq(broker_url)
     box = RabbitOutbox(url=broker_url)
     yield box
     box.close()
+    purge_dlq(broker_url)
 
 
 def for_replies(request):

@@ -35,6 +35,7 @@ from schemas.wire import (
     INTERACTIVE_QUEUE,
     RETRY_TIERS_S,
     login_wait_queue,
+    parked_queue,
     retry_queue,
 )
 from simulator.pki import init_pki
@@ -70,7 +71,7 @@ def _clean(conn, ch) -> None:
     for service in SERVICES:  # parked queues exist once a worker parked something
         scratch = conn.channel()
         try:
-            scratch.queue_purge(f"eeszt.parked.{service}")
+            scratch.queue_purge(parked_queue(service))
             scratch.close()
         except pika.exceptions.ChannelClosedByBroker:
             pass
@@ -139,6 +140,18 @@ def park_for_login(ch, request) -> None:
         message_id=str(request.message_id), expiration=str(3_600_000)), mandatory=True)
 
 
+def park_for_outage(ch, request, first_seen_ms: int) -> None:
+    # as workers/outbox.py (RabbitOutbox.park) does while a service's circuit is open
+    name = parked_queue("eProfil")
+    ch.queue_declare(name, durable=True, arguments={
+        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": INTERACTIVE_QUEUE})
+    headers = {H_TYPE: request.message_type, H_ATTEMPT: 2, H_FIRST_SEEN: first_seen_ms,
+               H_STATUS_SENT: "parked"}
+    ch.basic_publish("", name, request.to_json(), pika.BasicProperties(
+        content_type="application/json", delivery_mode=2, message_id=str(request.message_id),
+        headers=headers, expiration=str(3_600_000)), mandatory=True)
+
+
 def depth(ch, queue: str) -> int:
     return ch.queue_declare(queue, passive=True).method.message_count
 
@@ -199,7 +212,8 @@ def test_status_reports_in_flight_queues_login_waits_dead_letters_and_certificat
     assert waits["doctors"][DOCTOR]["waiting"] == 2
     assert waits["doctors"][DOCTOR]["oldest_s"] == pytest.approx(120, abs=60)
     assert report["services"]["eRecept"]["waiting_login"] == 2
-    # And the parked queues (not declared yet here) count as 0
+    # And the parked queues not declared yet count as 0
+    assert report["queues"][parked_queue("eRecept")] in (None, 0)
     assert report["totals"]["parked"] == 0
     # And the certificates inside the 30-day window
     certs = {c["file"]: c for c in report["certificates"]}
@@ -213,6 +227,15 @@ def test_status_reports_in_flight_queues_login_waits_dead_letters_and_certificat
     # And every browsed message is back where it was
     assert (depth(channel, DEAD_LETTER_QUEUE), depth(channel, RETRY_QUEUE),
             depth(channel, WAIT_QUEUE)) == (2, 1, 2)
+
+    # When an eProfil update is parked during an outage (first seen 10 minutes ago)
+    park_for_outage(channel, samples.profile_update(), now_ms - 10 * 60_000)
+    code, report = status_json(broker_url, pki.directory, "--wait-s", "0.5")
+    # Then it is counted for its service, with its age, and needs attention
+    assert report["services"]["eProfil"]["parked"] == 1 and report["totals"]["parked"] == 1
+    assert report["services"]["eProfil"]["oldest_waiting_s"] == pytest.approx(600, abs=60)
+    assert "1 parked request(s)" in report["attention"] and code == 1
+    assert depth(channel, parked_queue("eProfil")) == 1
 
     # When a cap cuts the dead-letter breakdown short, then the output says so
     _, capped = status_json(broker_url, pki.directory, "--browse-cap", "1", "--wait-s", "0.5")

@@ -156,3 +156,46 @@ def test_parse_when_reads_durations_and_iso_times():
     assert parse_when("2026-11-26T08:00:00") == NOW  # naive means UTC
     with pytest.raises(UsageError):
         parse_when("yesterday")
+
+
+# --- dead-letter helpers (eeszt_gw.dlq) without a broker ------------------------------------------
+def dead(request, *, age_s: int = 60, **headers):
+    import pika
+
+    from eeszt_gw.dlq import DeadLetter
+
+    props = pika.BasicProperties(message_id=str(request.message_id), delivery_mode=2,
+                                 timestamp=int(NOW.timestamp()) - age_s)
+    base = {"eeszt-type": request.message_type, "eeszt-message-id": str(request.message_id),
+            "eeszt-idempotency-key": request.idempotency_key}
+    return DeadLetter(1, request.to_json(), props, {**base, **headers})
+
+
+def test_a_dead_letter_is_replayable_only_while_its_request_can_still_be_sent():
+    from eeszt_gw.dlq import replay_problem
+    from tests import samples
+
+    fresh = samples.prescription()
+    assert replay_problem(dead(fresh), NOW - timedelta(days=1000)) is None
+    # Given a request whose deadline passed, Then replaying it would only fail it again
+    problem = replay_problem(dead(fresh), fresh.deadline + timedelta(seconds=1))
+    assert problem and "deadline passed" in problem
+    # and an undeliverable reply is not a request
+    assert "reply" in replay_problem(dead(fresh, **{"eeszt-kind": "accepted"}), NOW)
+
+
+def test_selector_and_show_work_on_the_headers_and_mask_the_taj():
+    from eeszt_gw.dlq import Selector, render, summary
+    from tests import samples
+
+    dl = dead(samples.event_start(), age_s=3 * 86400, **{
+        "eeszt-reason": f"rejected: TAJ {TAJ}", "eeszt-code": "BIZ-001"})
+    assert dl.service == "esemenyKatalogus" and dl.message_type == "event.start"
+    assert Selector(service="ESEMENYKATALOGUS", code="biz-001", reason="taj").matches(dl)
+    assert not Selector(service="eRecept").matches(dl)
+    assert Selector(until=NOW - timedelta(days=2)).matches(dl)
+    assert not Selector(since=NOW - timedelta(days=2)).matches(dl)
+    assert summary(dl, NOW)["age"] == "3d"
+    assert TAJ not in summary(dl, NOW)["reason"]
+    shown = render(dl, NOW)
+    assert TAJ not in shown and f"******{TAJ[-3:]}" in shown and '"event_id": "CASE-1"' in shown

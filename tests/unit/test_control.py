@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace

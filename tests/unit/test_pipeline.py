@@ -191,3 +191,18 @@ def test_logs_carry_no_taj(caplog):
     request = samples.prescription().model_copy(update={"acting": samples.event_start().acting})
     p.handle(incoming(request))
     assert caplog.records and samples.TAJ not in caplog.text
+
+
+def test_a_republished_twin_waits_then_asks_and_never_duplicates():
+    from schemas.wire import H_REPUBLISHED
+
+    fake, outbox, p = make()  # naive: a second send would be a second record
+    request = samples.prescription()
+    original = incoming(request)
+    twin = incoming(request, headers={H_REPUBLISHED: 1})
+    assert p.handle(twin) == "deferred" and fake.submits == 0
+    (queue, body, headers, delay), = outbox.retries
+    assert headers[H_AMBIGUOUS] == 1 and delay == p.republish_delay_s
+    assert p.handle(original) == "accepted"  # the twin ahead of it in the queue
+    assert p.handle(Incoming(body=body, queue=queue, headers=headers)) == "accepted"
+    assert len(fake.records) == 1 and fake.submits == 1
