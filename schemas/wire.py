@@ -48,7 +48,11 @@ H_STATUS_SENT: Final = "eeszt-status-sent"
 #: set by a publisher on a copy it publishes again after losing the confirm of the first: the
 #: first may have reached the queue too. A HIS's own client should set it in that case.
 H_REPUBLISHED: Final = "eeszt-republished"  # status updates already sent (comma separated)
-H_REASON: Final = "eeszt-reason"  # dead letters: why
+H_REASON: Final = "eeszt-reason"
+#: an operator replayed it from the dead-letter queue (the value names who): its original
+#: deadline no longer applies; the worker gives it a day from the replay and asks EESZT first
+H_REPLAYED: Final = "eeszt-replayed"
+H_REPLAYED_AT: Final = "eeszt-replayed-at"  # epoch ms of the replay  # dead letters: why
 H_CODE: Final = "eeszt-code"  # dead letters / replies: the stable code
 H_KIND: Final = "eeszt-kind"  # replies: accepted | rejected | failed | status
 H_MESSAGE_ID: Final = "eeszt-message-id"

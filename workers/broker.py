@@ -40,6 +40,8 @@ ACTOR_OF_FAMILY: dict[str, str] = {
     "ehr": "eht",
 }
 UNROUTABLE_ACTOR = "unroutable"
+#: ids of consumers whose connection is alive; a message from any other one is stale
+_LIVE_CONSUMERS: set[int] = set()
 LOGIN_ACTOR = "loginEvents"
 
 
@@ -57,9 +59,18 @@ def _plain_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def consumer_alive(consumer_id: int | None) -> bool:
+    """False for a message whose consumer's connection has died since it was delivered.
+
+    dramatiq keeps processing prefetched messages after their connection is gone, while the
+    broker redelivers them elsewhere; such a stale copy must not be processed.
+    """
+    return consumer_id is None or consumer_id in _LIVE_CONSUMERS
+
+
 def wrap_delivery(*, queue: str, body: bytes, routing_key: str | None = None,
                   headers: dict[str, Any] | None = None, redelivered: bool = False,
-                  message_id: str | None = None) -> dramatiq.Message:
+                  message_id: str | None = None, consumer: int | None = None) -> dramatiq.Message:
     """A dramatiq message for one raw delivery. Never fails, whatever the body holds."""
     plain = _plain_headers(headers)
     mtype = plain.get(H_TYPE) or routing_key or ""
@@ -68,7 +79,7 @@ def wrap_delivery(*, queue: str, body: bytes, routing_key: str | None = None,
     else:
         actor = ACTOR_OF_FAMILY.get(str(mtype).split(".", 1)[0], UNROUTABLE_ACTOR)
     meta = {"queue": queue, "type": mtype or None, "redelivered": bool(redelivered),
-            "headers": plain, "message_id": message_id}
+            "headers": plain, "message_id": message_id, "consumer": consumer}
     return dramatiq.Message(
         queue_name=queue, actor_name=actor,
         args=(base64.b64encode(body).decode("ascii"), meta), kwargs={}, options={},
@@ -77,6 +88,10 @@ def wrap_delivery(*, queue: str, body: bytes, routing_key: str | None = None,
 
 
 class _GatewayConsumer(_RabbitmqConsumer):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _LIVE_CONSUMERS.add(id(self))
+
     def __next__(self):
         try:
             method, properties, body = next(self.iterator)
@@ -84,12 +99,18 @@ class _GatewayConsumer(_RabbitmqConsumer):
                 return None
         except (AssertionError, pika.exceptions.AMQPConnectionError,
                 pika.exceptions.AMQPChannelError) as e:
+            _LIVE_CONSUMERS.discard(id(self))
             raise ConnectionClosed(e) from None
         message = wrap_delivery(queue=self.queue_name.removesuffix(".DQ"), body=body,
                                 routing_key=method.routing_key, headers=properties.headers,
-                                redelivered=method.redelivered, message_id=properties.message_id)
+                                redelivered=method.redelivered, message_id=properties.message_id,
+                                consumer=id(self))
         self.known_tags.add(method.delivery_tag)
         return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
+
+    def close(self):
+        _LIVE_CONSUMERS.discard(id(self))
+        super().close()
 
     def _nack(self, tag):
         # Requeue: the actor could not hand off what the request produced (broker trouble).

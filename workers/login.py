@@ -99,6 +99,7 @@ class LoginCoordinator:
         self.key = challenge_key
         self.institution = institution
         self.challenge_ttl = timedelta(seconds=challenge_ttl_s)
+        self.started: set[str] = set()  # doctors whose logins this process started (for status)
         self.sweep_after_s = sweep_after_s
         self.clock = clock
 
@@ -130,6 +131,7 @@ class LoginCoordinator:
             self.backend.end(user)  # a login completed just now: nothing to start
             started = False
         if started:
+            self.started.add(user)
             log.info("login of %s started at workstation %s (%s)", user, workstation, route)
             self._challenge(user, workstation, route)
         if tell and request.reply_to:
@@ -203,6 +205,7 @@ class LoginCoordinator:
                 self._challenge(user, answer.workstation, self._route(user))
             return
         self.tokens.put(identity, issued, reason="login")
+        self.started.discard(user)
         self.backend.end(user)
         moved = self.backend.release(user)
         log.info("login of %s completed; %d waiting requests released", user, moved)

@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Protocol
 
 from pydantic import ValidationError
@@ -46,11 +46,14 @@ from schemas.wire import (
     H_TYPE,
     H_LOGIN_RELEASED,
     H_PARKED,
+    H_REPLAYED,
+    H_REPLAYED_AT,
     H_REPUBLISHED,
     H_WAITING_LOGIN,
 )
 
 from .errors import AmbiguousOutcome, LoginFailed, ServiceRejected, ServiceUnavailable, TokenRejected
+from .audit import AuditLog, NullAuditLog, audit_event
 from .outbox import Outbox
 from .retry import RetryPolicy
 from .soap import SubmitResult
@@ -113,7 +116,7 @@ class Pipeline:
     def __init__(self, *, client: ServiceClient, tokens: TokenManager, outbox: Outbox,
                  institution: str, policy: RetryPolicy = RetryPolicy(),
                  observer: Observer | None = None, logins: Any = None, breakers: Any = None,
-                 republish_delay_s: float = 60.0,
+                 republish_delay_s: float = 60.0, audit: AuditLog | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.client = client
         self.tokens = tokens
@@ -124,6 +127,7 @@ class Pipeline:
         self.logins = logins  # a workers.login.LoginCoordinator, or None: no interactive logins
         self.breakers = breakers  # a workers.breaker.Breakers, or None: no circuit breaking
         self.republish_delay_s = republish_delay_s
+        self.audit = audit or NullAuditLog()
         self.clock = clock
         self._rng = random.Random()
 
@@ -139,7 +143,21 @@ class Pipeline:
         except ValidationError as exc:
             problem = describe_validation_error(exc)
             return self._unparseable(msg, problem.field, problem.reason, text=text)
+        self._audit("received", request, msg, detail=f"from queue {msg.queue}"
+                    + (" (redelivered)" if msg.redelivered else ""))
         return self._process(msg, request)
+
+    def _audit(self, kind: str, request: RequestEnvelope | None, msg: Incoming | None = None,
+               detail: str = "", **known: Any) -> None:
+        if request is not None:
+            known.setdefault("message_id", str(request.message_id))
+            known.setdefault("idempotency_key", request.idempotency_key)
+            op = OPERATION_OF.get(request.message_type)
+            known.setdefault("service", op[0].name if op else "")
+        if msg is not None:
+            known.setdefault("message_id", msg.message_id or "")
+            known.setdefault("attempt", msg.attempt or None)
+        self.audit.record(audit_event(kind, detail=detail, **known))
 
     # --- requests that never became a valid envelope ------------------------------------------
     def _unparseable(self, msg: Incoming, field_name: str, reason: str, *, text: str | None = None) -> str:
@@ -149,6 +167,10 @@ class Pipeline:
         if mtype in OPERATION_OF:
             service = OPERATION_OF[mtype][0].name
         reply_to = info.get("reply_to")
+        self._audit("rejected" if reply_to else "dead_lettered", None, msg, service=service,
+                    message_id=str(info.get("message_id") or msg.message_id or NIL),
+                    idempotency_key=str(info.get("idempotency_key", "")),
+                    detail=f"invalid message: {field_name or 'body'}: {reason}")
         log.info("rejected an invalid message %s on %s: %s: %s", msg.message_id or "-", msg.queue,
                  field_name or "body", reason)
         if reply_to:
@@ -180,6 +202,14 @@ class Pipeline:
                                 f"{service.name} writes need the institution's token; the request "
                                 f"acts as a doctor")
         now = self.clock()
+        if msg.headers.get(H_REPLAYED):
+            # The operator replayed it after fixing the cause: a day from the replay, not the
+            # original deadline.
+            at = msg.headers.get(H_REPLAYED_AT)
+            replayed_at = (datetime.fromtimestamp(at / 1000, timezone.utc)
+                           if isinstance(at, (int, float)) else now)
+            request = request.model_copy(update={"deadline": max(
+                request.deadline, replayed_at + timedelta(days=1))})
         if now >= request.deadline:
             if msg.headers.get(H_PARKED):
                 return self._fail(msg, request, f"EESZT {service.name} was unavailable until the "
@@ -188,8 +218,8 @@ class Pipeline:
                 return self._fail(msg, request, f"login not completed: {msg.headers[H_WAITING_LOGIN]} "
                                                 "did not log in before the request's deadline")
             return self._fail(msg, request, "the deadline passed before the request could be sent")
-        if msg.headers.get(H_REPUBLISHED) and not msg.headers.get(H_AMBIGUOUS):
-            return self._defer_republished(msg, request)
+        if (msg.redelivered or msg.headers.get(H_REPUBLISHED)) and not msg.headers.get(H_AMBIGUOUS):
+            return self._defer_twin(msg, request)
         identity = (doctor_identity(request.acting.user_id) if request.acting.kind == "doctor"
                     else institution_identity(self.institution))
         # Ask EESZT before sending whenever any worker handled this message before: after a
@@ -212,6 +242,8 @@ class Pipeline:
                                        route=exc.route)
             if outcome == "ready":  # the doctor's token arrived meanwhile: send now
                 return self._process(msg, request)
+            self._audit("waiting_for_login", request, msg,
+                        detail=f"{exc.user_id} logs in at {request.acting.workstation} ({exc.route})")
             self.observer.outcome(service.name, "waiting", request)
             return outcome
         except (NoLoginRoute, LoginFailed) as exc:
@@ -230,6 +262,8 @@ class Pipeline:
         self._answered(breaker)
         self._reply(request, Accepted(**reply_fields(request), eeszt_id=result.eeszt_id,
                                       version=result.version))
+        self._audit("answered", request, msg, detail=f"accepted as {result.eeszt_id} "
+                                                     f"version {result.version}")
         self.observer.outcome(service.name, "accepted", request)
         return "accepted"
 
@@ -258,16 +292,20 @@ class Pipeline:
                     raise  # the broker-side retry asks again, later
                 ambiguous = True
 
-    def _defer_republished(self, msg: Incoming, request: RequestEnvelope) -> str:
-        """A copy published again after a lost confirm may have a twin ahead of it in the queue.
+    def _defer_twin(self, msg: Incoming, request: RequestEnvelope) -> str:
+        """A copy that may have a twin being processed right now waits, then asks first.
 
-        The twin was delivered first (one queue, FIFO), so after ``republish_delay_s`` it has
-        finished its attempt; this copy then asks EESZT before sending (the ambiguous flag), and
-        only one record can come of the two.
+        Two cases: a redelivered message (its first delivery may still be finishing on a worker
+        whose broker connection died) and a copy a publisher sent again after a lost confirm
+        (the first copy may be ahead of it in the queue). After ``republish_delay_s`` the twin
+        has finished its attempt; this copy then asks EESZT before sending (the ambiguous
+        flag), so only one record can come of the two.
         """
         headers = {**msg.headers, H_TYPE: request.message_type, H_AMBIGUOUS: 1}
         self.outbox.retry(msg.queue, msg.body, headers, self.republish_delay_s,
                           str(request.message_id))
+        self._audit("retried", request, msg, detail=f"a twin may be in flight: asked again in "
+                                                    f"{self.republish_delay_s:g} s, EESZT first")
         return "deferred"
 
     def _answered(self, breaker) -> None:
@@ -289,6 +327,7 @@ class Pipeline:
             headers[H_STATUS_SENT] = ",".join(sorted(sent | {"parked"}))
         ttl_ms = max(1, int((request.deadline - self.clock()).total_seconds() * 1000))
         self.outbox.park(service, msg.queue, msg.body, headers, ttl_ms, str(request.message_id))
+        self._audit("parked", request, msg, detail=f"{detail}; held in eeszt.parked.{service}")
         if tell:
             self._reply(request, StatusUpdate(**reply_fields(request), state=StatusState.PARKED,
                                               detail=f"{detail}; the request waits in the broker "
@@ -309,8 +348,12 @@ class Pipeline:
         return found[0] if found else None
 
     def _send_with_retries(self, request: RequestEnvelope, token: Token) -> SubmitResult:
+        self._audit("token", request, detail=f"token of {token.identity} (expires "
+                                             f"{token.expires.isoformat(timespec='seconds')})")
         for attempt in self.policy.in_call():
             with attempt:
+                self._audit("submitted", request, detail="signed (WS-Security) and sent over "
+                            f"mutual TLS, try {attempt.retry_state.attempt_number} in this call")
                 return self.client.submit(request, token.assertion)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
@@ -321,6 +364,7 @@ class Pipeline:
 
     def _reject(self, request: RequestEnvelope, code: str, field_name: str | None, reason: str) -> str:
         service = OPERATION_OF[request.message_type][0].name
+        self._audit("rejected", request, detail=f"{code} {field_name or ''}: {reason}")
         log.info("rejected %s (%s, taj %s): %s %s", request.message_id, request.message_type,
                  mask_taj(getattr(request.payload, "taj", "") or ""), code, field_name or "")
         if request.reply_to:
@@ -333,6 +377,8 @@ class Pipeline:
 
     def _fail(self, msg: Incoming, request: RequestEnvelope, reason: str) -> str:
         service = OPERATION_OF[request.message_type][0].name
+        self._audit("failed", request, msg, detail=reason)
+        self._audit("dead_lettered", request, msg, detail=f"kept in {DEAD_LETTER_QUEUE}")
         self._dead_letter(msg, reason=reason, code="GW-FAILED", request=request)
         self._reply(request, Failed(**reply_fields(request), reason=reason, kept_in=KEPT_IN))
         self.observer.outcome(service, "failed", request)
@@ -358,6 +404,8 @@ class Pipeline:
             headers[H_STATUS_SENT] = ",".join(sorted(sent | {"retrying"}))
         self.outbox.retry(msg.queue, msg.body, headers, (at - now).total_seconds(),
                           str(request.message_id))
+        self._audit("retried", request, attempt=attempt,
+                    detail=f"{exc}; next attempt at {at.isoformat(timespec='seconds')}")
         if tell:  # the HIS hears "retrying" once, not once per attempt
             self._reply(request, StatusUpdate(**reply_fields(request), state=StatusState.RETRYING,
                                               detail=str(exc), attempt=attempt,

@@ -25,7 +25,9 @@ from pydantic import SecretStr
 from schemas.card import LOGIN_ANSWERS_QUEUE
 from schemas.wire import QUEUE_CLASSES
 
+from .audit import RabbitAuditLog
 from .broker import rabbit_broker
+from .control import ControlResponder, InFlight, InFlightMiddleware
 from .login_backends import RabbitLoginBackend
 from .outbox import RabbitOutbox
 from .runtime import build_runtime
@@ -62,19 +64,26 @@ def worker_main(settings: WorkerSettings) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     declare_topology(settings.broker_url)
     broker = rabbit_broker(settings.broker_url)
+    in_flight = InFlight()  # what this process works on, for `eeszt-gw status`
+    broker.add_middleware(InFlightMiddleware(in_flight))
     outbox = RabbitOutbox(url=settings.broker_url)
+    audit = RabbitAuditLog(settings.broker_url)
     share = RabbitTokenShare(url=settings.broker_url,
                              key_b64=(settings.token_key or SecretStr(new_key())).get_secret_value())
     logins = RabbitLoginBackend(outbox=outbox, window_s=settings.login_window_s,
                                 challenge_ttl_s=settings.challenge_ttl_s)
     runtime = build_runtime(settings, broker=broker, outbox=outbox, share=share,
-                            login_backend=logins)
+                            login_backend=logins, audit=audit)
     queues = {QUEUE_CLASSES[c] for c in settings.queue_classes()}
     if runtime.logins is not None and "interactive" in settings.queue_classes():
         queues.add(LOGIN_ANSWERS_QUEUE)
     worker = dramatiq.Worker(broker, queues=queues, worker_threads=settings.threads,
                              worker_timeout=500)
     worker.start()
+    control = ControlResponder(
+        settings.broker_url, in_flight=in_flight.snapshot,
+        info={"queues": sorted(queues), "threads": settings.threads},
+        login_waits=(lambda: sorted(runtime.logins.started)) if runtime.logins else None).start()
     log.info("worker process %d consuming %s with %d threads", os.getpid(),
              ",".join(sorted(queues)), settings.threads)
     beat = _heartbeat_path(settings)
@@ -84,8 +93,10 @@ def worker_main(settings: WorkerSettings) -> None:
         while not stop.wait(HEARTBEAT_EVERY_S):
             _write_heartbeat(beat, queues, settings.threads, runtime)
     finally:
+        control.stop()
         worker.stop(timeout=30_000)
         runtime.close()
+        audit.close()
         beat.unlink(missing_ok=True)
 
 

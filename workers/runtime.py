@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from .actors import SERVICES, register_actors
 from .breaker import Breakers
+from .broker import consumer_alive
 from .errors import ServiceRejected, ServiceUnavailable
 from .client import ClientFiles, EesztClient
 from .login import LoginBackend, LoginCoordinator
@@ -69,6 +70,9 @@ class Runtime:
 
     def handle(self, body_b64: str, meta: dict[str, Any]) -> None:
         """The body of every actor."""
+        if not consumer_alive(meta.get("consumer")):
+            log.info("skipped a message of a lost broker connection; it is redelivered")
+            return
         msg = Incoming(body=base64.b64decode(body_b64), queue=meta["queue"],
                        message_type=meta.get("type"), redelivered=bool(meta.get("redelivered")),
                        headers=meta.get("headers") or {}, message_id=meta.get("message_id"))
@@ -99,7 +103,7 @@ def load_challenge_key(path: Path) -> Ed25519PrivateKey:
 
 def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: Outbox,
                   share: Any = None, client: Any = None, observer: Observer | None = None,
-                  login_backend: LoginBackend | None = None) -> Runtime:
+                  login_backend: LoginBackend | None = None, audit: Any = None) -> Runtime:
     files = ClientFiles.from_pki_dir(settings.pki_dir)
     institution = institution_of(files.institution_cert.read_bytes())
     if client is None:
@@ -145,7 +149,7 @@ def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: 
                         on_close=release).start()
     pipeline = Pipeline(client=client, tokens=tokens, outbox=outbox, institution=institution,
                         policy=policy, observer=observer, logins=logins, breakers=breakers,
-                        republish_delay_s=settings.republish_delay_s)
+                        republish_delay_s=settings.republish_delay_s, audit=audit)
     runtime = Runtime(broker=broker, pipeline=pipeline, client=client, tokens=tokens,
                       outbox=outbox, share=share, logins=logins, breakers=breakers)
     register_actors(broker, runtime.handle, runtime.handle_login_event)

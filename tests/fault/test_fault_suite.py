@@ -69,7 +69,7 @@ def test_kill_9_workers_every_few_seconds(clean, broker_url, simulator, tmp_path
     key = f"his.kill.{uuid.uuid4().hex[:6]}"
     replies = Replies(broker_url, key)
     pool = start_workers(broker_url=broker_url, sim=simulator, workdir=tmp_path, processes=2,
-                         threads=8)
+                         threads=8, extra=("--republish-delay-s", "5"))
     stop = threading.Event()
     kills = []
 

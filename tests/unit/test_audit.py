@@ -171,17 +171,36 @@ def dead(request, *, age_s: int = 60, **headers):
     return DeadLetter(1, request.to_json(), props, {**base, **headers})
 
 
-def test_a_dead_letter_is_replayable_only_while_its_request_can_still_be_sent():
+def test_a_dead_letter_is_replayable_even_past_its_deadline_but_not_a_reply():
     from eeszt_gw.dlq import replay_problem
     from tests import samples
 
     fresh = samples.prescription()
     assert replay_problem(dead(fresh), NOW - timedelta(days=1000)) is None
-    # Given a request whose deadline passed, Then replaying it would only fail it again
-    problem = replay_problem(dead(fresh), fresh.deadline + timedelta(seconds=1))
-    assert problem and "deadline passed" in problem
-    # and an undeliverable reply is not a request
+    # A past deadline is no obstacle: the worker gives a replayed request a day from the replay
+    assert replay_problem(dead(fresh), fresh.deadline + timedelta(seconds=1)) is None
+    # but an undeliverable reply is not a request
     assert "reply" in replay_problem(dead(fresh, **{"eeszt-kind": "accepted"}), NOW)
+
+
+def test_a_replayed_request_past_its_deadline_is_sent_not_failed():
+    from schemas.wire import H_REPLAYED, H_REPLAYED_AT
+    from tests import samples
+    from workers.fakes import FakeEeszt
+    from workers.outbox import MemoryOutbox
+    from workers.pipeline import Incoming, Pipeline
+    from workers.tokens import TokenManager
+
+    fake = FakeEeszt()
+    outbox = MemoryOutbox()
+    p = Pipeline(client=fake, tokens=TokenManager(sts=fake), outbox=outbox, institution="H100200")
+    created = datetime.now(timezone.utc) - timedelta(days=3)
+    old = samples.event_start().model_copy(update={"created_at": created,
+                                                   "deadline": created + timedelta(days=1)})
+    headers = {H_REPLAYED: "ops", H_REPLAYED_AT: int(datetime.now(timezone.utc).timestamp() * 1000),
+               "eeszt-ambiguous": 1}
+    assert p.handle(Incoming(body=old.to_json(), queue="eeszt.batch", headers=headers)) == "accepted"
+    assert len(fake.records) == 1
 
 
 def test_selector_and_show_work_on_the_headers_and_mask_the_taj():

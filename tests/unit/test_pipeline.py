@@ -150,11 +150,14 @@ def test_ambiguous_outcome_is_resolved_by_query_not_by_resending():
     assert len(fake.records) == 1 and fake.repeated_keys() == 0
 
 
-def test_redelivered_request_that_already_landed_is_not_sent_again():
+def test_redelivered_request_waits_for_its_twin_then_is_not_sent_again():
     fake, outbox, p = make()
     request = samples.prescription()
     p.handle(incoming(request))
-    assert p.handle(incoming(request, redelivered=True)) == "accepted"
+    # The broker redelivers it (its first delivery may still be finishing elsewhere): it waits.
+    assert p.handle(incoming(request, redelivered=True)) == "deferred"
+    (queue, body, headers, delay), = outbox.retries
+    assert p.handle(Incoming(body=body, queue=queue, headers=headers)) == "accepted"
     assert fake.submits == 1 and fake.repeated_keys() == 0
     first, second = outbox.replies["his.demo"]
     assert first.eeszt_id == second.eeszt_id and first.message_id == second.message_id
