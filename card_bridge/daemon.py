@@ -33,6 +33,7 @@ from schemas.wire import LOGIN_ANSWER_KEY, LOGIN_EXCHANGE
 from .challenge import ChallengeVerifier, ForgedChallenge
 from .errors import CardError, ChallengeRefused
 from .login import CardClient, ask, info_of
+from .metrics import BridgeMetrics
 from .presence import PresenceMonitor
 from .prompt import Prompt
 
@@ -41,16 +42,24 @@ log = logging.getLogger("eeszt_gw.card_bridge")
 
 class Bridge:
     def __init__(self, *, workstation: str, verifier: ChallengeVerifier, card_client: CardClient,
-                 prompt: Prompt, prompt_timeout_s: float = 120.0) -> None:
+                 prompt: Prompt, prompt_timeout_s: float = 120.0,
+                 metrics: BridgeMetrics | None = None) -> None:
         self.workstation = workstation
         self.verifier = verifier
         self.card_client = card_client
         self.prompt = prompt
         self.prompt_timeout_s = prompt_timeout_s
+        self.metrics = metrics
         self.handled = 0
 
     def handle(self, body: bytes) -> CardAnswer | None:
         """Answer one challenge; None when it must not be answered at all (forged, unreadable)."""
+        answer = self._handle(body)
+        if self.metrics is not None:
+            self.metrics.answered(answer)
+        return answer
+
+    def _handle(self, body: bytes) -> CardAnswer | None:
         try:
             challenge = CardChallenge.model_validate_json(body)
         except ValidationError:

@@ -25,5 +25,7 @@ class BridgeSettings(BaseSettings):
     card_wait_s: float = Field(default=30.0, gt=0, description="how long to wait for a card")
     prompt_timeout_s: float = Field(default=120.0, gt=0, description="how long to wait for the PIN")
     eid_timeout_s: float = Field(default=10.0, gt=0)
+    metrics_port: int = Field(default=9101, ge=0, le=65535,
+                              description="Prometheus /metrics port on 127.0.0.1; 0 disables it")
     heartbeat_dir: Path = Field(default=Path("/tmp/eeszt-gw-bridge"))
     log_level: str = "info"

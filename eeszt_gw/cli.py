@@ -238,6 +238,11 @@ def _add_worker(sub) -> None:
     _add(p, "--republish-delay-s", E + "REPUBLISH_DELAY_S", "a copy that a publisher sent again "
          "after a lost confirm waits this long, then EESZT is asked before it is sent (default: 60)",
          type=float)
+    _add(p, "--metrics-port", E + "METRICS_PORT", "Prometheus /metrics port of the first worker "
+         "process; the process in slot i of --processes listens on this port + i, so N processes "
+         "use N consecutive ports; 0 disables metrics (default: 9100)", type=int)
+    _add(p, "--metrics-host", E + "METRICS_HOST", "address the /metrics endpoints listen on; "
+         "0.0.0.0 in a container or Kubernetes pod (default: 127.0.0.1)")
     _add(p, "--heartbeat-dir", E + "HEARTBEAT_DIR", "where processes write heartbeats for --check (default: /tmp/eeszt-gw-worker)")
     _add(p, "--log-level", E + "LOG_LEVEL", "debug, info, warning or error (default: info)")
     p.add_argument("--check", action="store_true",
@@ -289,6 +294,7 @@ def _card_bridge(ns: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from prometheus_client import CollectorRegistry
     from pydantic import ValidationError
 
     from card_bridge.card import PcscReader
@@ -296,9 +302,11 @@ def _card_bridge(ns: argparse.Namespace) -> int:
     from card_bridge.daemon import Bridge, BridgeService, check
     from card_bridge.eid import EidServer
     from card_bridge.login import LocalCardClient
+    from card_bridge.metrics import BridgeMetrics
     from card_bridge.presence import PresenceMonitor
     from card_bridge.prompt import TerminalPrompt
     from card_bridge.settings import BridgeSettings
+    from workers.metrics import serve_quietly
 
     try:
         settings = BridgeSettings(**_given(ns, "check"))
@@ -321,10 +329,13 @@ def _card_bridge(ns: argparse.Namespace) -> int:
                              prompt_timeout_s=settings.prompt_timeout_s,
                              eid=EidServer(url=settings.eid_url, ca_file=settings.eid_ca,
                                            timeout_s=settings.eid_timeout_s))
+    presence = PresenceMonitor(reader=settings.reader).start()
+    registry = CollectorRegistry()
+    metrics = BridgeMetrics(registry, workstation=settings.workstation, presence=presence)
     bridge = Bridge(workstation=settings.workstation, verifier=ChallengeVerifier(
         key=key, workstation=settings.workstation), card_client=client, prompt=TerminalPrompt(),
-        prompt_timeout_s=settings.prompt_timeout_s)
-    presence = PresenceMonitor(reader=settings.reader).start()
+        prompt_timeout_s=settings.prompt_timeout_s, metrics=metrics)
+    server = serve_quietly(settings.metrics_port, registry, what="card bridge")
     service = BridgeService(bridge=bridge, url=settings.broker_url,
                             heartbeat_dir=settings.heartbeat_dir, presence=presence)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -334,6 +345,9 @@ def _card_bridge(ns: argparse.Namespace) -> int:
     while t.is_alive():
         t.join(0.5)
     presence.stop()
+    if server is not None:
+        server.shutdown()
+        server.server_close()
     return 0
 
 
@@ -357,6 +371,8 @@ def _add_card_bridge(sub) -> None:
     _add(p, "--reader", E + "READER", "use the first PC/SC reader whose name contains this (default: the first)")
     _add(p, "--card-wait-s", E + "CARD_WAIT_S", "how long to wait for a card (default: 30)", type=float)
     _add(p, "--prompt-timeout-s", E + "PROMPT_TIMEOUT_S", "how long to wait for the PIN (default: 120)", type=float)
+    _add(p, "--metrics-port", E + "METRICS_PORT", "Prometheus /metrics port on 127.0.0.1: logins "
+         "by outcome, card present, pcscd up; 0 disables it (default: 9101)", type=int)
     _add(p, "--heartbeat-dir", E + "HEARTBEAT_DIR", "heartbeat for --check (default: /tmp/eeszt-gw-bridge)")
     _add(p, "--log-level", E + "LOG_LEVEL", "debug, info, warning or error (default: info)")
     p.add_argument("--check", action="store_true",

@@ -20,6 +20,7 @@ from typing import Any
 
 import dramatiq
 import pika
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from schemas.card import LOGIN_ANSWERS_QUEUE
@@ -29,6 +30,7 @@ from .audit import RabbitAuditLog
 from .broker import rabbit_broker
 from .control import ControlResponder, InFlight, InFlightMiddleware
 from .login_backends import RabbitLoginBackend
+from .metrics import MetricsObserver, register_runtime_collectors, serve_quietly
 from .outbox import RabbitOutbox
 from .runtime import build_runtime
 from .settings import WorkerSettings
@@ -56,8 +58,12 @@ def declare_topology(url: str) -> None:
         conn.close()
 
 
-def worker_main(settings: WorkerSettings) -> None:
-    """One worker process: consume until SIGTERM/SIGINT, then finish what is in flight."""
+def worker_main(settings: WorkerSettings, slot: int = 0) -> None:
+    """One worker process: consume until SIGTERM/SIGINT, then finish what is in flight.
+
+    ``slot`` is the supervisor's slot of this process; its metrics listen on
+    ``metrics_port + slot``.
+    """
     setup_logging(settings.log_level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -72,8 +78,13 @@ def worker_main(settings: WorkerSettings) -> None:
                              key_b64=(settings.token_key or SecretStr(new_key())).get_secret_value())
     logins = RabbitLoginBackend(outbox=outbox, window_s=settings.login_window_s,
                                 challenge_ttl_s=settings.challenge_ttl_s)
+    registry = CollectorRegistry()  # this process's own, never the global one
     runtime = build_runtime(settings, broker=broker, outbox=outbox, share=share,
-                            login_backend=logins, audit=audit)
+                            login_backend=logins, audit=audit, observer=MetricsObserver(registry))
+    register_runtime_collectors(registry, tokens=runtime.tokens, breakers=runtime.breakers,
+                                pki_dir=settings.pki_dir)
+    metrics = serve_quietly(settings.metrics_port + slot if settings.metrics_port else 0,
+                            registry, host=settings.metrics_host, what="worker process")
     queues = {QUEUE_CLASSES[c] for c in settings.queue_classes()}
     if runtime.logins is not None and "interactive" in settings.queue_classes():
         queues.add(LOGIN_ANSWERS_QUEUE)
@@ -98,6 +109,9 @@ def worker_main(settings: WorkerSettings) -> None:
         runtime.close()
         audit.close()
         beat.unlink(missing_ok=True)
+        if metrics is not None:  # last: in-flight work stays visible while it finishes
+            metrics.shutdown()
+            metrics.server_close()
 
 
 def _heartbeat_path(settings: WorkerSettings) -> Path:
@@ -145,7 +159,8 @@ def supervise(settings: WorkerSettings) -> int:
     restarts: dict[int, list[float]] = {}
 
     def start(slot: int) -> None:
-        p = ctx.Process(target=worker_main, args=(settings,), name=f"worker-{slot}", daemon=False)
+        p = ctx.Process(target=worker_main, args=(settings, slot), name=f"worker-{slot}",
+                        daemon=False)
         p.start()
         procs[slot] = p
 

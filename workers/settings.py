@@ -55,6 +55,13 @@ class WorkerSettings(BaseSettings):
     republish_delay_s: float = Field(
         default=60.0, ge=0, description="a copy a publisher sent again after a lost confirm waits "
         "this long, so that its twin (delivered first) has finished, then EESZT is asked first")
+    metrics_port: int = Field(
+        default=9100, ge=0, le=65535,
+        description="Prometheus /metrics port of the first worker process; the process in "
+                    "supervisor slot i listens on metrics_port + i; 0 disables the endpoint")
+    metrics_host: str = Field(default="127.0.0.1",
+                              description="address the /metrics endpoints listen on (0.0.0.0 "
+                                          "in a container, so that Prometheus can scrape it)")
     heartbeat_dir: Path = Field(default=Path("/tmp/eeszt-gw-worker"),
                                 description="where worker processes write their heartbeat")
     log_level: str = "info"

@@ -161,12 +161,12 @@ def test_outage_longer_than_the_consumer_timeout(clean, broker_url, simulator, t
                         "application:set_env(rabbit, consumer_timeout, 1800000)."], timeout=60)
     result = finish(f"outage {outage_s:.0f} s > consumer timeout {consumer_timeout_ms // 1000} s",
                     n, replies, broker_url, simulator)
-    # Each worker process has a breaker per service. Before a breaker opens, its process sends
-    # what it has in flight (threads x attempts) and the failures that open it (failures x
-    # attempts); then one probe per probe interval, per service.
+    # Each worker process has a breaker per service. Before a service's breaker opens, the
+    # process sends the failures that open it (failures x attempts) and whatever its threads
+    # have in flight on that service (threads x attempts); then one probe per probe interval.
     services = 5
-    bound = processes * (threads * attempts + services * failures * attempts
-                         + services * (outage_s / probe_s + 1))
+    bound = processes * services * (failures * attempts + threads * attempts
+                                    + outage_s / probe_s + 1)
     RESULTS.append(f"{'':38} EESZT saw {seen_in_outage} calls in the {outage_s:.0f} s outage "
                    f"(bound {bound:.0f}: {processes} processes x {services} services, "
                    f"1 probe / {probe_s:g} s each)")
