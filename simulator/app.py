@@ -44,6 +44,14 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
+async def _not_http(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """Answer the ASGI lifespan protocol (uvicorn runs with lifespan off; other servers may not)."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+
 class _TooLarge(Exception):
     pass
 
@@ -154,12 +162,8 @@ class Simulator:
 
     # --- ASGI -----------------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
         if scope["type"] != "http":
+            await _not_http(scope, receive, send)
             return
         path: str = scope["path"]
         if scope["method"] == "GET":
@@ -308,12 +312,8 @@ class AdminApp:
         return self._store
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
         if scope["type"] != "http":
+            await _not_http(scope, receive, send)
             return
         client = (scope.get("client") or ("",))[0]
         if client not in ("127.0.0.1", "::1") and not client.startswith("127."):
@@ -423,12 +423,8 @@ class EidServerApp:
         return self._store
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
         if scope["type"] != "http":
+            await _not_http(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
         if path == "/eid/health" and method == "GET":
