@@ -1,13 +1,10 @@
 """Prometheus metrics of a card bridge: logins answered, card and pcscd presence.
 
-=================================  =======  =========================================================
-``eeszt_bridge_logins_total``      counter  ``workstation``, ``outcome``: ``rid`` (card login done),
-                                            ``otp`` (MobilToken code typed), the error code of an
-                                            error answer (``wrong_pin``, ``no_card``, ``refused``, …),
-                                            or ``dropped`` (not answered at all: forged or unreadable)
-``eeszt_bridge_card_present``      gauge    1 while a card is in the watched reader
-``eeszt_bridge_pcscd_up``          gauge    1 while pcscd answers
-=================================  =======  =========================================================
+- ``eeszt_bridge_logins_total{workstation,outcome}`` counter; outcome: ``rid`` (card login
+  done), ``otp`` (MobilToken code typed), the code of an error answer (``wrong_pin``,
+  ``no_card``, ``refused``, ...), or ``dropped`` (not answered at all: forged or unreadable)
+- ``eeszt_bridge_card_present`` gauge: 1 while a card is in the watched reader
+- ``eeszt_bridge_pcscd_up`` gauge: 1 while pcscd answers
 
 The gauges are read from the :class:`~card_bridge.presence.PresenceMonitor` at scrape time.
 Nothing secret is a label: no user id, no PIN, no rID.

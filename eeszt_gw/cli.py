@@ -435,6 +435,148 @@ def _add_bench(sub) -> None:
     card.add_argument("--apdus", type=int, default=500, help="APDUs for the round-trip figure")
     card.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     card.set_defaults(func=_bench_card_login)
+    _add_bench_throughput(psub)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas: {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _bench_publish(ns: argparse.Namespace) -> int:
+    from .bench.scenarios import run_publish
+
+    return run_publish(n=ns.n, warmup=ns.warmup, batch_n=ns.batch_n, in_flight=ns.in_flight,
+                       json_out=_path(ns.json), png_out=_path(ns.png))
+
+
+def _bench_batch(ns: argparse.Namespace) -> int:
+    from .bench.scenarios import run_batch
+
+    return run_batch(n=ns.n, latencies=ns.latencies, processes=ns.processes, threads=ns.threads,
+                     naive_threads=ns.naive_threads, pipelines=ns.pipelines, stall_s=ns.stall_s,
+                     json_out=_path(ns.json), png_out=_path(ns.png), keep=ns.keep)
+
+
+def _bench_scaling(ns: argparse.Namespace) -> int:
+    from .bench.scenarios import run_scaling
+
+    return run_scaling(latency=ns.latency, processes=ns.processes, n=ns.n, threads=ns.threads,
+                       pipelines=ns.pipelines, stall_s=ns.stall_s, json_out=_path(ns.json),
+                       png_out=_path(ns.png), keep=ns.keep)
+
+
+def _bench_memory(ns: argparse.Namespace) -> int:
+    from .bench.scenarios import run_memory
+
+    return run_memory(n=ns.n, latency=ns.latency, processes=ns.processes, threads=ns.threads,
+                      sample_s=ns.sample_s, backlog=ns.backlog, warmup=ns.warmup,
+                      json_out=_path(ns.json), png_out=_path(ns.png), keep=ns.keep)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _add_bench_throughput(psub) -> None:
+    """The throughput scenarios: RabbitMQ on 127.0.0.1:5672 (guest/guest, rabbitmqctl on this
+    host for a vhost per run) and the simulator as a subprocess."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    needs = (" Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and rabbitmqctl on this host: each "
+             "run gets its own vhost, deleted at the end. Run on an otherwise idle machine.")
+
+    def outputs(q) -> None:
+        q.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+        q.add_argument("--png", metavar="FILE", help="also draw a chart (PNG)")
+
+    p = psub.add_parser(
+        "publish", formatter_class=fmt,
+        help="confirmed publish latency and batch throughput, beside raw pika",
+        description="p50/p99 of one confirmed publish with producers.Publisher.submit beside raw "
+                    "pika (BlockingConnection + confirm_delivery + basic_publish, same bytes), "
+                    "and confirmed batch throughput with BatchPublisher beside raw pika with one "
+                    "confirm at a time." + needs)
+    p.add_argument("--n", type=int, default=2000, help="timed publishes of each kind")
+    p.add_argument("--warmup", type=int, default=200, help="untimed publishes first")
+    p.add_argument("--batch-n", type=int, default=20_000, help="messages in the batch test")
+    p.add_argument("--in-flight", type=int, default=256, help="BatchPublisher's confirm window")
+    outputs(p)
+    p.set_defaults(func=_bench_publish)
+
+    p = psub.add_parser(
+        "batch", formatter_class=fmt,
+        help="care events drained by the gateway, the bare pipeline and the naive peer",
+        description="Publish N care events (event.start, institution-acted, no reply_to) into a "
+                    "fresh vhost, then drain them into a fresh simulator (dedupe mode, "
+                    "--latency-ms L) with each pipeline: the gateway (eeszt-gw worker --queues "
+                    "batch), the bare pipeline (pika + threads + lxml template + xmlsec + "
+                    "urllib3) and the naive peer (dramatiq actor + zeep + requests). Reports "
+                    "events/s and CPU µs per event of the workers, the simulator and the broker, "
+                    "measured from the moment every worker process consumes to the last stored "
+                    "record." + needs)
+    p.add_argument("--n", type=int, default=100_000, help="care events per run")
+    p.add_argument("--latencies", type=_floats, default=[0.0, 20.0, 100.0],
+                   help="simulated EESZT latencies in ms, comma separated")
+    p.add_argument("--processes", type=int, default=2, help="worker processes of every pipeline")
+    p.add_argument("--threads", type=int, default=64,
+                   help="threads per process of the gateway and the bare pipeline; requests in "
+                        "flight (processes × threads) should be ≥ rate × (L + 2 ms)")
+    p.add_argument("--naive-threads", type=int, default=8,
+                   help="threads per process of the naive peer (dramatiq's default)")
+    p.add_argument("--pipelines", type=_names, default=["gateway", "bare", "naive"],
+                   help="which pipelines to run, comma separated")
+    p.add_argument("--stall-s", type=float, default=60.0,
+                   help="give a run up after this long without a new record")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
+    outputs(p)
+    p.set_defaults(func=_bench_batch)
+
+    p = psub.add_parser(
+        "scaling", formatter_class=fmt, help="gateway (and bare) events/s by process count",
+        description="Drain N care events at one latency with 1, 2, 4 … worker processes, for "
+                    "the gateway and the bare pipeline." + needs)
+    p.add_argument("--latency", type=float, default=20.0, help="simulated EESZT latency, ms")
+    p.add_argument("--processes", type=_ints, default=[1, 2, 4],
+                   help="process counts, comma separated")
+    p.add_argument("--n", type=int, default=20_000, help="care events per run")
+    p.add_argument("--threads", type=int, default=64, help="threads per process")
+    p.add_argument("--pipelines", type=_names, default=["gateway", "bare"],
+                   help="which pipelines to run, comma separated (gateway, bare, naive)")
+    p.add_argument("--stall-s", type=float, default=60.0,
+                   help="give a run up after this long without a new record")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
+    outputs(p)
+    p.set_defaults(func=_bench_scaling)
+
+    p = psub.add_parser(
+        "memory", formatter_class=fmt, help="the gateway workers' RSS over a long run",
+        description="Feed the gateway N care events (published while it runs, at most --backlog "
+                    "waiting) and sample its worker processes' RSS every --sample-s seconds; "
+                    "report start (after the warm-up), end, max and end ÷ start." + needs)
+    p.add_argument("--n", type=int, default=1_000_000, help="care events")
+    p.add_argument("--latency", type=float, default=0.0, help="simulated EESZT latency, ms")
+    p.add_argument("--processes", type=int, default=2, help="worker processes")
+    p.add_argument("--threads", type=int, default=64, help="threads per process")
+    p.add_argument("--sample-s", type=float, default=5.0, help="seconds between RSS samples")
+    p.add_argument("--backlog", type=int, default=50_000, help="most events waiting in the queue")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="events before the start sample (default: 2%% of N, at least 1000)")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
+    outputs(p)
+    p.set_defaults(func=_bench_memory)
 
 
 # --- status ---------------------------------------------------------------------------------------

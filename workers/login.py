@@ -204,6 +204,7 @@ class LoginCoordinator:
             if self.backend.pending(user):
                 self._challenge(user, answer.workstation, self._route(user))
             return
+        self.tokens.stats["logins_by_method:" + ("eszig" if answer.outcome == "rid" else "mobiltoken")] += 1
         self.tokens.put(identity, issued, reason="login")
         self.started.discard(user)
         self.backend.end(user)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a worker process: what happened to requests, tokens, circuits, certificates.
+"""Prometheus metrics of a worker process: requests, tokens, circuits, certificates.
 
 One concern, one module. The pipeline tells a :class:`MetricsObserver` about every outcome (it
 is the pipeline's ``Observer``); everything else is read at scrape time by custom collectors
@@ -11,22 +11,18 @@ listens on ``metrics_port + i`` (a restarted process keeps its slot, hence its p
 Prometheus scrapes ``metrics_port`` … ``metrics_port + N - 1`` on each host. Port 0 disables the
 endpoint. The metric names are fixed: a Grafana dashboard uses exactly these.
 
-=====================================  =========  ====================================================
-``eeszt_requests_total``               counter    ``service``, ``outcome`` (accepted, rejected, failed,
-                                                  retrying, parked, waiting, dead-lettered)
-``eeszt_request_duration_seconds``     histogram  ``service``: the request's ``created_at`` to its final
-                                                  outcome (accepted, rejected, failed) in this worker
-``eeszt_parked_total``                 counter    ``service``: requests parked while a circuit is open
-``eeszt_dead_lettered_total``          counter    ``service``: messages this worker put in ``eeszt.dlq``
-                                                  (failed, invalid without a reply address, rejected
-                                                  without a reply address)
-``eeszt_sts_calls_total``              counter    ``method``: logins at the STS (x509, password,
-                                                  mobiltoken, eszig), from ``TokenManager.stats``
-``eeszt_token_cache_hits_total``       counter    tokens served from the cache
-``eeszt_circuit_open``                 gauge      ``service``: 1 while the circuit is open, else 0
-``eeszt_certificate_days_left``        gauge      ``certificate`` (file name in PKI_DIR): days to
-                                                  ``notAfter``, negative once expired
-=====================================  =========  ====================================================
+- ``eeszt_requests_total{service,outcome}`` counter; outcome: accepted, rejected, failed,
+  retrying, parked, waiting, dead-lettered
+- ``eeszt_request_duration_seconds{service}`` histogram: the request's ``created_at`` to its
+  final outcome (accepted, rejected, failed) in this worker
+- ``eeszt_parked_total{service}`` counter: requests parked while the service's circuit is open
+- ``eeszt_dead_lettered_total{service}`` counter: messages this worker put in ``eeszt.dlq``
+  (failed, invalid without a reply address, rejected without a reply address)
+- ``eeszt_sts_calls_total{method}`` counter: STS logins by method (x509, password, mobiltoken,
+  eszig), from ``TokenManager.stats``; ``eeszt_token_cache_hits_total`` counter
+- ``eeszt_circuit_open{service}`` gauge: 1 while the circuit is open, else 0
+- ``eeszt_certificate_days_left{certificate}`` gauge, per file in PKI_DIR: days to
+  ``notAfter``, negative once expired
 
 A message whose service cannot be read (an invalid message of an unknown type) is counted under
 ``service="unknown"``.
@@ -113,11 +109,11 @@ class MetricsObserver:
 
     def outcome(self, service: str, kind: str, request: RequestEnvelope | None) -> None:
         """Called by the pipeline for every outcome; never raises for an unknown kind."""
-        series = self._series.get(service or UNKNOWN_SERVICE) or self._add(service or UNKNOWN_SERVICE)
+        service = service or UNKNOWN_SERVICE
+        series = self._series.get(service) or self._add(service)
         counter = series.outcomes.get(kind)
         if counter is None:
-            counter = self._requests.labels(service=service or UNKNOWN_SERVICE, outcome=kind)
-            series.outcomes[kind] = counter
+            counter = series.outcomes[kind] = self._requests.labels(service=service, outcome=kind)
         counter.inc()
         if kind in FINAL_OUTCOMES and request is not None:
             series.duration.observe(max(0.0, self.clock() - request.created_at.timestamp()))
@@ -138,7 +134,13 @@ class MetricsObserver:
 
 
 class TokenCollector(Collector):
-    """STS logins by method and cache hits, read from ``TokenManager.stats`` at scrape time."""
+    """STS logins by method and cache hits, read from ``TokenManager.stats`` at scrape time.
+
+    Every ``logins_by_method:<m>`` key is reported; the four methods always are (0 when absent).
+    Interactive logins (card, typed MobilToken code) reach the token manager through
+    ``TokenManager.put`` without a method, so ``eszig`` stays 0 until that path counts
+    ``logins_by_method:eszig``.
+    """
 
     def __init__(self, tokens: TokenManager) -> None:
         self.tokens = tokens

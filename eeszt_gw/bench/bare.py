@@ -1,0 +1,198 @@
+"""The bare pipeline: the least Python can do per care event, the baseline for the gateway.
+
+P processes (multiprocessing, spawn). Each process:
+
+- gets one SAML token from the STS at start (``EesztClient.issue_token(method="x509")``);
+- loads the institution key into xmlsec once (:class:`workers.wsse.WsseSigner`, a plain xmlsec
+  signer);
+- opens one urllib3 keep-alive ``HTTPSConnectionPool`` over mutual TLS (``maxsize`` = threads);
+- consumes ``eeszt.batch`` with one pika ``BlockingConnection``, prefetch = threads × 2, and
+  hands each delivery through a ``queue.Queue`` to T worker threads, which do:
+  ``json.loads`` → the ``esemenyKezdet`` body from a string template → ``lxml.etree.fromstring``
+  → xmlsec sign (Body + Timestamp, SAML assertion in the header) → POST → ack through
+  ``connection.add_callback_threadsafe``.
+
+No pydantic, no dramatiq, no replies, no audit, no retries: a failed call is counted, logged and
+dead-lettered (``basic_nack``, no requeue). For the benchmark each process writes
+``READY_DIR/ready-<pid>`` once it is set up and starts consuming only when ``GO_FILE`` exists,
+so its start-up is never inside the measured window.
+
+Run: ``python -m eeszt_gw.bench.bare --broker-url … --eeszt-url … --pki-dir … --processes P
+--threads T [--ready-dir D --go-file F]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import queue
+import signal
+import ssl
+import sys
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlsplit
+from xml.sax.saxutils import escape
+
+log = logging.getLogger("eeszt_gw.bench.bare")
+
+QUEUE = "eeszt.batch"
+_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
+_NS = "urn:eeszt-gateway:contract:v1:esemenykatalogus"
+_C = "urn:eeszt-gateway:contract:v1:common"
+PATH = "/services/esemenyKatalogus"
+HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{_NS}/esemenyKezdet"'}
+TEMPLATE = (
+    f'<soap:Envelope xmlns:soap="{_SOAP}"><soap:Header/><soap:Body>'
+    f'<tns:esemenyKezdet xmlns:tns="{_NS}" xmlns:c="{_C}">'
+    "<tns:header><c:idempotencyKey>{key}</c:idempotencyKey><c:messageId>{mid}</c:messageId>"
+    "<c:institution>{inst}</c:institution><c:createdAt>{created}</c:createdAt></tns:header>"
+    "<tns:taj>{taj}</tns:taj><tns:eventId>{event_id}</tns:eventId>"
+    "<tns:eventType>{event_type}</tns:eventType><tns:startedAt>{started}</tns:startedAt>{bno}"
+    "</tns:esemenyKezdet></soap:Body></soap:Envelope>"
+)
+
+
+def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_dir: str | None,
+             go_file: str | None) -> None:
+    import os
+
+    import pika
+    import urllib3
+    from lxml import etree
+
+    from workers.client import ClientFiles, EesztClient
+    from workers.wsse import WsseSigner
+
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s bare[%(process)d] %(message)s")
+    files = ClientFiles.from_pki_dir(pki_dir)
+    signer = WsseSigner(key_pem=files.institution_key.read_bytes(),
+                        cert_pem=files.institution_cert.read_bytes())
+    sts = EesztClient(base_url=eeszt_url, files=files)
+    try:
+        assertion = sts.issue_token(method="x509").assertion
+    finally:
+        sts.close()
+    ctx = ssl.create_default_context(cafile=str(files.server_ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(files.access_cert), str(files.access_key))
+    u = urlsplit(eeszt_url)
+    pool = urllib3.HTTPSConnectionPool(
+        u.hostname, u.port or 443, maxsize=threads, block=True, ssl_context=ctx, retries=False,
+        timeout=urllib3.Timeout(connect=5.0, read=30.0))
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    channel = conn.channel()
+    channel.basic_qos(prefetch_count=threads * 2)
+    work: queue.Queue = queue.Queue()
+    failures = [0]
+
+    def handle(body: bytes) -> bool:
+        d = json.loads(body)
+        p = d["payload"]
+        bno = p.get("bno")
+        xml = TEMPLATE.format(
+            key=escape(d["idempotency_key"]), mid=escape(d["message_id"]),
+            inst=escape(d["institution"]), created=escape(d["created_at"]),
+            taj=escape(p["taj"]), event_id=escape(p["event_id"]),
+            event_type=escape(p["event_type"]), started=escape(p["started_at"]),
+            bno=f"<tns:bno>{escape(bno)}</tns:bno>" if bno else "")
+        envelope = etree.fromstring(xml.encode(), parser)
+        data = signer.sign_to_bytes(envelope, assertion=assertion)
+        resp = pool.urlopen("POST", PATH, body=data, headers=HEADERS, retries=False,
+                            preload_content=True)
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {resp.data[:300]!r}")
+        return True
+
+    def worker() -> None:
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            tag, body = item
+            try:
+                handle(body)
+                done = partial(channel.basic_ack, tag)
+            except Exception as exc:  # counted and dead-lettered; the benchmark reports gaps
+                failures[0] += 1
+                log.warning("event failed: %s", exc)
+                done = partial(channel.basic_nack, tag, requeue=False)
+            conn.add_callback_threadsafe(done)
+
+    for i in range(threads):
+        threading.Thread(target=worker, name=f"bare-{i}", daemon=True).start()
+
+    def on_message(_ch, method, _props, body) -> None:
+        work.put((method.delivery_tag, body))
+
+    def stop(*_: object) -> None:
+        conn.add_callback_threadsafe(channel.stop_consuming)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if ready_dir:
+        Path(ready_dir, f"ready-{os.getpid()}").touch()
+    if go_file:
+        while not Path(go_file).exists():
+            time.sleep(0.005)
+    channel.basic_consume(QUEUE, on_message)
+    try:
+        channel.start_consuming()
+    finally:
+        if failures[0]:
+            log.warning("%d events failed", failures[0])
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+def run(*, broker_url: str, eeszt_url: str, pki_dir: str, processes: int, threads: int,
+        ready_dir: str | None = None, go_file: str | None = None) -> int:
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_process, name=f"bare-{i}",
+                         args=(broker_url, eeszt_url, pki_dir, threads, ready_dir, go_file))
+             for i in range(processes)]
+    for p in procs:
+        p.start()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    while not stopping.wait(0.5):
+        if not any(p.is_alive() for p in procs):
+            break
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eeszt_gw.bench.bare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--broker-url", required=True)
+    ap.add_argument("--eeszt-url", required=True)
+    ap.add_argument("--pki-dir", required=True)
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=64)
+    ap.add_argument("--ready-dir")
+    ap.add_argument("--go-file")
+    ns = ap.parse_args(argv)
+    return run(broker_url=ns.broker_url, eeszt_url=ns.eeszt_url, pki_dir=ns.pki_dir,
+               processes=ns.processes, threads=ns.threads, ready_dir=ns.ready_dir,
+               go_file=ns.go_file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,529 @@
+"""``eeszt-gw bench publish|batch|scaling|memory``: throughput benchmarks with their baselines.
+
+Every figure is printed beside a baseline measured in the same run, on the same machine, against
+the same broker and simulator (see :mod:`eeszt_gw.bench.harness` for how a drain is measured):
+
+- ``publish``: the producers' confirmed publish (``Publisher.submit``, ``BatchPublisher``)
+  beside raw pika doing the same thing with the same bytes;
+- ``batch``: N care events drained by the gateway's workers, by the bare pipeline
+  (:mod:`eeszt_gw.bench.bare`) and by the naive dramatiq + zeep peer
+  (:mod:`eeszt_gw.bench.naive`), at each simulated EESZT latency: events/s and CPU µs per event
+  of the workers, the simulator and the broker;
+- ``scaling``: gateway (and bare) events/s at several process counts;
+- ``memory``: the worker processes' RSS over a long run.
+
+Targets are printed next to the figures and marked ✓/✗; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from . import harness as h
+
+PIPELINES = ("gateway", "bare", "naive")
+
+
+def _console() -> Console:
+    """A console wide enough for the tables, also when the output is a file or a pipe."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)
+    return console
+
+
+def _write_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _targets_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=title)
+    for col in ("target", "measured", ""):
+        table.add_column(col, justify="left" if col == "target" else "right")
+    for r in rows:
+        table.add_row(r["target"], r["measured"], h.mark(r["ok"]))
+    return table
+
+
+def _target(target: str, measured: str, ok: bool) -> dict[str, Any]:
+    return {"target": target, "measured": measured, "ok": bool(ok)}
+
+
+# --- publish --------------------------------------------------------------------------------------
+def run_publish(*, n: int = 2000, warmup: int = 200, batch_n: int = 20_000, in_flight: int = 256,
+                json_out: Path | None = None, png_out: Path | None = None) -> int:
+    import pika
+
+    from producers.generate import generate
+    from producers.memory import to_wire
+    from producers.publisher import BatchPublisher, Publisher
+    from schemas.envelope import RequestEnvelope
+    from schemas.wire import BATCH_QUEUE, INTERACTIVE_QUEUE, REQUESTS_EXCHANGE
+
+    console = _console()
+    if not h.rabbit_ready():
+        console.print(f"[red]RabbitMQ is not listening on {h.RABBIT_HOSTPORT}")
+        return 2
+    requests = [RequestEnvelope.from_json(line)
+                for line in generate(prescriptions=n + warmup, seed=7)]
+    events = h.make_events(batch_n, tag="p")
+    with h.Vhost("publish") as vhost:
+        pub = Publisher(url=vhost.url)
+        conn = pika.BlockingConnection(pika.URLParameters(vhost.url))
+        ch = conn.channel()
+        ch.confirm_delivery()
+
+        def raw(request: RequestEnvelope) -> None:
+            rk, body, headers, mid = to_wire(request)
+            ch.basic_publish(REQUESTS_EXCHANGE, rk, body, pika.BasicProperties(
+                delivery_mode=2, content_type="application/json", message_id=mid,
+                headers=headers), mandatory=True)
+
+        ours_ms: list[float] = []
+        raw_ms: list[float] = []
+        for r in requests[:warmup]:
+            pub.submit(r)
+            raw(r)
+        block = 100  # alternate blocks so that drift hits both alike
+        measured = requests[warmup:]
+        for start in range(0, len(measured), block):
+            for r in measured[start:start + block]:
+                t0 = time.perf_counter()
+                pub.submit(r)
+                ours_ms.append((time.perf_counter() - t0) * 1000)
+            for r in measured[start:start + block]:
+                # the raw client gets pre-serialised bytes; ours serialises inside submit()
+                rk, body, headers, mid = to_wire(r)
+                props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                             message_id=mid, headers=headers)
+                t0 = time.perf_counter()
+                ch.basic_publish(REQUESTS_EXCHANGE, rk, body, props, mandatory=True)
+                raw_ms.append((time.perf_counter() - t0) * 1000)
+        pub.close()
+        ch.queue_purge(INTERACTIVE_QUEUE)
+
+        t0 = time.perf_counter()
+        with BatchPublisher(url=vhost.url, max_in_flight=in_flight) as bp:
+            for rk, body, headers, mid in events:
+                bp.publish_raw(rk, body, headers, mid)
+            summary = bp.flush(timeout=300)
+        batch_s = time.perf_counter() - t0
+        if not summary.ok:
+            console.print(f"[red]batch publish failed: {summary}")
+            return 1
+        ch.queue_purge(BATCH_QUEUE)
+
+        t0 = time.perf_counter()
+        for rk, body, headers, mid in events:
+            ch.basic_publish(REQUESTS_EXCHANGE, rk, body, pika.BasicProperties(
+                delivery_mode=2, content_type="application/json", message_id=mid,
+                headers=headers), mandatory=True)
+        raw_batch_s = time.perf_counter() - t0
+        ch.queue_purge(BATCH_QUEUE)
+        conn.close()
+
+    fig = {
+        "interactive": {"n": n, "warmup": warmup,
+                        "publisher_submit_ms": {"p50": statistics.median(ours_ms),
+                                                "p99": h.pct(ours_ms, 0.99),
+                                                "mean": statistics.fmean(ours_ms)},
+                        "raw_pika_ms": {"p50": statistics.median(raw_ms),
+                                        "p99": h.pct(raw_ms, 0.99),
+                                        "mean": statistics.fmean(raw_ms)}},
+        "batch": {"n": batch_n, "in_flight": in_flight,
+                  "batch_publisher_msg_s": batch_n / batch_s,
+                  "raw_pika_one_confirm_msg_s": batch_n / raw_batch_s},
+    }
+    i, b = fig["interactive"], fig["batch"]
+    ratio = i["publisher_submit_ms"]["p99"] / i["raw_pika_ms"]["p99"]
+    targets = [
+        _target("batch publish ≥ 10,000 msg/s", f"{b['batch_publisher_msg_s']:,.0f} msg/s",
+                b["batch_publisher_msg_s"] >= 10_000),
+        _target("interactive publish p99 ≤ 5 ms", f"{i['publisher_submit_ms']['p99']:.2f} ms",
+                i["publisher_submit_ms"]["p99"] <= 5),
+        _target("interactive p99 ≤ 1.5 × raw pika", f"{ratio:.2f} ×", ratio <= 1.5),
+    ]
+    fig["targets"] = targets
+
+    table = Table(title=f"confirmed publish: one at a time (N={n} after {warmup} warm-up) and "
+                        f"batch ({batch_n:,} messages)")
+    for col in ("measure", "producers", "raw pika", "unit"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    table.add_row("one confirmed publish, p50", f"{i['publisher_submit_ms']['p50']:.3f}",
+                  f"{i['raw_pika_ms']['p50']:.3f}", "ms")
+    table.add_row("one confirmed publish, p99", f"{i['publisher_submit_ms']['p99']:.3f}",
+                  f"{i['raw_pika_ms']['p99']:.3f}", "ms")
+    table.add_row(f"batch: BatchPublisher ({in_flight} in flight) vs raw, one confirm at a time",
+                  f"{b['batch_publisher_msg_s']:,.0f}", f"{b['raw_pika_one_confirm_msg_s']:,.0f}",
+                  "msg/s")
+    console.print(table)
+    console.print(_targets_table("publish targets", targets))
+    _write_json(json_out, fig)
+    if png_out:
+        plt = _plt()
+        f, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        xs = [0, 1]
+        ax1.bar([x - 0.2 for x in xs], [i["publisher_submit_ms"]["p50"], i["publisher_submit_ms"]["p99"]],
+                0.4, label="Publisher.submit")
+        ax1.bar([x + 0.2 for x in xs], [i["raw_pika_ms"]["p50"], i["raw_pika_ms"]["p99"]], 0.4,
+                label="raw pika")
+        ax1.set_xticks(xs, ["p50", "p99"])
+        ax1.set_ylabel("ms per confirmed publish")
+        ax1.legend()
+        ax2.bar(["BatchPublisher", "raw pika\n(1 confirm at a time)"],
+                [b["batch_publisher_msg_s"], b["raw_pika_one_confirm_msg_s"]],
+                color=["tab:blue", "tab:orange"])
+        ax2.axhline(10_000, color="grey", ls="--", lw=1)
+        ax2.set_ylabel("messages/s")
+        f.suptitle("eeszt-gw bench publish")
+        f.tight_layout()
+        f.savefig(png_out, dpi=100)
+    return 0
+
+
+# --- batch ----------------------------------------------------------------------------------------
+def _row_cpu(r: h.DrainResult) -> tuple[str, str, str, str]:
+    c = r.cpu_us_per_event
+    return (f"{c['worker']:,.0f}", f"{c['simulator']:,.0f}", f"{c['broker']:,.0f}",
+            f"{sum(c.values()):,.0f}")
+
+
+def _drain_table(title: str, results: list[h.DrainResult]) -> Table:
+    table = Table(title=title)
+    for col in ("L ms", "pipeline", "P×T", "events/s", "worker µs/ev", "simulator µs/ev",
+                "broker µs/ev", "total µs/ev", "window", "other load"):
+        table.add_column(col, justify="left" if col in ("pipeline", "window") else "right")
+    table.caption = ("other load: share of the host's CPU used by anything else (this harness, "
+                     "other processes) during the window")
+    for r in results:
+        rate = f"{r.events_per_s:,.0f}" + ("" if r.complete else f" [red](stored {r.stored}/{r.events})[/]")
+        table.add_row(f"{r.latency_ms:g}", r.kind, f"{r.processes}×{r.threads}", rate,
+                      *_row_cpu(r), f"{r.window_s:.1f} s {r.window}", f"{r.other_cpu_share:.0%}")
+    return table
+
+
+def run_batch(*, n: int = 100_000, latencies: Sequence[float] = (0, 20, 100), processes: int = 2,
+              threads: int = 64, naive_threads: int = 8, pipelines: Sequence[str] = PIPELINES,
+              stall_s: float = 60.0, json_out: Path | None = None, png_out: Path | None = None,
+              keep: bool = False) -> int:
+    console = _console()
+    if not h.rabbit_ready():
+        console.print(f"[red]RabbitMQ is not listening on {h.RABBIT_HOSTPORT}")
+        return 2
+    unknown = set(pipelines) - set(PIPELINES)
+    if unknown:
+        console.print(f"[red]unknown pipeline(s): {', '.join(sorted(unknown))}")
+        return 2
+    results: list[h.DrainResult] = []
+    with h.Workdir(keep=keep) as work:
+        console.log(f"generating {n:,} care events")
+        events = h.make_events(n)
+        for latency in latencies:
+            for kind in pipelines:
+                t = naive_threads if kind == "naive" else threads
+                console.log(f"{kind}: {n:,} events, L={latency:g} ms, {processes}×{t}")
+                r = h.run_drain(kind, events=events, latency_ms=latency, processes=processes,
+                                threads=t, pki_dir=work.pki, work=work.path, stall_s=stall_s,
+                                console=console)
+                console.log(f"  {r.events_per_s:,.0f} events/s, CPU µs/event "
+                            + ", ".join(f"{g} {v:,.0f}" for g, v in r.cpu_us_per_event.items()))
+                results.append(r)
+        if keep:
+            console.log(f"kept {work.path}")
+    by = {(r.kind, r.latency_ms): r for r in results}
+    ratios = []
+    for latency in latencies:
+        g = by.get(("gateway", latency))
+        row: dict[str, Any] = {"latency_ms": latency}
+        for other in ("bare", "naive"):
+            o = by.get((other, latency))
+            if g and o and o.events_per_s:
+                row[f"gateway/{other}"] = g.events_per_s / o.events_per_s
+        ratios.append(row)
+    targets = _batch_targets(by, latencies, processes)
+    console.print(_drain_table(f"care events drained into the simulator: {n:,} events, "
+                               f"{processes} processes (dedupe mode)", results))
+    rt = Table(title="gateway ÷ baseline, events/s")
+    for col in ("L ms", "gateway/bare", "gateway/naive"):
+        rt.add_column(col, justify="right")
+    for row in ratios:
+        rt.add_row(f"{row['latency_ms']:g}", *(f"{row[k]:.2f} ×" if k in row else "–"
+                                                for k in ("gateway/bare", "gateway/naive")))
+    console.print(rt)
+    if targets:
+        console.print(_targets_table("batch targets", targets))
+    _write_json(json_out, {"config": {"n": n, "latencies_ms": list(latencies),
+                                      "processes": processes, "threads": threads,
+                                      "naive_threads": naive_threads,
+                                      "pipelines": list(pipelines)},
+                           "runs": [r.as_dict() for r in results], "ratios": ratios,
+                           "targets": targets})
+    if png_out:
+        _batch_png(png_out, results, latencies, pipelines, title=f"{n:,} events, {processes} processes")
+    return 0
+
+
+def _batch_targets(by: dict, latencies: Sequence[float], processes: int) -> list[dict[str, Any]]:
+    out = []
+    for latency in latencies:
+        g = by.get(("gateway", latency))
+        if g is None:
+            continue
+        b, nv = by.get(("bare", latency)), by.get(("naive", latency))
+        if latency in (20, 100) and b and b.events_per_s:
+            x = g.events_per_s / b.events_per_s
+            out.append(_target(f"gateway ≥ 0.9 × bare at {latency:g} ms", f"{x:.2f} ×", x >= 0.9))
+        need = {20: 2, 100: 5}.get(latency)
+        if need and nv and nv.events_per_s:
+            x = g.events_per_s / nv.events_per_s
+            out.append(_target(f"gateway ≥ {need} × naive at {latency:g} ms", f"{x:.2f} ×", x >= need))
+        if latency == 20 and processes == 2:
+            out.append(_target("gateway ≥ 800 events/s at 20 ms, 2 processes",
+                               f"{g.events_per_s:,.0f}/s", g.events_per_s >= 800))
+    g20, g100 = by.get(("gateway", 20)), by.get(("gateway", 100))
+    if g20 and g100 and g20.events_per_s:
+        x = g100.events_per_s / g20.events_per_s
+        out.append(_target("gateway at 100 ms ≥ 90% of 20 ms", f"{x:.0%}", x >= 0.9))
+    return out
+
+
+def _batch_png(path: Path, results: list[h.DrainResult], latencies: Sequence[float],
+               pipelines: Sequence[str], *, title: str) -> None:
+    plt = _plt()
+    by = {(r.kind, r.latency_ms): r for r in results}
+    f, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(1, len(pipelines))
+    for k, kind in enumerate(pipelines):
+        xs = [i + (k - (len(pipelines) - 1) / 2) * width for i in range(len(latencies))]
+        ax1.bar(xs, [by[(kind, L)].events_per_s if (kind, L) in by else 0 for L in latencies],
+                width, label=kind)
+    ax1.set_xticks(range(len(latencies)), [f"{L:g} ms" for L in latencies])
+    ax1.set_ylabel("events/s")
+    ax1.set_title("throughput by EESZT latency")
+    ax1.legend()
+    labels, bottoms = [], []
+    colors = {"worker": "tab:blue", "simulator": "tab:green", "broker": "tab:red"}
+    for L in latencies:
+        for kind in pipelines:
+            if (kind, L) in by:
+                labels.append(f"{kind}\n{L:g} ms")
+                bottoms.append(by[(kind, L)].cpu_us_per_event)
+    base = [0.0] * len(labels)
+    for group in ("worker", "simulator", "broker"):
+        vals = [b.get(group, 0.0) for b in bottoms]
+        ax2.bar(range(len(labels)), vals, bottom=base, label=group, color=colors[group])
+        base = [x + y for x, y in zip(base, vals)]
+    ax2.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax2.set_ylabel("CPU µs per event")
+    ax2.set_title("CPU per event")
+    ax2.legend()
+    f.suptitle(f"eeszt-gw bench: {title}")
+    f.tight_layout()
+    f.savefig(path, dpi=100)
+
+
+# --- scaling --------------------------------------------------------------------------------------
+def run_scaling(*, latency: float = 20, processes: Sequence[int] = (1, 2, 4), n: int = 20_000,
+                threads: int = 64, pipelines: Sequence[str] = ("gateway", "bare"),
+                stall_s: float = 60.0, json_out: Path | None = None,
+                png_out: Path | None = None, keep: bool = False) -> int:
+    console = _console()
+    if not h.rabbit_ready():
+        console.print(f"[red]RabbitMQ is not listening on {h.RABBIT_HOSTPORT}")
+        return 2
+    results: list[h.DrainResult] = []
+    with h.Workdir(keep=keep) as work:
+        events = h.make_events(n)
+        for p in processes:
+            for kind in pipelines:
+                console.log(f"{kind}: {n:,} events, L={latency:g} ms, {p}×{threads}")
+                r = h.run_drain(kind, events=events, latency_ms=latency, processes=p,
+                                threads=threads, pki_dir=work.pki, work=work.path,
+                                stall_s=stall_s, console=console)
+                console.log(f"  {r.events_per_s:,.0f} events/s")
+                results.append(r)
+    by = {(r.kind, r.processes): r for r in results}
+    table = Table(title=f"scaling with processes: {n:,} events at L={latency:g} ms, "
+                        f"{threads} threads per process")
+    cols = ["processes", *[f"{k} events/s" for k in pipelines]]
+    if "gateway" in pipelines and "bare" in pipelines:
+        cols.append("gateway/bare")
+    cols += [f"{k} CPU µs/ev (w+s+b)" for k in pipelines]
+    for c in cols:
+        table.add_column(c, justify="right")
+    for p in processes:
+        row = [str(p)]
+        row += [f"{by[(k, p)].events_per_s:,.0f}" for k in pipelines]
+        if "gateway/bare" in cols:
+            b = by[("bare", p)].events_per_s
+            row.append(f"{by[('gateway', p)].events_per_s / b:.2f} ×" if b else "–")
+        row += [f"{sum(by[(k, p)].cpu_us_per_event.values()):,.0f}" for k in pipelines]
+        table.add_row(*row)
+    console.print(table)
+    targets = []
+    if latency == 20 and 2 in processes and ("gateway", 2) in by:
+        g = by[("gateway", 2)].events_per_s
+        targets.append(_target("gateway ≥ 800 events/s at 20 ms, 2 processes", f"{g:,.0f}/s",
+                               g >= 800))
+    if targets:
+        console.print(_targets_table("scaling targets", targets))
+    _write_json(json_out, {"config": {"n": n, "latency_ms": latency, "processes": list(processes),
+                                      "threads": threads, "pipelines": list(pipelines)},
+                           "runs": [r.as_dict() for r in results], "targets": targets})
+    if png_out:
+        plt = _plt()
+        f, ax = plt.subplots(figsize=(6, 4))
+        for kind in pipelines:
+            ax.plot(list(processes), [by[(kind, p)].events_per_s for p in processes], "o-",
+                    label=kind)
+        ax.set_xlabel("worker processes")
+        ax.set_ylabel("events/s")
+        ax.set_xticks(list(processes))
+        ax.set_title(f"eeszt-gw bench scaling (L={latency:g} ms)")
+        ax.legend()
+        f.tight_layout()
+        f.savefig(png_out, dpi=100)
+    return 0
+
+
+# --- memory ---------------------------------------------------------------------------------------
+def run_memory(*, n: int = 1_000_000, latency: float = 0, processes: int = 2, threads: int = 64,
+               sample_s: float = 5.0, backlog: int = 50_000, warmup: int | None = None,
+               stall_s: float = 120.0, json_out: Path | None = None,
+               png_out: Path | None = None, keep: bool = False) -> int:
+    """Feed the gateway ``n`` events (published while it runs, keeping at most ``backlog``
+    waiting) and sample its worker processes' RSS every ``sample_s`` seconds."""
+    from producers.publisher import BatchPublisher
+
+    console = _console()
+    if not h.rabbit_ready():
+        console.print(f"[red]RabbitMQ is not listening on {h.RABBIT_HOSTPORT}")
+        return 2
+    warmup = warmup if warmup is not None else min(max(1000, n // 50), n // 2)
+    with h.Workdir(keep=keep) as work:
+        sim = h.start_simulator(work.pki, work.path, latency_ms=latency)
+        pipeline = None
+        sampler = None
+        errors: list[BaseException] = []
+        try:
+            with h.Vhost("memory") as vhost:
+                pipeline = h.start_gateway(url=vhost.url, sim=sim, pki_dir=work.pki,
+                                           work=work.path, processes=processes, threads=threads)
+                sampler = h.Sampler({"worker": pipeline.processes}, sim.record_count,
+                                    every_s=sample_s, rss_of=pipeline.worker_processes)
+                pipeline.wait_ready()
+                sampler.start()
+                stop = threading.Event()
+
+                def feed() -> None:
+                    try:
+                        with BatchPublisher(url=vhost.url, max_in_flight=256) as bp:
+                            published = 0
+                            while published < n and not stop.is_set():
+                                done = sim.record_count()
+                                if published - done >= backlog:
+                                    time.sleep(0.5)
+                                    continue
+                                for i in range(published, min(n, published + 5000)):
+                                    bp.publish_raw(*h.event_wire(i, tag="m"))
+                                published = min(n, published + 5000)
+                            bp.flush(timeout=300)
+                    except BaseException as exc:  # reported below
+                        errors.append(exc)
+
+                feeder = threading.Thread(target=feed, daemon=True)
+                feeder.start()
+                t_start = time.monotonic()
+                last_report = [0.0]
+
+                def progress(s: h.Sample) -> None:
+                    if time.monotonic() - last_report[0] > 30:
+                        last_report[0] = time.monotonic()
+                        rss = sum(s.rss.values()) / 2**20
+                        console.log(f"{s.records:,}/{n:,} stored, worker RSS {rss:,.0f} MiB")
+
+                complete = h.wait_drain(sampler, n, stall_s=stall_s,
+                                        alive=lambda: pipeline.proc.poll() is None,
+                                        on_sample=progress)
+                elapsed = time.monotonic() - t_start
+                stop.set()
+                sampler.sample()
+                sampler.stop()
+                feeder.join(timeout=10)
+                pipeline.stop()
+        finally:
+            if sampler is not None and sampler.is_alive():
+                sampler.stop()
+            if pipeline is not None:
+                pipeline.stop()
+            sim.stop()
+    if errors:
+        console.print(f"[red]publishing failed: {errors[0]!r}")
+    samples = [s for s in sampler.samples if s.rss]
+    after = [s for s in samples if s.records >= warmup]
+    if not after:
+        console.print("[red]no RSS sample after the warm-up")
+        return 1
+    start, end = after[0], after[-1]
+    total = lambda s: sum(s.rss.values())  # noqa: E731
+    peak = max(after, key=total)
+    ratio = total(end) / total(start) if total(start) else 0.0
+    mib = lambda b: b / 2**20  # noqa: E731
+    table = Table(title=f"gateway worker RSS over {n:,} events ({processes}×{threads}, "
+                        f"L={latency:g} ms, {elapsed:,.0f} s)")
+    for col in ("measure", "all worker processes", "per process", "at events"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    for name, s in (("start (after warm-up)", start), ("end", end), ("max", peak)):
+        table.add_row(name, f"{mib(total(s)):,.1f} MiB",
+                      " / ".join(f"{mib(v):,.1f}" for v in s.rss.values()), f"{s.records:,}")
+    table.add_row("end ÷ start", f"{ratio:.3f}", "", "")
+    console.print(table)
+    if not complete:
+        console.print(f"[red]stored {end.records:,} of {n:,} events")
+    targets = [_target("worker RSS flat within 10% (end ÷ start)", f"{ratio:.3f}",
+                       abs(ratio - 1) <= 0.10)]
+    console.print(_targets_table("memory targets", targets))
+    fig = {"config": {"n": n, "latency_ms": latency, "processes": processes, "threads": threads,
+                      "sample_s": sample_s, "warmup_events": warmup},
+           "complete": complete, "elapsed_s": elapsed,
+           "rss_mib": {"start": mib(total(start)), "end": mib(total(end)),
+                       "max": mib(total(peak)), "end_over_start": ratio},
+           "samples": [{"t": s.t, "records": s.records,
+                        "rss_mib": {str(k): mib(v) for k, v in s.rss.items()}} for s in samples],
+           "targets": targets}
+    _write_json(json_out, fig)
+    if png_out:
+        plt = _plt()
+        f, ax = plt.subplots(figsize=(7, 4))
+        pids = sorted({pid for s in samples for pid in s.rss})
+        for pid in pids:
+            pts = [(s.records, mib(s.rss[pid])) for s in samples if pid in s.rss]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"pid {pid}")
+        ax.plot([s.records for s in samples], [mib(total(s)) for s in samples], "k--",
+                label="all")
+        ax.axvline(warmup, color="grey", ls=":", lw=1)
+        ax.set_xlabel("events stored")
+        ax.set_ylabel("RSS MiB")
+        ax.set_title("eeszt-gw bench memory: worker RSS")
+        ax.legend(fontsize=7)
+        f.tight_layout()
+        f.savefig(png_out, dpi=100)
+    return 0 if complete and not errors else 1
