@@ -333,7 +333,7 @@ def start_gateway(*, url: str, sim: Simulator, pki_dir: Path, work: Path, proces
     cmd = [sys.executable, "-m", "eeszt_gw.cli", "worker", "--broker-url", url,
            "--eeszt-url", sim.base_url, "--pki-dir", str(pki_dir), "--processes", str(processes),
            "--threads", str(threads), "--queues", "batch", "--heartbeat-dir", str(hb),
-           "--metrics-port", "0", "--log-level", "warning"]
+           "--metrics-port", "0", "--log-level", os.environ.get("EESZT_BENCH_WORKER_LOG", "warning")]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
     return Pipeline("gateway", proc, log_path, processes, hb, "worker-*.json")
 

@@ -470,11 +470,7 @@ def run_memory(*, n: int = 1_000_000, latency: float = 0, processes: int = 2, th
                 feeder.join(timeout=10)
                 pipeline.stop()
         finally:
-            if sampler is not None and sampler.is_alive():
-                sampler.stop()
-            if pipeline is not None:
-                pipeline.stop()
-            sim.stop()
+            h._cleanup(sampler, pipeline, sim)
     if errors:
         console.print(f"[red]publishing failed: {errors[0]!r}")
     samples = [s for s in sampler.samples if s.rss]

@@ -16,6 +16,7 @@ Nothing here needs a Docker engine, a cluster or the network:
 
 from __future__ import annotations
 
+import argparse
 import ast
 import base64
 import configparser
@@ -149,11 +150,27 @@ def eeszt_gw_args(argv: list[str]) -> list[str]:
 
 
 def parse(args: list[str]):
-    """Parse with the real CLI; argparse errors (SystemExit) fail the test with the args."""
+    """Parse with the real CLI; argparse errors (SystemExit) fail the test with the args.
+
+    Flags must be spelt out: argparse would accept an abbreviation (``--queue``), which breaks
+    as soon as another flag shares the prefix.
+    """
+    parser = build_parser()
     try:
-        return build_parser().parse_args(args)
+        ns = parser.parse_args(args)
     except SystemExit as exc:  # pragma: no cover - the failure path
         raise AssertionError(f"eeszt-gw rejects {args!r} (exit {exc.code})") from None
+    current, flags = parser, set()
+    for word in args:
+        flags |= {o for a in current._actions for o in a.option_strings}
+        subs = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and word in subs[0].choices:
+            current = subs[0].choices[word]
+    flags |= {o for a in current._actions for o in a.option_strings}
+    for word in args:
+        if word.startswith("-") and not re.match(r"^-?\d", word):
+            assert word.split("=", 1)[0] in flags, f"{word!r} is not a flag of eeszt-gw (abbreviated?)"
+    return ns
 
 
 def settings_for(ns, env: dict[str, str] | None = None, monkeypatch=None):
@@ -1078,6 +1095,39 @@ def test_readme_amqps_url_with_a_private_ca_works_with_pika(pki):
     assert params.port == 5671 and params.virtual_host == "/"
     ctx = params.ssl_options.context
     assert ctx.check_hostname and len(ctx.get_ca_certs()) == 1
+
+
+def readme_commands(path: Path) -> list[list[str]]:
+    """The eeszt-gw command lines in a README's sh code blocks (continuations joined)."""
+    out, in_sh = [], False
+    text = path.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            in_sh = stripped in ("```sh", "```bash")
+            continue
+        if in_sh and "eeszt-gw " in stripped and not stripped.startswith("#"):
+            words = shlex.split(stripped.split(" #", 1)[0])
+            while words and re.match(r"^[A-Z_]+=", words[0]):
+                words = words[1:]  # VAR=value before the command
+            if not words or words[0] not in ("eeszt-gw", "docker", "kubectl", "sudo") \
+                    and not words[0].endswith("/bin/eeszt-gw"):
+                continue  # another program (useradd, install, ...) that names the user
+            for i, w in enumerate(words):
+                if (w == "eeszt-gw" or w.endswith("/bin/eeszt-gw")) and words[i - 1] != "-u":
+                    args = words[i + 1:]
+                    ends = [j for j, a in enumerate(args) if a in ("&&", "||", ";", "|", "&")]
+                    out.append(args[:ends[0]] if ends else args)
+                    break
+    return out
+
+
+@pytest.mark.parametrize("readme", ["README.md", "systemd/README.md"])
+def test_readme_command_lines_are_valid(readme):
+    commands = readme_commands(DEPLOY / readme)
+    assert commands
+    for args in commands:
+        parse(args)
 
 
 def test_readmes_exist_and_name_the_files_they_describe():
