@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo    run the embedded demo (no external services)"
 	@echo "make test    run the whole test suite (starts or installs RabbitMQ and pcscd+vpcd)"
-	@echo "make venv    create $(VENV) and install the project with its test and card extras"
+	@echo "make venv    create $(VENV) and install the project with its test, card and bench extras"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(BASE): pyproject.toml | $(BIN)/python
 # Tests need the test tools and pyscard, whose source build needs what ensure-pcscd installs.
 $(FULL): pyproject.toml | $(BIN)/python
 	@.ci/ensure-pcscd
-	$(BIN)/pip install -q -e '.[test,card]'
+	$(BIN)/pip install -q -e '.[test,card,bench]'
 	@touch $@ $(BASE)
 
 venv: $(FULL)

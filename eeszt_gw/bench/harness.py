@@ -469,6 +469,8 @@ class DrainResult:
     cpu_us_per_event: dict[str, float]
     publish_s: float
     other_cpu_share: float = 0.0  # host CPU used by anything else during the window, 0..1
+    events_per_s_to_99: float = 0.0  # the same, up to the record that completes 99% of the window
+    events_per_s_steady: float = 0.0  # between the records that make 10% and 90% of the window
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -568,6 +570,20 @@ def summarize(kind: str, sampler: Sampler, times: list[float], t_ready: float, *
     else:
         t0 = t1 = t_ready
         count, how, rate = stored, "none", 0.0
+    # robust to a few stragglers (parked or retried events that land much later)
+    rate99 = 0.0
+    if how != "none" and count >= 100:
+        window = after if how == "ready→last" else times[1:]
+        k = max(1, int(0.99 * len(window)))
+        t99 = window[k - 1]
+        rate99 = k / (t99 - t0) if t99 > t0 else 0.0
+    # steady state: from the record that makes 10% of the window to the one that makes 90%
+    steady = 0.0
+    if how != "none" and count >= 100:
+        window = after if how == "ready→last" else times[1:]
+        lo, hi = window[len(window) // 10], window[(len(window) * 9) // 10 - 1]
+        k = (len(window) * 9) // 10 - len(window) // 10
+        steady = k / (hi - lo) if hi > lo else 0.0
     a, b = sampler.cpu_at(t0), sampler.cpu_at(t1)
     groups = [g for g in a if g != "host"]
     cpu = {g: ((b[g] - a[g]) * 1e6 / count if count else 0.0) for g in groups}
@@ -579,7 +595,8 @@ def summarize(kind: str, sampler: Sampler, times: list[float], t_ready: float, *
                        events=n, stored=stored, complete=complete, events_per_s=rate,
                        window_s=t1 - t0, window_events=count, window=how,
                        cpu_us_per_event=cpu, publish_s=publish_s,
-                       other_cpu_share=max(0.0, other_share))
+                       other_cpu_share=max(0.0, other_share), events_per_s_to_99=rate99,
+                       events_per_s_steady=steady)
 
 
 class Workdir:

@@ -1,0 +1,90 @@
+"""`eeszt-gw bench publish|batch|scaling|memory` run end to end at tiny sizes.
+
+Each scenario must print its table, write its JSON and draw its PNG. Only the structure is
+checked, never the speed: these sizes say nothing about throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.timeout(900)]
+
+# the `bench` extra (pip install -e '.[bench]')
+pytest.importorskip("psutil", reason="the bench extra is not installed")
+pytest.importorskip("matplotlib", reason="the bench extra is not installed")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _bench(tmp_path, *args: str, timeout: int = 800) -> tuple[str, dict]:
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    proc = subprocess.run([sys.executable, "-m", "eeszt_gw.cli", "bench", *args,
+                           "--json", str(out_json), "--png", str(out_png)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert out_png.read_bytes()[:8] == PNG_MAGIC
+    return proc.stdout, json.loads(out_json.read_text())
+
+
+def _no_bench_vhosts_left() -> bool:
+    out = subprocess.run(["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True,
+                         timeout=60).stdout
+    return not any(line.startswith("eeszt-bench-") for line in out.splitlines())
+
+
+def test_publish_scenario(tmp_path):
+    stdout, fig = _bench(tmp_path, "publish", "--n", "100", "--warmup", "10", "--batch-n", "500")
+    assert "one confirmed publish, p99" in stdout and "publish targets" in stdout
+    for kind in ("publisher_submit_ms", "raw_pika_ms"):
+        assert 0 < fig["interactive"][kind]["p50"] <= fig["interactive"][kind]["p99"]
+    assert fig["batch"]["batch_publisher_msg_s"] > 0 and fig["batch"]["raw_pika_one_confirm_msg_s"] > 0
+    assert {t["target"] for t in fig["targets"]} >= {"batch publish ≥ 10,000 msg/s",
+                                                     "interactive publish p99 ≤ 5 ms"}
+    assert all(isinstance(t["ok"], bool) for t in fig["targets"])
+
+
+def test_batch_scenario_runs_all_three_pipelines(tmp_path):
+    stdout, fig = _bench(tmp_path, "batch", "--n", "300", "--latencies", "20", "--processes", "1",
+                         "--threads", "16")
+    assert "care events drained into the simulator" in stdout
+    assert "gateway/bare" in stdout and "batch targets" in stdout
+    runs = {r["kind"]: r for r in fig["runs"]}
+    assert set(runs) == {"gateway", "bare", "naive"}
+    for r in runs.values():
+        assert r["latency_ms"] == 20 and r["processes"] == 1 and r["events"] == 300
+        assert r["complete"] and r["stored"] == 300, r
+        assert r["events_per_s"] > 0
+        assert set(r["cpu_us_per_event"]) == {"worker", "simulator", "broker"}
+        assert r["cpu_us_per_event"]["worker"] > 0 and r["cpu_us_per_event"]["simulator"] > 0
+    assert runs["naive"]["threads"] == 8 and runs["gateway"]["threads"] == 16
+    (ratio,) = fig["ratios"]
+    assert ratio["latency_ms"] == 20 and ratio["gateway/bare"] > 0 and ratio["gateway/naive"] > 0
+    assert any(t["target"] == "gateway ≥ 2 × naive at 20 ms" for t in fig["targets"])
+    assert _no_bench_vhosts_left()
+
+
+def test_scaling_scenario(tmp_path):
+    stdout, fig = _bench(tmp_path, "scaling", "--n", "300", "--latency", "0", "--processes", "1",
+                         "--threads", "16")
+    assert "scaling with processes" in stdout
+    assert {(r["kind"], r["processes"]) for r in fig["runs"]} == {("gateway", 1), ("bare", 1)}
+    assert all(r["complete"] and r["events_per_s"] > 0 for r in fig["runs"])
+
+
+def test_memory_scenario(tmp_path):
+    stdout, fig = _bench(tmp_path, "memory", "--n", "1500", "--processes", "1", "--threads", "16",
+                         "--sample-s", "0.5", "--warmup", "300")
+    assert "worker RSS" in stdout and "end ÷ start" in stdout
+    assert fig["complete"]
+    rss = fig["rss_mib"]
+    assert 0 < rss["start"] <= rss["max"] and 0 < rss["end"] <= rss["max"]
+    assert rss["end_over_start"] == pytest.approx(rss["end"] / rss["start"])
+    assert len(fig["samples"]) >= 2
+    assert fig["targets"][0]["target"].startswith("worker RSS flat")
