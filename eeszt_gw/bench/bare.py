@@ -88,13 +88,12 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
         timeout=urllib3.Timeout(connect=5.0, read=30.0))
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
 
-    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
-    channel = conn.channel()
-    channel.basic_qos(prefetch_count=threads * 2)
     work: queue.Queue = queue.Queue()
     failures = [0]
+    stopping = threading.Event()
+    current: list = [None, None]  # the live (connection, channel)
 
-    def handle(body: bytes) -> bool:
+    def handle(body: bytes) -> None:
         d = json.loads(body)
         p = d["payload"]
         bno = p.get("bno")
@@ -110,14 +109,13 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
                             preload_content=True)
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {resp.data[:300]!r}")
-        return True
 
     def worker() -> None:
         while True:
             item = work.get()
             if item is None:
                 return
-            tag, body = item
+            conn, channel, tag, body = item
             try:
                 handle(body)
                 done = partial(channel.basic_ack, tag)
@@ -125,17 +123,23 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
                 failures[0] += 1
                 log.warning("event failed, requeued: %s", exc)
                 done = partial(channel.basic_nack, tag, requeue=True)
-            conn.add_callback_threadsafe(done)
+            try:
+                conn.add_callback_threadsafe(done)
+            except Exception:  # that connection is gone: the broker has requeued the delivery
+                pass
 
     _warm_pool(pool, threads)
     for i in range(threads):
         threading.Thread(target=worker, name=f"bare-{i}", daemon=True).start()
 
-    def on_message(_ch, method, _props, body) -> None:
-        work.put((method.delivery_tag, body))
-
     def stop(*_: object) -> None:
-        conn.add_callback_threadsafe(channel.stop_consuming)
+        stopping.set()
+        conn, channel = current
+        if conn is not None:
+            try:
+                conn.add_callback_threadsafe(channel.stop_consuming)
+            except Exception:
+                pass
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -144,16 +148,26 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
     if go_file:
         while not Path(go_file).exists():
             time.sleep(0.005)
-    channel.basic_consume(QUEUE, on_message)
-    try:
-        channel.start_consuming()
-    finally:
-        if failures[0]:
-            log.warning("%d events failed", failures[0])
+    while not stopping.is_set():  # reconnect after a lost broker connection
         try:
+            conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+            channel = conn.channel()
+            channel.basic_qos(prefetch_count=threads * 2)
+            current[:] = [conn, channel]
+
+            def on_message(ch, method, _props, body, conn=conn) -> None:
+                work.put((conn, ch, method.delivery_tag, body))
+
+            channel.basic_consume(QUEUE, on_message)
+            channel.start_consuming()
             conn.close()
-        except Exception:
-            pass
+        except pika.exceptions.AMQPError as exc:
+            if stopping.is_set():
+                break
+            log.warning("broker connection lost (%r); reconnecting", exc)
+            time.sleep(1)
+    if failures[0]:
+        log.warning("%d events failed", failures[0])
 
 
 def _warm_pool(pool, size: int) -> None:

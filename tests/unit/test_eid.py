@@ -42,7 +42,10 @@ from workers.errors import ServiceRejected
 from workers.soap import build_eid_package_request, encode_rid_package, parse_eid_package
 
 FIXED = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
-NOW = datetime.now(timezone.utc).replace(microsecond=0)  # the demo cards are valid from now
+# The tests' clock. The demo cards are valid from their creation (backdated 5 minutes), which in
+# a long test run can come well after this module is imported: an hour ahead keeps NOW inside
+# every certificate's validity however late the PKI fixture runs.
+NOW = (datetime.now(timezone.utc) + timedelta(hours=1)).replace(microsecond=0)
 
 
 class MemoryUsed:
