@@ -40,7 +40,6 @@ from schemas.wire import (DEAD_LETTER_QUEUE, H_AMBIGUOUS, H_CODE, H_IDEMPOTENCY_
 
 from .audit_cli import UsageError, broker_url, guarded, parse_when
 
-#: set on a replayed request: who replayed it (TODO lead: move next to the others in schemas/wire.py)
 from schemas.wire import H_REPLAYED, H_REPLAYED_AT  # noqa: E402  (kept importable from here)
 
 
