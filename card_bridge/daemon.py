@@ -28,6 +28,7 @@ from schemas.card import (
     ChallengeKind,
     workstation_queue,
 )
+from schemas.connection import BrokerTLS, BrokerTLSError, broker_parameters, open_connection
 from schemas.wire import LOGIN_ANSWER_KEY, LOGIN_EXCHANGE
 
 from .challenge import ChallengeVerifier, ForgedChallenge
@@ -101,9 +102,9 @@ class BridgeService:
     """Connects a :class:`Bridge` to RabbitMQ; reconnects; writes a heartbeat for ``--check``."""
 
     def __init__(self, *, bridge: Bridge, url: str, heartbeat_dir: Path,
-                 presence: PresenceMonitor | None = None) -> None:
+                 presence: PresenceMonitor | None = None, tls: BrokerTLS | None = None) -> None:
         self.bridge = bridge
-        self.params = pika.URLParameters(url)
+        self.params = broker_parameters(url, tls)  # amqps://: verified TLS
         self.params.heartbeat = 30
         self.queue = workstation_queue(bridge.workstation)
         self.heartbeat = heartbeat_dir / f"bridge-{bridge.workstation}.json"
@@ -119,22 +120,25 @@ class BridgeService:
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self.connected = False
                 self._beat()
-                log.warning("broker connection lost (%s); reconnecting", type(exc).__name__)
+                log.warning("broker connection lost (%s); reconnecting",
+                            exc if isinstance(exc, BrokerTLSError) else type(exc).__name__)
                 self.stop_event.wait(2.0)
         self.heartbeat.unlink(missing_ok=True)
 
     def _serve(self) -> None:
-        conn = pika.BlockingConnection(self.params)
+        conn = open_connection(self.params)
         try:
             ch = conn.channel()
             try:
                 # With a development user the bridge sets up its own queue. A production user
                 # (deploy/rabbitmq/add-bridge-user) may only read this queue: then the gateway
-                # declares it, with the first challenge for this workstation.
+                # declares it, with the first challenge for this workstation. 406: the gateway
+                # declared (and bound) it already with an x-queue-type other than the vhost's
+                # default (its --queue-type): consume it as it is.
                 ch.queue_declare(self.queue, durable=True)
                 ch.queue_bind(self.queue, CARD_EXCHANGE, routing_key=self.bridge.workstation)
             except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code != 403:
+                if exc.reply_code not in (403, 406):
                     raise
                 ch = conn.channel()
             ch.confirm_delivery()

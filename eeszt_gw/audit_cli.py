@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from schemas.audit import AuditEvent
+from schemas.connection import BrokerConfigError, BrokerTLS
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -48,6 +49,21 @@ def broker_url(ns: argparse.Namespace) -> str:
     return getattr(ns, "broker_url", None) or os.environ.get("EESZT_BROKER_URL") or DEFAULT_BROKER_URL
 
 
+def broker_tls(ns: argparse.Namespace) -> BrokerTLS | None:
+    """``--broker-ca/--broker-cert/--broker-key``, else ``$EESZT_BROKER_CA/_CERT/_KEY``.
+
+    Raises:
+        UsageError: a key without a certificate.
+    """
+    def pick(name: str) -> str | None:
+        return getattr(ns, name, None) or os.environ.get(f"EESZT_{name.upper()}") or None
+
+    try:
+        return BrokerTLS.from_paths(pick("broker_ca"), pick("broker_cert"), pick("broker_key"))
+    except BrokerConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def safe_url(url: str) -> str:
     """The URL with its password masked, for error messages."""
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1****@", url)
@@ -60,7 +76,7 @@ def guarded(handler: Callable[[argparse.Namespace], int], ns: argparse.Namespace
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # we report failures in one line
     try:
         return handler(ns)
-    except UsageError as exc:
+    except (UsageError, BrokerConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     except (pika.exceptions.AMQPError, OSError) as exc:
         print(f"error: broker {safe_url(broker_url(ns))}: {type(exc).__name__}: "
@@ -91,8 +107,8 @@ def _story(ns: argparse.Namespace) -> int:
     since = parse_when(ns.since) if ns.since else None
     until = parse_when(ns.until) if ns.until else None
     # a stable sort: events of the same instant keep the order they were written in
-    events = sorted(read_audit(broker_url(ns), message_id=ns.id, since=since, until=until),
-                    key=lambda e: e.at)
+    events = sorted(read_audit(broker_url(ns), message_id=ns.id, since=since, until=until,
+                               tls=broker_tls(ns)), key=lambda e: e.at)
     if not events:
         print(f"no audit events for {ns.id}", file=sys.stderr)
         return 1

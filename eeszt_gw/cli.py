@@ -26,6 +26,28 @@ def _given(ns: argparse.Namespace, *skip: str) -> dict:
     return {k: v for k, v in vars(ns).items() if k not in {"func", "cmd", "sub", *skip}}
 
 
+def _add_broker_tls(p: argparse.ArgumentParser, prefix: str = "EESZT_") -> None:
+    """TLS to RabbitMQ: the files for an amqps:// --broker-url (schemas/connection.py)."""
+    _add(p, "--broker-ca", prefix + "BROKER_CA", "amqps:// only: CA file (PEM) of the broker's "
+         "certificate; the certificate and its host name are always verified (default: the "
+         "system's CAs)")
+    _add(p, "--broker-cert", prefix + "BROKER_CERT", "amqps:// only: client certificate (PEM), "
+         "for a broker that requires one (default: none)")
+    _add(p, "--broker-key", prefix + "BROKER_KEY", "amqps:// only: the private key (PEM) of "
+         "--broker-cert (default: inside --broker-cert)")
+
+
+def _broker_config_error(url: str, tls) -> str | None:
+    """Why the broker URL and TLS files cannot be used (one line), or None when they can."""
+    from schemas.connection import BrokerConfigError, broker_parameters
+
+    try:
+        broker_parameters(url, tls)
+    except BrokerConfigError as exc:
+        return str(exc)
+    return None
+
+
 # --- pki ----------------------------------------------------------------------------------------
 def _pki_init(ns: argparse.Namespace) -> int:
     from simulator.pki import init_pki
@@ -195,6 +217,15 @@ def _worker(ns: argparse.Namespace) -> int:
         return 2
     if run_check:
         return check(settings)
+    from schemas.connection import BrokerConfigError
+
+    try:
+        problem = _broker_config_error(settings.broker_url, settings.broker_tls())
+    except BrokerConfigError as exc:
+        problem = str(exc)
+    if problem:
+        print(f"error: broker: {problem}", file=sys.stderr)
+        return 2
     return supervise(settings)
 
 
@@ -208,7 +239,9 @@ def _add_worker(sub) -> None:
             "eProfil) and batch work (events, EHR) have their own queues; --queues picks which "
             "this pool serves. A dead process is restarted. " + ENV_NOTE))
     E = "EESZT_"
-    _add(p, "--broker-url", E + "BROKER_URL", "RabbitMQ URL (default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+    _add(p, "--broker-url", E + "BROKER_URL", "RabbitMQ URL, amqp:// or amqps:// (TLS) "
+         "(default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+    _add_broker_tls(p, E)
     _add(p, "--eeszt-url", E + "EESZT_URL", "EESZT base URL (default: https://localhost:8443)")
     _add(p, "--pki-dir", E + "PKI_DIR", "folder with access.pem/.key (mutual TLS), server-ca.pem, "
          "institution.pem/.key (signing) (default: pki)")
@@ -219,6 +252,9 @@ def _add_worker(sub) -> None:
          "EESZT's latency (default: 16)", type=int)
     _add(p, "--queues", E + "QUEUES", "queue classes to serve: interactive, batch, or "
          "interactive,batch (default: interactive,batch)")
+    _add(p, "--queue-type", E + "QUEUE_TYPE", "type of the durable queues the gateway declares: "
+         "classic, or quorum on a RabbitMQ cluster; every worker and producer of a vhost must "
+         "use the same (default: classic)", choices=("classic", "quorum"))
     _add(p, "--connect-timeout-s", E + "CONNECT_TIMEOUT_S", "TCP+TLS connect timeout (default: 5)", type=float)
     _add(p, "--read-timeout-s", E + "READ_TIMEOUT_S", "answer timeout per call (default: 30)", type=float)
     _add(p, "--call-attempts", E + "CALL_ATTEMPTS", "tries inside one call for a transient error (default: 3)", type=int)
@@ -238,9 +274,16 @@ def _add_worker(sub) -> None:
     _add(p, "--republish-delay-s", E + "REPUBLISH_DELAY_S", "a copy that a publisher sent again "
          "after a lost confirm waits this long, then EESZT is asked before it is sent (default: 60)",
          type=float)
+    _add(p, "--tenants", E + "TENANTS", "whose reply_to a request may name. his-users: a request "
+         "published by broker user his-NAME (its user_id, which RabbitMQ validates) must have "
+         "reply_to his.NAME or his.NAME.*, or it goes to eeszt.dlq (code GW-TENANT) and HIS NAME "
+         "gets a rejected reply on his.NAME; requests without a user_id pass. strict: the same, "
+         "and a request without a user_id is refused too (every HIS must set it; other users, "
+         "such as this worker's own and operators', are trusted). off: no check "
+         "(default: his-users)", choices=("off", "his-users", "strict"))
     _add(p, "--metrics-port", E + "METRICS_PORT", "Prometheus /metrics port of the first worker "
          "process; the process in slot i of --processes listens on this port + i, so N processes "
-         "use N consecutive ports; 0 disables metrics (default: 9100)", type=int)
+         "use N consecutive ports; 0 disables metrics (default: 12100)", type=int)
     _add(p, "--metrics-host", E + "METRICS_HOST", "address the /metrics endpoints listen on; "
          "0.0.0.0 in a container or Kubernetes pod (default: 127.0.0.1)")
     _add(p, "--heartbeat-dir", E + "HEARTBEAT_DIR", "where processes write heartbeats for --check (default: /tmp/eeszt-gw-worker)")
@@ -319,6 +362,16 @@ def _card_bridge(ns: argparse.Namespace) -> int:
     logging.getLogger("pika").setLevel(logging.WARNING)
     if getattr(ns, "check", False):
         return check(settings.heartbeat_dir, settings.workstation)
+    from schemas.connection import BrokerConfigError
+
+    try:
+        broker_tls = settings.broker_tls()
+        problem = _broker_config_error(settings.broker_url, broker_tls)
+    except BrokerConfigError as exc:
+        problem = str(exc)
+    if problem:
+        print(f"error: broker: {problem}", file=sys.stderr)
+        return 2
     try:
         key = load_pinned_key(settings.challenge_key)
     except (OSError, ValueError) as exc:
@@ -336,7 +389,7 @@ def _card_bridge(ns: argparse.Namespace) -> int:
         key=key, workstation=settings.workstation), card_client=client, prompt=TerminalPrompt(),
         prompt_timeout_s=settings.prompt_timeout_s, metrics=metrics)
     server = serve_quietly(settings.metrics_port, registry, what="card bridge")
-    service = BridgeService(bridge=bridge, url=settings.broker_url,
+    service = BridgeService(bridge=bridge, url=settings.broker_url, tls=broker_tls,
                             heartbeat_dir=settings.heartbeat_dir, presence=presence)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.stop_event.set())
@@ -363,7 +416,9 @@ def _add_card_bridge(sub) -> None:
     E = "EESZT_BRIDGE_"
     _add(p, "--workstation", E + "WORKSTATION", "this workstation's id, as HIS requests name it (required)")
     _add(p, "--broker-url", E + "BROKER_URL", "RabbitMQ URL; in production a user that may read "
-         "only this workstation's queue (default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+         "only this workstation's queue; amqps:// for TLS "
+         "(default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+    _add_broker_tls(p, E)
     _add(p, "--challenge-key", E + "CHALLENGE_KEY", "the gateway's challenge public key or "
          "certificate, pinned (default: pki/challenge.pem)")
     _add(p, "--eid-url", E + "EID_URL", "the eID server (default: https://localhost:8445)")
@@ -372,7 +427,7 @@ def _add_card_bridge(sub) -> None:
     _add(p, "--card-wait-s", E + "CARD_WAIT_S", "how long to wait for a card (default: 30)", type=float)
     _add(p, "--prompt-timeout-s", E + "PROMPT_TIMEOUT_S", "how long to wait for the PIN (default: 120)", type=float)
     _add(p, "--metrics-port", E + "METRICS_PORT", "Prometheus /metrics port on 127.0.0.1: logins "
-         "by outcome, card present, pcscd up; 0 disables it (default: 9101)", type=int)
+         "by outcome, card present, pcscd up; 0 disables it (default: 12099)", type=int)
     _add(p, "--heartbeat-dir", E + "HEARTBEAT_DIR", "heartbeat for --check (default: /tmp/eeszt-gw-bridge)")
     _add(p, "--log-level", E + "LOG_LEVEL", "debug, info, warning or error (default: info)")
     p.add_argument("--check", action="store_true",
@@ -588,15 +643,25 @@ STATUS_EXIT_CODES = ("exit codes: 0 healthy; 1 something needs attention (dead l
 def _status(ns: argparse.Namespace) -> int:
     import os
 
+    from .audit_cli import UsageError, broker_tls
     from .status import StatusOptions, run
 
     if ns.wait_s <= 0 or ns.browse_cap < 1 or ns.time_limit_s <= 0:
         print("error: --wait-s and --time-limit-s must be positive, --browse-cap at least 1",
               file=sys.stderr)
         return 2
+    url = (getattr(ns, "broker_url", None) or os.environ.get("EESZT_BROKER_URL")
+           or "amqp://guest:guest@127.0.0.1:5672/%2F")
+    try:
+        tls = broker_tls(ns)
+        problem = _broker_config_error(url, tls)
+    except UsageError as exc:
+        problem = str(exc)
+    if problem:
+        print(f"error: broker: {problem}", file=sys.stderr)
+        return 2
     opts = StatusOptions(
-        broker_url=getattr(ns, "broker_url", None) or os.environ.get("EESZT_BROKER_URL")
-        or "amqp://guest:guest@127.0.0.1:5672/%2F",
+        broker_url=url, broker_tls=tls,
         pki_dir=Path(getattr(ns, "pki_dir", None) or os.environ.get("EESZT_PKI_DIR") or "pki"),
         wait_s=ns.wait_s, time_limit_s=ns.time_limit_s, cert_warn_days=ns.cert_warn_days,
         browse_cap=ns.browse_cap, browse_work_queues=ns.browse_work_queues,
@@ -620,7 +685,9 @@ def _add_status(sub) -> None:
         epilog=STATUS_EXIT_CODES,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     E = "EESZT_"
-    _add(p, "--broker-url", E + "BROKER_URL", "RabbitMQ URL (default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+    _add(p, "--broker-url", E + "BROKER_URL", "RabbitMQ URL, amqp:// or amqps:// (TLS) "
+         "(default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+    _add_broker_tls(p, E)
     _add(p, "--pki-dir", E + "PKI_DIR", "folder with access.pem, institution.pem, server-ca.pem, "
          "sts.pem, challenge.pem (default: pki)")
     p.add_argument("--wait-s", type=float, default=1.5,
@@ -665,7 +732,8 @@ def _add_audit(sub) -> None:
                    help="the request's message_id, or the HIS's idempotency_key (shows every "
                         "message published under that key)")
     _add(p, "--broker-url", "EESZT_BROKER_URL",
-         "RabbitMQ URL (default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+         "RabbitMQ URL, amqp:// or amqps:// (default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+    _add_broker_tls(p)
     p.add_argument("--since", metavar="WHEN",
                    help="only events from WHEN on: a duration ago (90s, 15m, 2h, 3d, 1w) or an "
                         "ISO-8601 time (UTC unless it names a zone); also starts reading the "
@@ -702,7 +770,8 @@ _RAW = argparse.RawDescriptionHelpFormatter
 
 def _dlq_flags(p: argparse.ArgumentParser, *, filters: bool = True) -> None:
     _add(p, "--broker-url", "EESZT_BROKER_URL",
-         "RabbitMQ URL (default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+         "RabbitMQ URL, amqp:// or amqps:// (default: amqp://guest:guest@127.0.0.1:5672/%%2F)")
+    _add_broker_tls(p)
     g = p.add_argument_group("filters (all given filters must match)")
     g.add_argument("--service", help="EESZT service, from the eeszt-type header: eRecept, "
                                      "eBeutalo, eProfil, esemenyKatalogus, eht")

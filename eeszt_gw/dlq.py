@@ -33,12 +33,15 @@ import pika.exceptions
 from pydantic import ValidationError
 
 from schemas.audit import AuditEvent, AuditKind, mask_text
+from schemas.connection import BrokerTLS, broker_parameters, open_connection
 from schemas.envelope import RequestEnvelope
 from schemas.soap import OPERATION_OF
 from schemas.wire import (DEAD_LETTER_QUEUE, H_AMBIGUOUS, H_CODE, H_IDEMPOTENCY_KEY, H_KIND,
                           H_MESSAGE_ID, H_REASON, H_TYPE, REQUESTS_EXCHANGE)
 
-from .audit_cli import UsageError, broker_url, guarded, parse_when
+from workers.tenants import GW_TENANT
+
+from .audit_cli import UsageError, broker_tls, broker_url, guarded, parse_when
 
 from schemas.wire import H_REPLAYED, H_REPLAYED_AT  # noqa: E402  (kept importable from here)
 
@@ -139,11 +142,15 @@ class Selector:
 class DeadLetterQueue:
     """A connection that browses ``eeszt.dlq``; :meth:`close` requeues what was not removed."""
 
-    def __init__(self, url: str) -> None:
-        params = pika.URLParameters(url)
+    def __init__(self, url: str, tls: BrokerTLS | None = None) -> None:
+        params = broker_parameters(url, tls)
         params.socket_timeout = params.blocked_connection_timeout = 10
-        self.conn = pika.BlockingConnection(params)
+        self.conn = open_connection(params)
         self.channel = self.conn.channel()
+        # replays carry the operator's broker user as user_id (RabbitMQ checks it): a worker
+        # with --tenants strict refuses requests without one (workers/tenants.py)
+        creds = params.credentials
+        self.user_id = creds.username if isinstance(creds, pika.PlainCredentials) else None
         self._publisher = None
         self._outstanding: set[int] = set()
 
@@ -189,7 +196,8 @@ class DeadLetterQueue:
             headers[H_IDEMPOTENCY_KEY] = dl.idempotency_key
         props = pika.BasicProperties(delivery_mode=2, headers=headers,
                                      content_type=dl.props.content_type or "application/json",
-                                     message_id=dl.props.message_id or dl.message_id or None)
+                                     message_id=dl.props.message_id or dl.message_id or None,
+                                     user_id=self.user_id)
         self._publisher.basic_publish(REQUESTS_EXCHANGE, routing_key, dl.body, props,
                                       mandatory=True)
 
@@ -259,6 +267,9 @@ def replay_problem(dl: DeadLetter, now: datetime) -> str | None:
     """Why a dead letter cannot be replayed as it is, or None."""
     if dl.header(H_KIND):
         return "it is an undeliverable reply to a HIS, not a request"
+    if dl.header(H_CODE) == GW_TENANT:
+        return ("the gateway refused it for its reply_to (not its sender's key): a replay would "
+                "send the replies to another HIS")
     if not dl.message_type:
         return "it has no message type (no eeszt-type header, no payload.type): nowhere to route it"
     if dl.message_type not in OPERATION_OF:
@@ -291,7 +302,7 @@ def cmd_list(ns: argparse.Namespace) -> int:
     from rich.text import Text
 
     now = datetime.now(timezone.utc)
-    with DeadLetterQueue(broker_url(ns)) as dlq:
+    with DeadLetterQueue(broker_url(ns), broker_tls(ns)) as dlq:
         rows = [summary(dl, now) for dl in dlq.browse(Selector.from_args(ns))]
     if ns.json:
         for row in rows:
@@ -313,7 +324,7 @@ def cmd_list(ns: argparse.Namespace) -> int:
 
 def cmd_show(ns: argparse.Namespace) -> int:
     now = datetime.now(timezone.utc)
-    with DeadLetterQueue(broker_url(ns)) as dlq:
+    with DeadLetterQueue(broker_url(ns), broker_tls(ns)) as dlq:
         found = dlq.browse(Selector.from_args(ns))
     if not found:
         print(f"no dead letter {ns.message_id} in {DEAD_LETTER_QUEUE}", file=sys.stderr)
@@ -342,9 +353,10 @@ def _act(ns: argparse.Namespace, kind: AuditKind) -> int:
     now, url, verb = datetime.now(timezone.utc), broker_url(ns), kind.value
     done: list[DeadLetter] = []
     kept = 0
-    audit = None if ns.dry_run else RabbitAuditLog(url)
+    tls = broker_tls(ns)
+    audit = None if ns.dry_run else RabbitAuditLog(url, tls=tls)
     try:
-        dlq = DeadLetterQueue(url)
+        dlq = DeadLetterQueue(url, tls)
         try:
             found = dlq.browse(sel)
             for dl in found:

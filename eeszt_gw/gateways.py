@@ -165,10 +165,11 @@ class RabbitGateway:
         from workers.token_share import RabbitTokenShare, new_key
 
         self.description = f"RabbitMQ at {url.split('@')[-1]}"
-        declare_topology(url)
-        self.broker = rabbit_broker(url)
+        qt = settings.queue_type  # EESZT_QUEUE_TYPE: classic, or quorum
+        declare_topology(url, queue_type=qt)
+        self.broker = rabbit_broker(url, queue_type=qt)
         share = RabbitTokenShare(url=url, key_b64=new_key())
-        outbox = RabbitOutbox(url=url)
+        outbox = RabbitOutbox(url=url, queue_type=qt)
         self.workstations = None
         login_backend = None
         if eid_url:
@@ -182,9 +183,9 @@ class RabbitGateway:
                 challenge_ttl_s=settings.challenge_ttl_s, workstations=self.workstations)
         self.runtime = build_runtime(settings, broker=self.broker, outbox=outbox, share=share,
                                      login_backend=login_backend)
-        self.listener = ReplyListener(url, routing_key=reply_key)
-        self.publisher = BatchPublisher(url=url)
-        self.raw = Publisher(url=url)
+        self.listener = ReplyListener(url, routing_key=reply_key, queue_type=qt)
+        self.publisher = BatchPublisher(url=url, queue_type=qt)
+        self.raw = Publisher(url=url, queue_type=qt)
         self.worker = dramatiq.Worker(self.broker, worker_threads=settings.threads, worker_timeout=100)
         self.worker.start()
 

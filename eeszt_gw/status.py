@@ -3,10 +3,11 @@
 Everything comes over plain AMQP 0-9-1, so it works from an ops laptop without the management
 plugin: ready counts by passive ``queue_declare``; per-service breakdowns and ages by browsing a
 queue (``basic_get`` without ack up to a cap, then one ``basic_nack(multiple, requeue)``); the
-requests in flight by a status request on the fanout exchange ``eeszt.control``, answered by
-every worker process (``workers.control``). The doctors' wait queues cannot be listed over
-AMQP: their names come from ``rabbitmqctl`` when it works on this host for the broker's own
-node, else from the workers' answers. Certificates are read from ``--pki-dir``.
+requests in flight and the circuit breakers' states by a status request on the fanout
+exchange ``eeszt.control``, answered by every worker process (``workers.control``). The
+doctors' wait queues cannot be listed over AMQP: their names come from ``rabbitmqctl`` when it
+works on this host for the broker's own node, else from the workers' answers. Certificates are
+read from ``--pki-dir``.
 
 Browsing a work queue marks its messages redelivered, and a worker asks EESZT by idempotency
 key before sending a redelivered request, so the work queues are browsed only on request
@@ -26,6 +27,7 @@ from typing import Any, Callable
 
 import pika.exceptions
 
+from schemas.connection import BrokerTLS
 from schemas.soap import SERVICES
 from schemas.wire import (
     BINDINGS,
@@ -50,6 +52,8 @@ from .status_certs import check_certificates
 WAIT_PREFIX = login_wait_queue("")
 COUNTERS = ("queued", "in_flight", "over_time_limit", "retrying", "parked", "waiting_login",
             "dead_letters")
+#: circuit states that need a person: requests of that service are being parked
+CIRCUIT_WARN = ("open", "half-open")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class StatusOptions:
     browse_cap: int = 10_000
     browse_work_queues: bool = False
     use_rabbitmqctl: bool = True
+    broker_tls: BrokerTLS | None = None  # amqps:// (schemas.connection)
 
 
 # --- putting it together -----------------------------------------------------------------------
@@ -189,9 +194,28 @@ class _Tally:
         return sorted(out, key=lambda i: -(i["age_s"] or 0))
 
 
+def circuits(workers: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Every circuit breaker the worker processes reported, open and half-open ones first.
+
+    Each entry is the worker's (``workers.breaker.CircuitBreaker.snapshot``) plus ``for_s``
+    (seconds in this state), ``pid`` and ``host``. A garbled entry is skipped.
+    """
+    out = []
+    for w in workers:
+        for b in w.get("breakers") or []:
+            if not isinstance(b, dict) or not isinstance(b.get("service"), str):
+                continue
+            since = _started_at(b.get("since"))
+            out.append({**b, "state": str(b.get("state") or UNKNOWN),
+                        "for_s": max(0.0, now - since) if since is not None else None,
+                        "pid": w.get("pid"), "host": w.get("host")})
+    return sorted(out, key=lambda c: (c["state"] not in CIRCUIT_WARN, c["service"],
+                                      str(c["host"]), str(c["pid"])))
+
+
 def collect(opts: StatusOptions, *, now: Callable[[], float] = time.time) -> dict[str, Any]:
     """The whole status report as plain data. Raises :class:`BrokerUnreachable`."""
-    with BrokerView(opts.broker_url) as broker:
+    with BrokerView(opts.broker_url, tls=opts.broker_tls) as broker:
         workers = broker.ask_workers(opts.wait_s)
         t = now()
         tally = _Tally(broker, opts, t)
@@ -222,6 +246,10 @@ def collect(opts: StatusOptions, *, now: Callable[[], float] = time.time) -> dic
         notes.append(f"certificates not checked: no folder {opts.pki_dir}")
     if not workers:
         notes.append(f"no worker process answered within {opts.wait_s:g}s: in-flight unknown")
+    elif not all("breakers" in w for w in workers):
+        silent = sum("breakers" not in w for w in workers)
+        notes.append(f"{silent} worker process(es) did not report their circuit breakers "
+                     "(an older version, or an error): their circuits are unknown")
     if not opts.browse_work_queues:
         notes.append("work queues counted, not broken down by service (--browse-work-queues)")
     notes += [f"breakdown of {tr['queue']} covers {tr['browsed']} of {tr['ready']} messages "
@@ -231,9 +259,10 @@ def collect(opts: StatusOptions, *, now: Callable[[], float] = time.time) -> dic
         "at": datetime.fromtimestamp(t, timezone.utc).isoformat(),
         "time_limit_s": opts.time_limit_s, "cert_warn_days": opts.cert_warn_days,
         "services": services, "totals": totals, "queues": q, "truncated": tally.truncated,
-        "workers": [{k: v for k, v in w.items() if k != "in_flight"} for w in workers],
-        "in_flight": in_flight, "login_waits": waits, "dead_letters": dead,
-        "certificates": certs, "notes": notes,
+        "workers": [{k: v for k, v in w.items() if k not in ("in_flight", "breakers")}
+                    for w in workers],
+        "in_flight": in_flight, "circuits": circuits(workers, t), "login_waits": waits,
+        "dead_letters": dead, "certificates": certs, "notes": notes,
     }
     report["attention"] = attention(report)
     report["healthy"] = not report["attention"]
@@ -242,7 +271,7 @@ def collect(opts: StatusOptions, *, now: Callable[[], float] = time.time) -> dic
 
 def attention(report: dict[str, Any]) -> list[str]:
     """What needs a person: dead letters, requests over their time limit, certificates inside
-    the warning window (or unreadable), parked work. Empty when healthy."""
+    the warning window (or unreadable), parked work, open circuits. Empty when healthy."""
     out, totals = [], report["totals"]
     if report["dead_letters"]["total"]:
         out.append(f"{report['dead_letters']['total']} dead letter(s) in {DEAD_LETTER_QUEUE}")
@@ -251,6 +280,15 @@ def attention(report: dict[str, Any]) -> list[str]:
                    f"{report['time_limit_s']:g}s")
     if totals["parked"]:
         out.append(f"{totals['parked']} parked request(s)")
+    open_circuits: dict[str, list[dict[str, Any]]] = {}
+    for c in report.get("circuits") or []:
+        if c["state"] in CIRCUIT_WARN:
+            open_circuits.setdefault(c["service"], []).append(c)
+    for service, open_ in open_circuits.items():
+        longest = max((c["for_s"] for c in open_ if c["for_s"] is not None), default=None)
+        out.append(f"circuit of {service} open in {len(open_)} worker process(es)"
+                   + (f" for up to {longest:.0f}s" if longest is not None else "")
+                   + f": its requests are parked (see {parked_queue(service)})")
     for c in report["certificates"]:
         if c["state"] in ("expiring", "expired", "unreadable"):
             left = f"{c['days_left']:.1f} days left" if c.get("days_left") is not None else c["state"]

@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import pika
 import pika.exceptions
 
+from schemas.connection import BrokerTLS, broker_parameters, open_connection
 from schemas.soap import OPERATION_OF
 from schemas.wire import H_CODE, H_FIRST_SEEN, H_TYPE
 from workers.control import CONTROL_EXCHANGE, STATUS_OP
@@ -96,14 +97,14 @@ def message_facts(props: Any, body: bytes, now: float) -> tuple[str, float | Non
 class BrokerView:
     """Read-only looks at the broker over one connection. A context manager."""
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
-        params = pika.URLParameters(url)
+    def __init__(self, url: str, *, timeout_s: float = 5.0, tls: BrokerTLS | None = None) -> None:
+        params = broker_parameters(url, tls)
         params.connection_attempts = 1
         params.socket_timeout = timeout_s
         params.stack_timeout = timeout_s * 2
         params.blocked_connection_timeout = timeout_s
         try:
-            self.conn = pika.BlockingConnection(params)
+            self.conn = open_connection(params)
         except (pika.exceptions.AMQPError, OSError) as exc:
             raise BrokerUnreachable(describe_error(exc)) from exc
         self.ch = self.conn.channel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from rich import box
@@ -60,6 +61,7 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
     console.print(f"workers: {len(workers)} process(es) answered"
                   + "".join(f"\n  pid {w.get('pid')} on {w.get('host')}: "
                             f"{','.join(w.get('queues') or []) or '?'}" for w in workers))
+    _circuits(console, report.get("circuits") or [], bool(workers))
     over = [i for i in report["in_flight"] if i["over_time_limit"]]
     if over:
         console.print(f"[bold red]in flight longer than {limit}:[/]")
@@ -89,6 +91,30 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
         console.print("[bold red]ATTENTION[/]" + "".join(f"\n  - {a}" for a in report["attention"]))
     else:
         console.print("[bold green]healthy[/]")
+
+
+def _circuits(console: Console, circuits: list[dict[str, Any]], answered: bool) -> None:
+    """One line when every reported circuit is closed, else one line per open one."""
+    if not answered:
+        return
+    bad = [c for c in circuits if c["state"] != "closed"]
+    if not bad:
+        console.print(f"circuits: {'all closed' if circuits else 'none used yet'}")
+        return
+    console.print(f"[bold red]circuits not closed: {len(bad)}[/]")
+    for c in bad:
+        probe = c.get("last_probe_at")
+        facts = [f"{c.get('failures', 0)} failures in a row"]
+        if isinstance(probe, (int, float)):
+            facts.append(f"last probe {_clock(probe)}")
+        if c.get("parked") is not None:
+            facts.append(f"{c['parked']} parked")  # by this process, since it started
+        console.print(f"  {c['service']} {c['state']} for {age(c.get('for_s'))} (pid "
+                      f"{c.get('pid')}@{c.get('host')}): " + ", ".join(facts))
+
+
+def _clock(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%H:%M:%SZ")
 
 
 def _certificates(console: Console, report: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@
 - :func:`parse_line`: one JSONL line to a request, or :class:`InvalidRequest`.
 - :func:`generate`: realistic synthetic requests as JSONL lines.
 - :func:`declare_topology`: the reference declaration of the request exchanges and queues.
+- :class:`BrokerTLS`: CA and client certificate for an ``amqps://`` broker URL (verified TLS).
 
 Errors: see :mod:`producers.errors` (``ProducerError`` and its tree). Delivery is at-least-once;
 the gateway deduplicates by idempotency key. Depends on ``schemas`` only (plus pika and rich).
@@ -29,6 +30,7 @@ from producers.memory import (
 from producers.publisher import BatchPublisher, Publisher, parse_line
 from producers.replies import ReplyListener, parse_reply
 from producers.topology import DEFAULT_BROKER_URL, connect, declare_topology, safe_url
+from schemas.connection import BrokerTLS
 
 __all__ = [
     "DEFAULT_BROKER_URL",
@@ -36,6 +38,7 @@ __all__ = [
     "BatchPublisher",
     "BatchRequestPublisher",
     "BatchSummary",
+    "BrokerTLS",
     "BrokerUnavailable",
     "FailedMessage",
     "InvalidRequest",

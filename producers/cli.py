@@ -26,7 +26,9 @@ from producers.generate import MALFORMED_KINDS, generate
 from producers.publisher import BatchPublisher, parse_line
 from producers.replies import ReplyListener
 from producers.topology import DEFAULT_BROKER_URL
+from schemas.connection import BrokerConfigError, BrokerTLS
 from schemas.replies import Reply, describe_validation_error, is_final
+from schemas.wire import DEFAULT_QUEUE_TYPE, QUEUE_TYPES, check_queue_type
 
 __all__ = ["add_commands"]
 
@@ -61,9 +63,20 @@ def _setting(value: T | None, env: str, default: T, convert: Callable[[str], T])
 def _broker_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("broker")
     g.add_argument("--url", metavar="URL",
-                   help="AMQP URL of RabbitMQ, e.g. amqp://user:pass@host:5672/%%2F "
+                   help="AMQP URL of RabbitMQ, e.g. amqp://user:pass@host:5672/%%2F, or "
+                        "amqps://user:pass@host:5671/%%2F for TLS "
                         "[env: EESZT_BROKER_URL] (default: "
                         f"{DEFAULT_BROKER_URL.replace('%', '%%')})")
+    g.add_argument("--broker-ca", metavar="FILE",
+                   help="amqps:// only: CA file (PEM) of the broker's certificate; the "
+                        "certificate and its host name are always verified "
+                        "[env: EESZT_BROKER_CA] (default: the system's CAs)")
+    g.add_argument("--broker-cert", metavar="FILE",
+                   help="amqps:// only: client certificate (PEM), for a broker that requires "
+                        "one [env: EESZT_BROKER_CERT]")
+    g.add_argument("--broker-key", metavar="FILE",
+                   help="amqps:// only: the private key (PEM) of --broker-cert "
+                        "[env: EESZT_BROKER_KEY] (default: inside --broker-cert)")
     g.add_argument("--connect-timeout", type=float, metavar="S",
                    help="seconds to wait for one connection attempt "
                         "[env: EESZT_CONNECT_TIMEOUT] (default: 5)")
@@ -74,6 +87,10 @@ def _broker_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retry-backoff", type=float, metavar="S",
                    help="first pause between connection attempts in seconds "
                         "[env: EESZT_RETRY_BACKOFF] (default: 0.2)")
+    g.add_argument("--queue-type", choices=QUEUE_TYPES,
+                   help="type of the durable queues this command declares, as the workers' "
+                        "--queue-type: classic, or quorum on a RabbitMQ cluster "
+                        "[env: EESZT_QUEUE_TYPE] (default: classic)")
 
 
 def _broker(ns: argparse.Namespace) -> dict[str, Any]:
@@ -82,7 +99,19 @@ def _broker(ns: argparse.Namespace) -> dict[str, Any]:
         "connect_timeout": _setting(ns.connect_timeout, "EESZT_CONNECT_TIMEOUT", 5.0, float),
         "retry_attempts": _setting(ns.retry_attempts, "EESZT_RETRY_ATTEMPTS", 5, int),
         "retry_backoff": _setting(ns.retry_backoff, "EESZT_RETRY_BACKOFF", 0.2, float),
+        "tls": _broker_tls(ns),
+        "queue_type": _setting(ns.queue_type, "EESZT_QUEUE_TYPE", DEFAULT_QUEUE_TYPE,
+                               check_queue_type),
     }
+
+
+def _broker_tls(ns: argparse.Namespace) -> BrokerTLS | None:
+    try:
+        return BrokerTLS.from_paths(_setting(ns.broker_ca, "EESZT_BROKER_CA", None, str),
+                                    _setting(ns.broker_cert, "EESZT_BROKER_CERT", None, str),
+                                    _setting(ns.broker_key, "EESZT_BROKER_KEY", None, str))
+    except BrokerConfigError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _err(message: str) -> None:
@@ -137,6 +166,7 @@ def _publish(ns: argparse.Namespace) -> int:
     try:
         with source, progress, BatchPublisher(max_in_flight=max_in_flight,
                                               declare_topology=not ns.no_declare,
+                                              set_user_id=not ns.no_user_id,
                                               **broker) as publisher:
             task = progress.add_task("publish", total=total, rate="-")
             for lineno, line in enumerate(source, 1):
@@ -206,6 +236,8 @@ def _replies(ns: argparse.Namespace) -> int:
         broker = _broker(ns)
         key = _setting(ns.routing_key, "EESZT_REPLY_ROUTING_KEY", "his.demo", str)
         queue = _setting(ns.queue, "EESZT_REPLY_QUEUE", None, str)
+        if ns.no_declare and ns.transient:
+            raise _UsageError("--transient declares a queue; --no-declare declares nothing")
     except _UsageError as exc:
         _err(str(exc))
         return 2
@@ -213,7 +245,8 @@ def _replies(ns: argparse.Namespace) -> int:
     finals = 0
     try:
         with ReplyListener(broker.pop("url"), routing_key=key, queue=queue,
-                           durable=not ns.transient, **broker) as listener:
+                           durable=not ns.transient, declare=not ns.no_declare,
+                           **broker) as listener:
             listener.open()
             print(f"listening on queue {listener.queue!r} (routing key {key!r})", file=sys.stderr)
             try:
@@ -309,7 +342,13 @@ def add_commands(subparsers: Any) -> None:
             "published again, marked so that the workers ask EESZT before sending them: a "
             "reconnect never creates a second record. Publishing the same file twice, however, "
             "sends each request twice; only an EESZT that deduplicates by idempotency key makes "
-            "that harmless.", ENV_NOTE),
+            "that harmless.",
+            "Each message carries the broker user of --url as its user_id property (RabbitMQ "
+            "checks it). A HIS user made by deploy/rabbitmq/add-his-user NAME (his-NAME) may "
+            "only ask for replies on his.NAME or his.NAME.*: the gateway refuses a request with "
+            "another reply_to (it goes to eeszt.dlq, code GW-TENANT, and his.NAME gets a "
+            "rejected reply naming reply_to). Such a user may configure nothing: use "
+            "--no-declare.", ENV_NOTE),
         epilog="exit status: 0 every valid line was confirmed; 1 some were nacked, returned or "
                "not confirmed in time (listed on stderr with their line); 2 usage error, or the "
                "broker is unreachable.")
@@ -323,6 +362,14 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--no-declare", action="store_true",
                    help="do not declare the exchanges and work queues first (when the broker "
                         "user may not configure them; they must then exist)")
+    p.add_argument("--no-user-id", action="store_true",
+                   help="do not set the user_id property. By default every message carries the "
+                        "broker user of --url as user_id (RabbitMQ refuses a publish whose "
+                        "user_id is not the connection's user); the gateway uses it to check "
+                        "that broker user his-NAME asks for replies only on his.NAME or "
+                        "his.NAME.* (other reply_to values are refused), and a gateway running "
+                        "with --tenants strict refuses requests without it. Only for a broker "
+                        "whose login name differs from the URL's user (OAuth 2, EXTERNAL)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _broker_flags(p)
     p.set_defaults(func=_publish)
@@ -333,8 +380,9 @@ def add_commands(subparsers: Any) -> None:
             "Consume the replies sent to a HIS routing key on exchange eeszt.replies and print "
             "one line per reply (or JSON lines with --json); a tally by kind follows on stderr. "
             "The queue is declared durable and bound to the key, so replies that arrive while "
-            "nobody listens wait in it. A printed reply is acknowledged (removed from the "
-            "queue); Ctrl-C stops cleanly.", ENV_NOTE),
+            "nobody listens wait in it; with --no-declare (a HIS broker user that may only read "
+            "its own queue) it must exist already. A printed reply is acknowledged (removed "
+            "from the queue); Ctrl-C stops cleanly.", ENV_NOTE),
         epilog="exit status: 0 done; 1 --count was given and fewer final replies arrived before "
                "--timeout; 2 usage error, or the broker is unreachable.")
     r.add_argument("--routing-key", metavar="KEY",
@@ -352,6 +400,11 @@ def add_commands(subparsers: Any) -> None:
     r.add_argument("--transient", action="store_true",
                    help="declare a queue that disappears when this command ends (for "
                         "watching by hand; replies sent while nobody listens are lost)")
+    r.add_argument("--no-declare", action="store_true",
+                   help="declare and bind nothing, only consume the queue, which must exist: "
+                        "for a HIS broker user made by deploy/rabbitmq/add-his-user (it may read "
+                        "only his.NAME.replies and configure nothing). A missing queue (404) or "
+                        "one this user may not read (403) is an error naming the queue")
     _broker_flags(r)
     r.set_defaults(func=_replies)
 

@@ -15,6 +15,13 @@ Why not ``BlockingChannel.confirm_delivery()``: pika then waits for each confirm
 Instead the underlying channel is put in confirm mode with our own ack/nack and return callbacks,
 confirms are tracked per delivery tag, and the connection is pumped until the ones we wait for
 have arrived.
+
+**user_id.** Every message carries the AMQP ``user_id`` property = the broker user the
+connection logged in as (RabbitMQ refuses a publish whose ``user_id`` differs, so it costs
+nothing to be honest). The gateway binds a HIS user's ``reply_to`` to it (``his-NAME`` may only
+ask for replies on ``his.NAME`` or ``his.NAME.*``), and ``--tenants strict`` refuses requests
+without it. ``set_user_id=False`` leaves it out, for brokers whose login name is not the one in
+the URL (OAuth 2 tokens, EXTERNAL); the gateway must then not run in ``strict`` mode.
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ from pydantic import ValidationError
 from producers.errors import BrokerUnavailable, InvalidRequest, ProducerError, PublishFailed
 from producers.memory import BatchSummary, FailedMessage, to_wire
 from producers.topology import CONNECTION_ERRORS, coalesce_writes, connect, declare_topology
+from schemas.connection import BrokerTLS
 from schemas.envelope import RequestEnvelope
-from schemas.wire import H_REPUBLISHED, REQUESTS_EXCHANGE
+from schemas.wire import DEFAULT_QUEUE_TYPE, H_REPUBLISHED, REQUESTS_EXCHANGE
 
 __all__ = ["BatchPublisher", "BatchSummary", "FailedMessage", "Publisher", "parse_line"]
 
@@ -91,6 +99,13 @@ def _noop() -> None:
     pass
 
 
+def _login_user(conn: pika.BlockingConnection) -> str | None:
+    """The user name ``conn`` logged in with, or None when it did not use one (EXTERNAL)."""
+    params = getattr(getattr(conn, "_impl", None), "params", None)
+    creds = getattr(params, "credentials", None)
+    return creds.username if isinstance(creds, pika.PlainCredentials) else None
+
+
 class _ConfirmChannel:
     """One connection with one channel in confirm mode; unconfirmed messages by delivery tag.
 
@@ -101,8 +116,14 @@ class _ConfirmChannel:
 
     def __init__(self, *, url: str, connect_timeout: float, retry_attempts: int,
                  retry_backoff: float, declare: bool, exchange: str, name: str,
-                 on_done: Callable[[_Outgoing], None] | None = None) -> None:
+                 on_done: Callable[[_Outgoing], None] | None = None,
+                 tls: BrokerTLS | None = None, set_user_id: bool = True,
+                 queue_type: str = DEFAULT_QUEUE_TYPE) -> None:
         self._url = url
+        self._tls = tls
+        self._queue_type = queue_type
+        self._set_user_id = set_user_id
+        self._user_id: str | None = None  # the connection's user, once connected
         self._connect_timeout = connect_timeout
         self.retry_attempts = retry_attempts
         self._retry_backoff = retry_backoff
@@ -132,15 +153,18 @@ class _ConfirmChannel:
             try:
                 self._conn = connect(self._url, connect_timeout=self._connect_timeout,
                                      retry_attempts=self.retry_attempts,
-                                     retry_backoff=self._retry_backoff, name=self._name)
+                                     retry_backoff=self._retry_backoff, name=self._name,
+                                     tls=self._tls)
             except BrokerUnavailable as exc:
                 raise BrokerUnavailable(exc.reason, attempts=exc.attempts,
                                         unconfirmed=self.unconfirmed_ids()) from None
             coalesce_writes(self._conn)
+            if self._set_user_id:
+                self._user_id = _login_user(self._conn)
         blocking = self._conn.channel()
         try:
             if self._declare:
-                declare_topology(blocking)
+                declare_topology(blocking, self._queue_type)
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise ProducerError(f"the broker refused the request topology: {exc.reply_code} "
                                 f"{exc.reply_text}") from None
@@ -167,6 +191,8 @@ class _ConfirmChannel:
 
     def send(self, msg: _Outgoing) -> None:
         """Hand ``msg`` to the connection's buffer; it goes out at the next :meth:`pump`."""
+        if self._user_id is not None and msg.properties.user_id is None:
+            msg.properties.user_id = self._user_id  # see the module docstring
         self._channel.basic_publish(self._exchange, msg.routing_key, msg.body, msg.properties,
                                     mandatory=True)
         self._tag += 1
@@ -274,12 +300,14 @@ class _ConfirmChannel:
 class _Base:
     def __init__(self, *, url: str, connect_timeout: float, retry_attempts: int,
                  retry_backoff: float, declare_topology: bool, exchange: str, name: str,
-                 on_done: Callable[[_Outgoing], None] | None = None) -> None:
+                 on_done: Callable[[_Outgoing], None] | None = None,
+                 tls: BrokerTLS | None = None, set_user_id: bool = True,
+                 queue_type: str = DEFAULT_QUEUE_TYPE) -> None:
         self._lock = threading.Lock()
         self._engine = _ConfirmChannel(
             url=url, connect_timeout=connect_timeout, retry_attempts=retry_attempts,
             retry_backoff=retry_backoff, declare=declare_topology, exchange=exchange, name=name,
-            on_done=on_done)
+            on_done=on_done, tls=tls, set_user_id=set_user_id, queue_type=queue_type)
 
     def __enter__(self) -> Self:
         return self
@@ -305,15 +333,21 @@ class Publisher(_Base):
     ``declare_topology`` (the default) it declares the exchanges and work queues after each
     connect, so a request never depends on a worker having started first. ``exchange`` exists
     for tests and tools. Thread-safe: a lock serialises submits, so one instance confirms about
-    2,000 messages/s; use :class:`BatchPublisher` for bulk uploads.
+    2,000 messages/s; use :class:`BatchPublisher` for bulk uploads. For an ``amqps://`` URL,
+    ``tls`` names the broker's CA and this client's certificate (``schemas.connection``); the
+    broker's certificate is always verified. ``set_user_id`` (default on) sets each message's
+    ``user_id`` to the connection's user (see the module docstring). ``queue_type`` (classic or
+    quorum) is the type the work queues are declared with: the workers' ``--queue-type``.
     """
 
     def __init__(self, *, url: str, connect_timeout: float = 5.0, retry_attempts: int = 5,
                  retry_backoff: float = 0.2, declare_topology: bool = True,
-                 exchange: str = REQUESTS_EXCHANGE) -> None:
+                 exchange: str = REQUESTS_EXCHANGE, tls: BrokerTLS | None = None,
+                 set_user_id: bool = True, queue_type: str = DEFAULT_QUEUE_TYPE) -> None:
         super().__init__(url=url, connect_timeout=connect_timeout, retry_attempts=retry_attempts,
                          retry_backoff=retry_backoff, declare_topology=declare_topology,
-                         exchange=exchange, name="eeszt-producer")
+                         exchange=exchange, name="eeszt-producer", tls=tls,
+                         set_user_id=set_user_id, queue_type=queue_type)
 
     def submit(self, request: RequestEnvelope, *, timeout: float = 10.0) -> None:
         """Publish ``request`` (routing key = its payload type) and wait for the confirm.
@@ -376,12 +410,15 @@ class BatchPublisher(_Base):
 
     def __init__(self, *, url: str, max_in_flight: int = 256, connect_timeout: float = 5.0,
                  retry_attempts: int = 5, retry_backoff: float = 0.2,
-                 declare_topology: bool = True, exchange: str = REQUESTS_EXCHANGE) -> None:
+                 declare_topology: bool = True, exchange: str = REQUESTS_EXCHANGE,
+                 tls: BrokerTLS | None = None, set_user_id: bool = True,
+                 queue_type: str = DEFAULT_QUEUE_TYPE) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         super().__init__(url=url, connect_timeout=connect_timeout, retry_attempts=retry_attempts,
                          retry_backoff=retry_backoff, declare_topology=declare_topology,
-                         exchange=exchange, name="eeszt-batch-producer", on_done=self._done)
+                         exchange=exchange, name="eeszt-batch-producer", on_done=self._done,
+                         tls=tls, set_user_id=set_user_id, queue_type=queue_type)
         self._max_in_flight = max_in_flight
         self._since_pump = 0
         self._confirmed = 0

@@ -29,8 +29,9 @@ from pydantic import ValidationError
 
 from producers.errors import BrokerUnavailable, ProducerError
 from producers.topology import CONNECTION_ERRORS, connect, declare_replies_exchange
+from schemas.connection import BrokerTLS
 from schemas.replies import REPLY_ADAPTER, Reply, describe_validation_error
-from schemas.wire import REPLIES_EXCHANGE
+from schemas.wire import DEFAULT_QUEUE_TYPE, REPLIES_EXCHANGE, queue_arguments
 
 __all__ = ["ReplyListener", "parse_reply"]
 
@@ -49,6 +50,23 @@ def parse_reply(body: bytes, *, routing_key: str = "",
         return None
 
 
+def _refusal(queue: str, exc: pika.exceptions.ChannelClosedByBroker, *, declared: bool) -> str:
+    """One line for a reply queue the broker refused, with what usually causes it."""
+    line = f"the broker refused reply queue {queue!r}: {exc.reply_code} {exc.reply_text}"
+    if exc.reply_code == 404:
+        return (f"{line} (it does not exist: the operator creates it, e.g. "
+                "deploy/rabbitmq/add-his-user; check --queue and the vhost)")
+    if exc.reply_code == 403:
+        hint = ("this broker user may not read it (a HIS reads only its own his.NAME.replies)"
+                if not declared else "this broker user may not declare or read it (a HIS user "
+                "that may configure nothing needs --no-declare)")
+        return f"{line} ({hint})"
+    if exc.reply_code == 406 and declared:
+        return (f"{line} (it exists with other arguments: --queue-type must match its type, "
+                "or consume it as it is with --no-declare)")
+    return line
+
+
 class ReplyListener:
     """Consume the replies sent to ``routing_key`` from queue ``queue``.
 
@@ -57,15 +75,25 @@ class ReplyListener:
     consumer (tests, watching by hand). ``prefetch`` replies are buffered client-side. Connects
     on first use and reconnects by itself; replies not acked yet are redelivered after a
     reconnect. Not thread-safe: use it from one thread (``listen(stop=event)`` is how another
-    thread stops it).
+    thread stops it). ``tls``: as for :class:`~producers.Publisher`.
+
+    ``declare=False`` declares and binds nothing and only consumes ``queue``, which must exist:
+    the way for a HIS user of ``deploy/rabbitmq/add-his-user``, which may read its own queue and
+    configure nothing. A missing queue (404) or another HIS's (403) is a :class:`ProducerError`
+    naming the queue.
     """
 
     def __init__(self, url: str, *, routing_key: str, queue: str | None = None,
                  durable: bool = True, prefetch: int = 100, connect_timeout: float = 5.0,
-                 retry_attempts: int = 5, retry_backoff: float = 0.2) -> None:
+                 retry_attempts: int = 5, retry_backoff: float = 0.2,
+                 tls: BrokerTLS | None = None, declare: bool = True,
+                 queue_type: str = DEFAULT_QUEUE_TYPE) -> None:
         self.routing_key = routing_key
+        self._queue_type = queue_type
         self.queue = queue or f"{routing_key}.replies"
+        self._declare = declare
         self._url = url
+        self._tls = tls
         self._durable = durable
         self._prefetch = prefetch
         self._connect_timeout = connect_timeout
@@ -163,19 +191,22 @@ class ReplyListener:
         self.close(ack_last=False)  # tags of a dead channel mean nothing on a new one
         conn = connect(self._url, connect_timeout=self._connect_timeout,
                        retry_attempts=self._retry_attempts, retry_backoff=self._retry_backoff,
-                       name=f"eeszt-replies:{self.queue}")
+                       name=f"eeszt-replies:{self.queue}", tls=self._tls)
         channel = conn.channel()
         try:
-            declare_replies_exchange(channel)
-            channel.queue_declare(self.queue, durable=self._durable,
-                                  auto_delete=not self._durable)
-            channel.queue_bind(self.queue, REPLIES_EXCHANGE, routing_key=self.routing_key)
+            if self._declare:
+                declare_replies_exchange(channel)
+                # durable: of the --queue-type; auto-delete: always classic (quorum cannot)
+                channel.queue_declare(self.queue, durable=self._durable,
+                                      auto_delete=not self._durable,
+                                      arguments=queue_arguments(self._queue_type)
+                                      if self._durable else None)
+                channel.queue_bind(self.queue, REPLIES_EXCHANGE, routing_key=self.routing_key)
             channel.basic_qos(prefetch_count=self._prefetch)
             channel.basic_consume(self.queue, self._on_message, auto_ack=False)
         except pika.exceptions.ChannelClosedByBroker as exc:
             conn.close()
-            raise ProducerError(f"the broker refused reply queue {self.queue!r}: "
-                                f"{exc.reply_code} {exc.reply_text}") from None
+            raise ProducerError(_refusal(self.queue, exc, declared=self._declare)) from None
         self._conn, self._channel = conn, channel
 
     def _on_message(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:

@@ -24,15 +24,24 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from producers.errors import BrokerUnavailable, ProducerError
+from schemas.connection import (
+    BrokerConfigError,
+    BrokerTLS,
+    BrokerTLSError,
+    broker_parameters,
+    open_connection,
+)
 from schemas.wire import (
     BATCH_QUEUE,
     BINDINGS,
     DEAD_LETTER_QUEUE,
+    DEFAULT_QUEUE_TYPE,
     INTERACTIVE_QUEUE,
     REPLIES_EXCHANGE,
     REQUESTS_EXCHANGE,
     REQUESTS_EXCHANGE_ARGUMENTS,
     UNROUTED_EXCHANGE,
+    queue_arguments,
     work_queue_arguments,
 )
 
@@ -67,8 +76,10 @@ def declare_replies_exchange(channel: BlockingChannel) -> None:
     channel.exchange_declare(REPLIES_EXCHANGE, "topic", durable=True)
 
 
-def declare_topology(channel: BlockingChannel) -> None:
+def declare_topology(channel: BlockingChannel, queue_type: str = DEFAULT_QUEUE_TYPE) -> None:
     """Declare every exchange, work queue and binding of the request path. Idempotent.
+
+    ``queue_type`` (``classic`` or ``quorum``) must be the workers' ``--queue-type``.
 
     Called by :class:`~producers.Publisher` and :class:`~producers.BatchPublisher` after each
     connect (unless ``declare_topology=False``), so that a request published before any worker
@@ -85,12 +96,13 @@ def declare_topology(channel: BlockingChannel) -> None:
     )
     declare_replies_exchange(channel)
     for queue in (INTERACTIVE_QUEUE, BATCH_QUEUE):
-        channel.queue_declare(queue, durable=True, arguments=work_queue_arguments(queue))
+        channel.queue_declare(queue, durable=True,
+                              arguments=work_queue_arguments(queue, queue_type))
         for pattern in BINDINGS[queue]:
             channel.queue_bind(queue, REQUESTS_EXCHANGE, routing_key=pattern)
     # Unknown types go to the interactive queue, where a worker rejects them with a reply.
     channel.queue_bind(INTERACTIVE_QUEUE, UNROUTED_EXCHANGE, routing_key="")
-    channel.queue_declare(DEAD_LETTER_QUEUE, durable=True)
+    channel.queue_declare(DEAD_LETTER_QUEUE, durable=True, arguments=queue_arguments(queue_type))
 
 
 def safe_url(url: str) -> str:
@@ -160,17 +172,19 @@ def coalesce_writes(connection: pika.BlockingConnection) -> bool:
     return True
 
 
-def connection_parameters(url: str, *, connect_timeout: float, name: str) -> pika.URLParameters:
+def connection_parameters(url: str, *, connect_timeout: float, name: str,
+                          tls: BrokerTLS | None = None) -> pika.URLParameters:
     """pika parameters for ``url`` with our timeouts; one attempt each (we retry ourselves).
+    ``amqps://`` is TLS with the broker's certificate verified (``schemas.connection``).
 
     Raises:
-        ProducerError: ``url`` is not an AMQP URL (the message does not repeat it).
+        ProducerError: ``url`` is not an AMQP URL (the message does not repeat it), or the
+            TLS files cannot be used with it.
     """
     try:
-        params = pika.URLParameters(url)
-    except (ValueError, TypeError) as exc:
-        raise ProducerError(
-            f"invalid broker URL {safe_url(url)}: {exc.__class__.__name__}") from None
+        params = broker_parameters(url, tls)
+    except BrokerConfigError as exc:
+        raise ProducerError(str(exc)) from None
     params.connection_attempts = 1
     params.socket_timeout = connect_timeout
     params.stack_timeout = connect_timeout * 2
@@ -194,23 +208,26 @@ def connect(
     retry_attempts: int = 5,
     retry_backoff: float = 0.2,
     name: str = "eeszt-producer",
+    tls: BrokerTLS | None = None,
 ) -> pika.BlockingConnection:
     """Open a blocking connection, trying at most ``retry_attempts`` times.
 
     Called by the publishers and the reply listener on start and after every connection loss.
 
     Raises:
-        BrokerUnavailable: every attempt failed, or the broker refused the credentials
-            (retrying those cannot help, so it stops at once).
-        ProducerError: ``url`` is not an AMQP URL.
+        BrokerUnavailable: every attempt failed, or the broker refused the credentials or the
+            TLS handshake failed (retrying those cannot help, so it stops at once).
+        ProducerError: ``url`` is not an AMQP URL, or ``tls`` cannot be used with it.
     """
-    params = connection_parameters(url, connect_timeout=connect_timeout, name=name)
+    params = connection_parameters(url, connect_timeout=connect_timeout, name=name, tls=tls)
     _install_redactor()
     attempts = max(1, retry_attempts)
     last = ""
     for attempt in range(1, attempts + 1):
         try:
-            return pika.BlockingConnection(params)
+            return open_connection(params)
+        except BrokerTLSError as exc:
+            raise BrokerUnavailable(str(exc), attempts=attempt) from None
         except (pika.exceptions.ProbableAuthenticationError,
                 pika.exceptions.ProbableAccessDeniedError) as exc:
             raise BrokerUnavailable(

@@ -14,7 +14,8 @@ Replies arrive on exchange ``eeszt.replies`` (topic, durable) with routing key =
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 REQUESTS_EXCHANGE: Final = "eeszt.requests"
 #: Unknown routing keys land here (alternate exchange) and are rejected by a worker with a reply.
@@ -73,12 +74,58 @@ def queue_for_type(message_type: str) -> str | None:
     return None
 
 
-def work_queue_arguments(queue: str) -> dict[str, str]:
+# --- queue types: classic or quorum --------------------------------------------------------------
+#: ``--queue-type`` / ``EESZT_QUEUE_TYPE`` of the workers and the producers: the type of every
+#: durable queue the gateway declares. Every declarer of a queue must use the same one: RabbitMQ
+#: refuses a redeclaration whose ``x-queue-type`` (or any other argument) differs.
+QUEUE_TYPES: Final = ("classic", "quorum")
+DEFAULT_QUEUE_TYPE: Final = "classic"
+
+
+def check_queue_type(queue_type: str) -> str:
+    """``queue_type`` if it is one of :data:`QUEUE_TYPES`, else ValueError."""
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"unknown queue type {queue_type!r}; use {' or '.join(QUEUE_TYPES)}")
+    return queue_type
+
+
+def dead_letter_to(queue: str) -> dict[str, str]:
+    """Arguments that send a queue's expired (or rejected) messages to ``queue``."""
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue}
+
+
+def queue_arguments(queue_type: str, arguments: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The declaration arguments of a durable, shared queue: ``arguments`` plus its type.
+
+    Every durable queue the gateway declares gets its arguments here, so that all declarers
+    (workers, dramatiq, producers, ``eeszt-gw replies``) agree. ``x-queue-type`` is always
+    explicit: a vhost whose default queue type is quorum would otherwise decide by itself.
+
+    For ``quorum``, a queue that dead-letters (retry tiers, parked requests, login waits: each
+    hands its expired messages back to a work queue) does so **at least once**
+    (``x-dead-letter-strategy``, which needs ``x-overflow: reject-publish``; neither limits
+    anything without a length limit). A quorum queue's default is at most once: a request
+    could be dropped between a retry tier and its work queue.
+
+    Never for exclusive, auto-delete or non-durable queues: quorum queues cannot be any of
+    those, and RabbitMQ makes them classic whatever the vhost's default is.
+    """
+    args = dict(arguments or {})
+    args["x-queue-type"] = check_queue_type(queue_type)
+    if queue_type == "quorum" and "x-dead-letter-exchange" in args:
+        if args.setdefault("x-overflow", "reject-publish") != "reject-publish":
+            raise ValueError("at-least-once dead-lettering needs x-overflow reject-publish")
+        args["x-dead-letter-strategy"] = "at-least-once"
+    return args
+
+
+def work_queue_arguments(queue: str, queue_type: str = DEFAULT_QUEUE_TYPE) -> dict[str, Any]:
     """Arguments every declarer of a work queue must use (RabbitMQ refuses a mismatch).
 
-    They equal what dramatiq declares: rejected messages dead-letter to ``<queue>.XQ``.
+    They equal what dramatiq declares (``workers.broker.GatewayBroker`` builds dramatiq's
+    arguments here too): rejected messages dead-letter to ``<queue>.XQ``.
     """
-    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{queue}.XQ"}
+    return queue_arguments(queue_type, dead_letter_to(f"{queue}.XQ"))
 
 
 REQUESTS_EXCHANGE_ARGUMENTS: Final[dict[str, str]] = {"alternate-exchange": UNROUTED_EXCHANGE}

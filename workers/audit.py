@@ -54,6 +54,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.audit import AuditEvent, AuditKind
+from schemas.connection import BrokerTLS, broker_parameters, open_connection
 
 log = logging.getLogger("eeszt_gw.audit")
 
@@ -156,8 +157,8 @@ def decode_batch(body: bytes) -> Iterator[AuditEvent]:
             log.warning("skipped an unreadable audit line: %s", type(exc).__name__)
 
 
-def _params(url: str) -> pika.URLParameters:
-    params = pika.URLParameters(url)
+def _params(url: str, tls: BrokerTLS | None = None) -> pika.URLParameters:
+    params = broker_parameters(url, tls)
     params.heartbeat = 60
     params.blocked_connection_timeout = 30  # a blocked broker (memory alarm) must not hang us
     params.socket_timeout = 10
@@ -194,8 +195,10 @@ class RabbitAuditLog:
     """
 
     def __init__(self, url: str, *, flush_interval_s: float = 0.2, max_batch: int = 500,
-                 max_buffer: int = 100_000, retention: StreamRetention | None = None) -> None:
+                 max_buffer: int = 100_000, retention: StreamRetention | None = None,
+                 tls: BrokerTLS | None = None) -> None:
         self.url = url
+        self.tls = tls
         self.flush_interval_s = flush_interval_s
         self.max_batch = max_batch
         self.max_buffer = max_buffer
@@ -340,7 +343,7 @@ class RabbitAuditLog:
     def _ensure_channel(self):
         if self._channel is None or self._channel.is_closed:
             self._disconnect()
-            self._conn = pika.BlockingConnection(_params(self.url))
+            self._conn = open_connection(_params(self.url, self.tls))
             channel = declare_stream(self._conn.channel(), self.retention)
             channel.confirm_delivery()
             self._channel = channel
@@ -377,7 +380,7 @@ class RabbitAuditLog:
 
 def read_audit(url: str, *, message_id: str | None = None, since: datetime | None = None,
                until: datetime | None = None, idle_s: float = 1.0, prefetch: int = 200,
-               queue: str = AUDIT_QUEUE) -> Iterator[AuditEvent]:
+               queue: str = AUDIT_QUEUE, tls: BrokerTLS | None = None) -> Iterator[AuditEvent]:
     """The audit events in stream order (the order they were written), filtered.
 
     ``message_id`` matches an event's message id or its idempotency key. ``since`` attaches to
@@ -391,7 +394,7 @@ def read_audit(url: str, *, message_id: str | None = None, since: datetime | Non
     permission it stops when no message came for ``idle_s``. Yields nothing if the stream does
     not exist. Raises ``pika.exceptions.AMQPError`` if the broker cannot be read.
     """
-    conn = pika.BlockingConnection(_params(url))
+    conn = open_connection(_params(url, tls))
     try:
         channel = conn.channel()
         try:

@@ -13,7 +13,11 @@
   recovering service is not hit by a day's backlog at once.
 
 State is per worker process: each process finds out about an outage by itself (within
-``failure_threshold`` requests) and probes by itself.
+``failure_threshold`` requests) and probes by itself. :meth:`Breakers.snapshot` is what the
+process tells ``eeszt-gw status`` (``workers.control``): per service the state, since when,
+the failures in a row, the openings and the last probe. It reports **half-open** while a probe
+is in flight: the probe is the one trial call; the requests themselves stay parked until it
+answers (``state`` itself stays ``OPEN``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import enum
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 log = logging.getLogger("eeszt_gw.breaker")
 
@@ -30,19 +34,26 @@ log = logging.getLogger("eeszt_gw.breaker")
 class State(str, enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
+    #: only reported (``snapshot``): open, with the probe in flight
+    HALF_OPEN = "half-open"
 
 
 class CircuitBreaker:
     def __init__(self, service: str, *, failure_threshold: int = 5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.service = service
         self.failure_threshold = failure_threshold
         self.clock = clock
+        self.wall = wall  # epoch seconds, for what is reported (``snapshot``)
         self.state = State.CLOSED
         self.failures = 0
         self.opened_at: float | None = None
         self.last_probe = 0.0
         self.openings = 0
+        self.changed_at = wall()  # the last state change (or the breaker's creation)
+        self.last_probe_at: float | None = None
+        self.probing = False  # a probe is in flight (set by Breakers' prober)
         self._lock = threading.Lock()
 
     @property
@@ -55,6 +66,7 @@ class CircuitBreaker:
             self.failures = 0
             if self.state is State.OPEN:
                 self.state = State.CLOSED
+                self.changed_at = self.wall()
                 log.info("%s answers again: circuit closed after %.0f s", self.service,
                          self.clock() - (self.opened_at or self.clock()))
                 return True
@@ -66,6 +78,7 @@ class CircuitBreaker:
             if self.state is State.CLOSED and self.failures >= self.failure_threshold:
                 self.state = State.OPEN
                 self.opened_at = self.last_probe = self.clock()
+                self.changed_at = self.wall()
                 self.openings += 1
                 log.warning("%s is unavailable: circuit open, requests are parked", self.service)
 
@@ -74,7 +87,16 @@ class CircuitBreaker:
             if self.state is not State.OPEN or self.clock() - self.last_probe < interval_s:
                 return False
             self.last_probe = self.clock()
+            self.last_probe_at = self.wall()
             return True
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``eeszt-gw status`` shows of this breaker; times are epoch seconds."""
+        with self._lock:
+            state = State.HALF_OPEN if self.state is State.OPEN and self.probing else self.state
+            return {"service": self.service, "state": state.value, "since": self.changed_at,
+                    "failures": self.failures, "openings": self.openings,
+                    "last_probe_at": self.last_probe_at}
 
 
 class Breakers:
@@ -104,6 +126,18 @@ class Breakers:
         with self._lock:
             return {s: b.state.value for s, b in self._breakers.items()}
 
+    def snapshot(self, parked: dict[str, float] | None = None) -> list[dict[str, Any]]:
+        """Every breaker's :meth:`CircuitBreaker.snapshot`, by service name; a service that has
+        seen no request in this process has no breaker yet (closed). ``parked`` (requests this
+        process parked, by service, from its metrics) adds ``parked`` where it names the service."""
+        with self._lock:
+            breakers = sorted(self._breakers.values(), key=lambda b: b.service)
+        out = [b.snapshot() for b in breakers]
+        for entry in out:
+            if parked is not None and entry["service"] in parked:
+                entry["parked"] = int(parked[entry["service"]])
+        return out
+
     def closed(self, service: str) -> None:
         if self.on_close is not None:
             self.on_close(service)
@@ -127,10 +161,13 @@ class Breakers:
                 if not breaker.probe_due(self.probe_interval_s):
                     continue
                 self.probes += 1
+                breaker.probing = True
                 try:
                     up = self.probe(breaker.service)
                 except Exception:  # a failing probe is a "still down"
                     log.exception("probe of %s failed", breaker.service)
                     up = False
+                finally:
+                    breaker.probing = False
                 if up and breaker.record_success():
                     self.closed(breaker.service)

@@ -12,7 +12,14 @@ The request is ``{"op": "status"}``; anything else is ignored. An answer is a JS
 
     {"op": "status", "pid": 4711, "host": "gw-1", "at": 1764144000.0, <info...>,
      "in_flight": [{"message_id", "service", "message_type", "started_at"}],
-     "login_waits": ["O10003", ...]}          # only when a login_waits callable is given
+     "login_waits": ["O10003", ...],          # only when a login_waits callable is given
+     "breakers": [{"service", "state", "since", "failures", "openings", "last_probe_at",
+                   "parked"}]}                 # only when a breakers callable is given
+
+``state`` is ``closed``, ``open`` or ``half-open`` (a probe in flight); ``since`` (the last
+change) and ``last_probe_at`` are epoch seconds; ``parked`` counts the requests this process
+parked for the service since it started (from its metrics). A service without an entry has
+seen no request in that process: its circuit is closed.
 
 ``started_at`` is epoch seconds. The responder reconnects on its own when the broker goes
 away; nothing here raises into the worker.
@@ -35,6 +42,7 @@ import pika
 import pika.exceptions
 
 from schemas.card import LOGIN_ANSWERS_QUEUE
+from schemas.connection import BrokerTLS, broker_parameters, open_connection
 from schemas.soap import OPERATION_OF, SERVICES
 
 log = logging.getLogger("eeszt_gw.control")
@@ -66,6 +74,13 @@ class InFlight:
             self._items[k] = entry
         return k
 
+    def start_message(self, key: str, args: Any, actor_name: str | None) -> None:
+        """Record an actor call as in flight without reading it now: its body is parsed only
+        when a snapshot asks (:func:`describe_message`), not a thousand times a second."""
+        entry = {"_args": args, "_actor": actor_name, "started_at": self._clock()}
+        with self._lock:
+            self._items[key] = entry
+
     def finish(self, key: str | None) -> None:
         """Forget a request (unknown keys are ignored: finishing twice is harmless)."""
         if key is None:
@@ -77,6 +92,11 @@ class InFlight:
         """Copies of the entries, oldest first."""
         with self._lock:
             items = [dict(v) for v in self._items.values()]
+        for item in items:
+            if "_args" in item:
+                args, actor = item.pop("_args"), item.pop("_actor")
+                item["message_id"], item["service"], item["message_type"] = \
+                    describe_message(args, actor)
         return sorted(items, key=lambda e: e["started_at"])
 
     def __len__(self) -> int:
@@ -136,9 +156,8 @@ class InFlightMiddleware(dramatiq.Middleware):
         if not self._is_request(message):
             return
         try:
-            mid, service, mtype = describe_message(getattr(message, "args", ()),
-                                                   getattr(message, "actor_name", None))
-            self.registry.start(mid, service, mtype, key=self._key(message))
+            self.registry.start_message(self._key(message), getattr(message, "args", ()),
+                                        getattr(message, "actor_name", None))
         except Exception:  # bookkeeping must never stop a request
             log.exception("could not record a message as in flight")
 
@@ -164,19 +183,22 @@ class ControlResponder:
 
     ``in_flight`` returns the requests in flight (``InFlight.snapshot``); ``info`` is merged into
     every answer (for example ``{"queues": [...], "threads": 16}``); ``login_waits`` returns the
-    doctors whose logins this process started. Call :meth:`start` once and :meth:`stop` at
+    doctors whose logins this process started; ``breakers`` the circuit breakers' states
+    (``workers.breaker.Breakers.snapshot``). Call :meth:`start` once and :meth:`stop` at
     shutdown. Broker failures are logged and retried with a backoff; nothing is raised.
     """
 
     def __init__(self, url: str, *, in_flight: Callable[[], list[dict[str, Any]]],
                  info: dict[str, Any] | None = None,
                  login_waits: Callable[[], list[str]] | None = None,
-                 exchange: str = CONTROL_EXCHANGE) -> None:
-        self.params = pika.URLParameters(url)
+                 breakers: Callable[[], list[dict[str, Any]]] | None = None,
+                 exchange: str = CONTROL_EXCHANGE, tls: BrokerTLS | None = None) -> None:
+        self.params = broker_parameters(url, tls)
         self.params.connection_attempts = 1
         self.in_flight = in_flight
         self.info = dict(info or {})
         self.login_waits = login_waits
+        self.breakers = breakers
         self.exchange = exchange
         self.ready = threading.Event()  # set while consuming (tests wait on it)
         self.answered = 0
@@ -210,6 +232,12 @@ class ControlResponder:
             except Exception as exc:
                 log.exception("login_waits callable failed")
                 out["error"] = f"login_waits: {type(exc).__name__}: {exc}"
+        if self.breakers is not None:
+            try:
+                out["breakers"] = [dict(b) for b in self.breakers()]
+            except Exception as exc:
+                log.exception("breakers callable failed")
+                out["error"] = f"breakers: {type(exc).__name__}: {exc}"
         return out
 
     def _on_request(self, ch, method, props, body: bytes) -> None:
@@ -231,7 +259,7 @@ class ControlResponder:
         while not self._stop.is_set():
             conn = None
             try:
-                conn = pika.BlockingConnection(self.params)
+                conn = open_connection(self.params)
                 ch = conn.channel()
                 ch.exchange_declare(self.exchange, "fanout", durable=True)
                 queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue

@@ -16,8 +16,10 @@ from schemas.wire import (
     H_WAITING_LOGIN,
     INTERACTIVE_QUEUE,
     LOGIN_DELAY_QUEUE,
+    dead_letter_to,
     login_pending_queue,
     login_wait_queue,
+    queue_arguments,
 )
 
 from .outbox import RabbitOutbox
@@ -50,18 +52,23 @@ class RabbitLoginBackend:
         name = login_wait_queue(user_id)
         # When a request's TTL (its deadline) runs out, it goes back to its work queue, where
         # the worker answers "login not completed".
-        self._declare(name, {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue,
-                             "x-expires": WAIT_QUEUE_IDLE_MS})
+        self._declare(name, queue_arguments(self.outbox.queue_type, {
+            **dead_letter_to(queue), "x-expires": WAIT_QUEUE_IDLE_MS}))
         props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
-                                     headers=headers, message_id=message_id, expiration=str(ttl_ms))
+                                     headers=headers, message_id=message_id, expiration=str(ttl_ms),
+                                     user_id=self.outbox.user_id)  # workers/tenants.py
         self.outbox._publish("", name, body, props, mandatory=True)
 
     def begin(self, user_id: str, *, marker: bytes) -> bool:
         name = login_pending_queue(user_id)
-        self._declare(name, {"x-max-length": 1, "x-overflow": "reject-publish",
-                             "x-message-ttl": self.window_ms, "x-dead-letter-exchange": "",
-                             "x-dead-letter-routing-key": LOGIN_ANSWERS_QUEUE,
-                             "x-expires": self.window_ms * 4})
+        # Always classic: this queue is a lock, and only a classic queue enforces x-max-length
+        # at once. A quorum queue applies it lazily (RabbitMQ 3.10.8 confirmed a second marker
+        # in a row, and up to four concurrent ones): two logins, two PIN prompts. The marker's
+        # expiry (the window-expired event) is then dead-lettered at most once; were it lost,
+        # the waiting requests still get their final reply at their deadline.
+        self._declare(name, queue_arguments("classic", {
+            "x-max-length": 1, "x-overflow": "reject-publish", "x-message-ttl": self.window_ms,
+            **dead_letter_to(LOGIN_ANSWERS_QUEUE), "x-expires": self.window_ms * 4}))
         try:
             self.outbox._publish("", name, marker, pika.BasicProperties(delivery_mode=2),
                                  mandatory=True)
@@ -91,7 +98,16 @@ class RabbitLoginBackend:
         if queue not in self._declared:
             with self._lock:
                 ch = self._ch()
-                ch.queue_declare(queue, durable=True)
+                try:
+                    ch.queue_declare(queue, durable=True,
+                                     arguments=queue_arguments(self.outbox.queue_type))
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    if exc.reply_code != 406:
+                        raise
+                    # A bridge declared it first, with its vhost's default queue type: it
+                    # holds no state of ours, so use it as it is.
+                    self.outbox._drop()
+                    ch = self._ch()
                 ch.queue_bind(queue, CARD_EXCHANGE, routing_key=challenge.workstation)
                 self._declared.add(queue)
         props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
@@ -137,7 +153,8 @@ class RabbitLoginBackend:
             headers = {k: v for k, v in (props.headers or {}).items() if k != H_WAITING_LOGIN}
             headers[H_LOGIN_RELEASED] = 1
             out = pika.BasicProperties(delivery_mode=2, content_type=props.content_type,
-                                       headers=headers, message_id=props.message_id)
+                                       headers=headers, message_id=props.message_id,
+                                       user_id=self.outbox.user_id)
             ch.basic_publish("", INTERACTIVE_QUEUE, body, out, mandatory=True)
             ch.basic_ack(method.delivery_tag)
             moved += 1

@@ -123,6 +123,12 @@ class MetricsObserver:
               or (kind == "rejected" and request is not None and not request.reply_to)):
             series.dead_lettered.inc()
 
+    def parked_counts(self) -> dict[str, float]:
+        """Requests parked per service in this process since it started (``eeszt-gw status``
+        shows them next to the circuit breakers)."""
+        return {s.labels["service"]: s.value for family in self._parked.collect()
+                for s in family.samples if s.name == "eeszt_parked_total"}
+
     def _add(self, service: str) -> _ServiceSeries:
         with self._lock:
             series = self._series.get(service)

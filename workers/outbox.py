@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 import pika
 import pika.exceptions
 
+from schemas.connection import BrokerTLS, broker_parameters, open_connection
 from schemas.replies import Accepted, Failed, Rejected, StatusUpdate
 from schemas.wire import (
     DEAD_LETTER_QUEUE,
@@ -27,7 +28,10 @@ from schemas.wire import (
     H_MESSAGE_ID,
     H_REASON,
     REPLIES_EXCHANGE,
+    DEFAULT_QUEUE_TYPE,
+    dead_letter_to,
     parked_queue,
+    queue_arguments,
     retry_queue,
 )
 
@@ -61,6 +65,19 @@ class Outbox(Protocol):
         """Move the parked requests of ``service`` back to ``queue``, at most ``rate_per_s``."""
 
 
+def plain_user(params: pika.ConnectionParameters) -> str | None:
+    """The broker user a connection with ``params`` logs in as, or None when its credentials
+    are not a user name and password (e.g. EXTERNAL with a client certificate).
+
+    The gateway sets it as the ``user_id`` of the requests it republishes (retry, park and
+    login-wait queues): RabbitMQ checks that it matches the connection's user, so a worker
+    running with ``--tenants strict`` can tell its own copies from a HIS that left
+    ``user_id`` out (workers/tenants.py).
+    """
+    creds = params.credentials
+    return creds.username if isinstance(creds, pika.PlainCredentials) else None
+
+
 def reply_headers(reply: Reply) -> dict[str, Any]:
     headers: dict[str, Any] = {H_KIND: reply.kind, H_MESSAGE_ID: str(reply.message_id),
                                H_IDEMPOTENCY_KEY: reply.idempotency_key}
@@ -72,8 +89,9 @@ def reply_headers(reply: Reply) -> dict[str, Any]:
 class RabbitOutbox:
     """Confirmed publishes over one channel per thread, reconnecting on failure."""
 
-    def __init__(self, *, url: str, attempts: int = 5, backoff_s: float = 0.2) -> None:
-        self.params = pika.URLParameters(url)
+    def __init__(self, *, url: str, attempts: int = 5, backoff_s: float = 0.2,
+                 tls: BrokerTLS | None = None, queue_type: str = DEFAULT_QUEUE_TYPE) -> None:
+        self.params = broker_parameters(url, tls)
         self.params.heartbeat = 60
         self.params.blocked_connection_timeout = 30
         self.attempts = attempts
@@ -81,11 +99,18 @@ class RabbitOutbox:
         self._local = threading.local()
         self._declared: set[str] = set()
         self._declare_lock = threading.Lock()
+        #: the type of the retry, parked and login queues it declares (schemas.wire)
+        self.queue_type = queue_type
+
+    @property
+    def user_id(self) -> str | None:
+        """The ``user_id`` of what this outbox republishes (see :func:`plain_user`)."""
+        return plain_user(self.params)
 
     def _channel(self):
         ch = getattr(self._local, "channel", None)
         if ch is None or ch.is_closed:
-            conn = pika.BlockingConnection(self.params)
+            conn = open_connection(self.params)
             ch = conn.channel()
             ch.confirm_delivery()
             self._local.conn, self._local.channel = conn, ch
@@ -137,15 +162,16 @@ class RabbitOutbox:
         self._ensure_retry_queue(name, queue)
         props = pika.BasicProperties(content_type="application/json", delivery_mode=2,
                                      message_id=message_id, headers=headers,
-                                     expiration=str(max(1, int(delay_s * 1000))))
+                                     expiration=str(max(1, int(delay_s * 1000))),
+                                     user_id=self.user_id)
         self._publish("", name, body, props, mandatory=True)
 
     def _ensure_retry_queue(self, name: str, target: str) -> None:
         if name in self._declared:
             return
         with self._declare_lock:
-            self._channel().queue_declare(name, durable=True, arguments={
-                "x-dead-letter-exchange": "", "x-dead-letter-routing-key": target})
+            self._channel().queue_declare(name, durable=True, arguments=queue_arguments(
+                self.queue_type, dead_letter_to(target)))
             self._declared.add(name)
 
     def dead_letter(self, body: bytes, headers: dict[str, Any], message_id: str | None) -> None:
@@ -158,17 +184,17 @@ class RabbitOutbox:
         name = parked_queue(service)
         if name not in self._declared:
             with self._declare_lock:
-                self._channel().queue_declare(name, durable=True, arguments={
-                    "x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue})
+                self._channel().queue_declare(name, durable=True, arguments=queue_arguments(
+                    self.queue_type, dead_letter_to(queue)))
                 self._declared.add(name)
         props = pika.BasicProperties(content_type="application/json", delivery_mode=2,
                                      message_id=message_id, headers=headers,
-                                     expiration=str(max(1, ttl_ms)))
+                                     expiration=str(max(1, ttl_ms)), user_id=self.user_id)
         self._publish("", name, body, props, mandatory=True)
 
     def release_parked(self, service: str, queue: str, *, rate_per_s: float) -> int:
         """One releaser at a time across processes (an exclusive lock queue); paced."""
-        conn = pika.BlockingConnection(self.params)
+        conn = open_connection(self.params)
         moved = 0
         try:
             ch = conn.channel()
@@ -188,7 +214,8 @@ class RabbitOutbox:
                 if method is None:
                     return moved
                 out = pika.BasicProperties(content_type=props.content_type, delivery_mode=2,
-                                           message_id=props.message_id, headers=props.headers)
+                                           message_id=props.message_id, headers=props.headers,
+                                           user_id=self.user_id)
                 ch.basic_publish("", queue, body, out, mandatory=True)
                 ch.basic_ack(method.delivery_tag)
                 moved += 1

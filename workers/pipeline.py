@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol
 
 from pydantic import ValidationError
 
+from schemas.audit import mask_text
 from schemas.envelope import RequestEnvelope
 from schemas.permissions import Role, writer_role
 from schemas.replies import (
@@ -57,6 +58,7 @@ from .audit import AuditLog, NullAuditLog, audit_event
 from .outbox import Outbox
 from .retry import RetryPolicy
 from .soap import SubmitResult
+from .tenants import GW_TENANT, MODES as TENANT_MODES, Refusal, refusal as tenant_refusal
 from .tokens import (
     LoginRequired,
     NoLoginRoute,
@@ -87,6 +89,8 @@ class Incoming:
     redelivered: bool = False
     headers: dict[str, Any] = field(default_factory=dict)
     message_id: str | None = None
+    #: the AMQP user_id property: the publisher's broker user, validated by RabbitMQ
+    user_id: str | None = None
 
     @property
     def attempt(self) -> int:
@@ -117,7 +121,10 @@ class Pipeline:
                  institution: str, policy: RetryPolicy = RetryPolicy(),
                  observer: Observer | None = None, logins: Any = None, breakers: Any = None,
                  republish_delay_s: float = 60.0, audit: AuditLog | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 tenants: str = "his-users") -> None:
+        if tenants not in TENANT_MODES:
+            raise ValueError(f"tenants: {tenants!r} is not one of {', '.join(TENANT_MODES)}")
         self.client = client
         self.tokens = tokens
         self.outbox = outbox
@@ -130,6 +137,7 @@ class Pipeline:
         self.audit = audit or NullAuditLog()
         self._no_audit = isinstance(self.audit, NullAuditLog)
         self.clock = clock
+        self.tenants = tenants  # workers.tenants: whose reply_to a request may name
         self._rng = random.Random()
 
     # --- entry --------------------------------------------------------------------------------
@@ -146,6 +154,9 @@ class Pipeline:
             return self._unparseable(msg, problem.field, problem.reason, text=text)
         self._audit("received", request, msg, detail=f"from queue {msg.queue}"
                     + (" (redelivered)" if msg.redelivered else ""))
+        if self.tenants != "off" and (refused := tenant_refusal(self.tenants, msg.user_id,
+                                                                request.reply_to)):
+            return self._refuse_tenant(msg, refused, request)
         return self._process(msg, request)
 
     def _audit(self, kind: str, request: RequestEnvelope | None, msg: Incoming | None = None,
@@ -170,6 +181,10 @@ class Pipeline:
         if mtype in OPERATION_OF:
             service = OPERATION_OF[mtype][0].name
         reply_to = info.get("reply_to")
+        if self.tenants != "off" and (refused := tenant_refusal(self.tenants, msg.user_id,
+                                                                reply_to)):
+            return self._refuse_tenant(msg, refused, None, info=info,
+                                       invalid=f"{field_name or 'body'}: {reason}")
         self._audit("rejected" if reply_to else "dead_lettered", None, msg, service=service,
                     message_id=str(info.get("message_id") or msg.message_id or NIL),
                     idempotency_key=str(info.get("idempotency_key", "")),
@@ -187,6 +202,35 @@ class Pipeline:
                           code=GW_VALIDATION)
         self.observer.outcome(service, "dead-lettered", None)
         return "dead-lettered"
+
+    # --- requests whose reply address is not their sender's (workers/tenants.py) ---------------
+    def _refuse_tenant(self, msg: Incoming, refused: Refusal, request: RequestEnvelope | None, *,
+                       info: dict[str, Any] | None = None, invalid: str = "") -> str:
+        """Never sent to EESZT, never answered at its ``reply_to``: kept in ``eeszt.dlq``, and
+        a HIS sender hears why on its own key (``his.NAME``)."""
+        reason = refused.reason + (f"; the message is also invalid ({invalid})" if invalid else "")
+        if request is not None:
+            mtype, message_id, key = (request.message_type, request.message_id,
+                                      request.idempotency_key)
+        else:
+            info = info or {}
+            mtype = info.get("type") or msg.message_type or ""
+            message_id, key = info.get("message_id") or NIL, info.get("idempotency_key", "")
+        service = OPERATION_OF[mtype][0].name if mtype in OPERATION_OF else ""
+        publisher = msg.user_id or "unknown"
+        self._audit("dead_lettered", request, msg, service=service, message_id=str(message_id),
+                    idempotency_key=key, detail=f"refused, {GW_TENANT} reply_to (publisher "
+                    f"{publisher}): {reason}; kept in {DEAD_LETTER_QUEUE}")
+        log.warning("refused message %s on %s from broker user %s: %s", message_id, msg.queue,
+                    publisher, mask_text(reason))  # a reply_to may hold digits
+        self._dead_letter(msg, reason=f"refused (publisher {publisher}): {reason}",
+                          code=GW_TENANT, request=request)
+        if refused.own_key:
+            self.outbox.reply(refused.own_key, Rejected(
+                message_id=message_id, idempotency_key=key, service=service, message_type=mtype,
+                code=GW_TENANT, field="reply_to", reason=reason))
+        self.observer.outcome(service, "dead-lettered", request)
+        return "refused"
 
     # --- valid envelopes ------------------------------------------------------------------------
     def _process(self, msg: Incoming, request: RequestEnvelope) -> str:
@@ -468,4 +512,6 @@ def internal_error(pipeline: Pipeline, msg: Incoming, exc: BaseException) -> Non
         request = RequestEnvelope.model_validate_json(msg.body)
     except (ValidationError, ValueError):
         return
+    if tenant_refusal(pipeline.tenants, msg.user_id, request.reply_to):
+        return  # not its sender's reply address: the dead letter is all
     pipeline._reply(request, Failed(**reply_fields(request), reason=reason, kept_in=KEPT_IN))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import gc
 import os
 import signal
 import threading
@@ -19,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
-import pika
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from schemas.card import LOGIN_ANSWERS_QUEUE
-from schemas.wire import QUEUE_CLASSES
+from schemas.connection import BrokerTLS, BrokerTLSError, broker_parameters, open_connection
+from schemas.wire import DEFAULT_QUEUE_TYPE, QUEUE_CLASSES
 
 from .audit import RabbitAuditLog
 from .broker import rabbit_broker
@@ -50,12 +51,24 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def declare_topology(url: str) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+def declare_topology(url: str, tls: BrokerTLS | None = None,
+                     queue_type: str = DEFAULT_QUEUE_TYPE) -> None:
+    """Declare the workers' topology. Raises BrokerTLSError, pika and socket errors."""
+    conn = open_connection(broker_parameters(url, tls))
     try:
-        declare(conn.channel())
+        declare(conn.channel(), queue_type)
     finally:
         conn.close()
+
+
+def _freeze_startup_heap() -> None:
+    """Move everything built at start-up (modules, the WSDLs zeep loaded, the registry) out of
+    the garbage collector's sight, and collect young objects less often. Without it every
+    full collection walks the start-up heap again: at 800 requests/s that cost was spread as
+    a tax over every line of the pipeline (``eeszt-gw bench batch``, py-spy)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 def worker_main(settings: WorkerSettings, slot: int = 0) -> None:
@@ -68,19 +81,25 @@ def worker_main(settings: WorkerSettings, slot: int = 0) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    declare_topology(settings.broker_url)
-    broker = rabbit_broker(settings.broker_url)
+    tls = settings.broker_tls()
+    try:
+        declare_topology(settings.broker_url, tls, settings.queue_type)
+    except BrokerTLSError as exc:
+        log.error("%s", exc)  # one clear line; the supervisor restarts this process later
+        raise SystemExit(3) from None
+    broker = rabbit_broker(settings.broker_url, tls=tls, queue_type=settings.queue_type)
     in_flight = InFlight()  # what this process works on, for `eeszt-gw status`
     broker.add_middleware(InFlightMiddleware(in_flight))
-    outbox = RabbitOutbox(url=settings.broker_url)
-    audit = RabbitAuditLog(settings.broker_url)
-    share = RabbitTokenShare(url=settings.broker_url,
+    outbox = RabbitOutbox(url=settings.broker_url, tls=tls, queue_type=settings.queue_type)
+    audit = RabbitAuditLog(settings.broker_url, tls=tls)
+    share = RabbitTokenShare(url=settings.broker_url, tls=tls,
                              key_b64=(settings.token_key or SecretStr(new_key())).get_secret_value())
     logins = RabbitLoginBackend(outbox=outbox, window_s=settings.login_window_s,
                                 challenge_ttl_s=settings.challenge_ttl_s)
     registry = CollectorRegistry()  # this process's own, never the global one
+    observer = MetricsObserver(registry)
     runtime = build_runtime(settings, broker=broker, outbox=outbox, share=share,
-                            login_backend=logins, audit=audit, observer=MetricsObserver(registry))
+                            login_backend=logins, audit=audit, observer=observer)
     register_runtime_collectors(registry, tokens=runtime.tokens, breakers=runtime.breakers,
                                 pki_dir=settings.pki_dir)
     metrics = serve_quietly(settings.metrics_port + slot if settings.metrics_port else 0,
@@ -90,11 +109,14 @@ def worker_main(settings: WorkerSettings, slot: int = 0) -> None:
         queues.add(LOGIN_ANSWERS_QUEUE)
     worker = dramatiq.Worker(broker, queues=queues, worker_threads=settings.threads,
                              worker_timeout=500)
+    _freeze_startup_heap()
     worker.start()
     control = ControlResponder(
-        settings.broker_url, in_flight=in_flight.snapshot,
+        settings.broker_url, tls=tls, in_flight=in_flight.snapshot,
         info={"queues": sorted(queues), "threads": settings.threads},
-        login_waits=(lambda: sorted(runtime.logins.started)) if runtime.logins else None).start()
+        login_waits=(lambda: sorted(runtime.logins.started)) if runtime.logins else None,
+        breakers=(lambda: runtime.breakers.snapshot(observer.parked_counts()))
+        if runtime.breakers is not None else None).start()
     log.info("worker process %d consuming %s with %d threads", os.getpid(),
              ",".join(sorted(queues)), settings.threads)
     beat = _heartbeat_path(settings)

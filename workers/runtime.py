@@ -75,7 +75,8 @@ class Runtime:
             return
         msg = Incoming(body=base64.b64decode(body_b64), queue=meta["queue"],
                        message_type=meta.get("type"), redelivered=bool(meta.get("redelivered")),
-                       headers=meta.get("headers") or {}, message_id=meta.get("message_id"))
+                       headers=meta.get("headers") or {}, message_id=meta.get("message_id"),
+                       user_id=meta.get("user_id"))
         try:
             self.pipeline.handle(msg)
         except BrokerError:
@@ -149,7 +150,8 @@ def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: 
                         on_close=release).start()
     pipeline = Pipeline(client=client, tokens=tokens, outbox=outbox, institution=institution,
                         policy=policy, observer=observer, logins=logins, breakers=breakers,
-                        republish_delay_s=settings.republish_delay_s, audit=audit)
+                        republish_delay_s=settings.republish_delay_s, audit=audit,
+                        tenants=settings.tenants)
     runtime = Runtime(broker=broker, pipeline=pipeline, client=client, tokens=tokens,
                       outbox=outbox, share=share, logins=logins, breakers=breakers)
     register_actors(broker, runtime.handle, runtime.handle_login_event)

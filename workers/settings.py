@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.connection import BrokerTLS
+
+#: /metrics of the worker process in supervisor slot 0; slot i listens on this + i (up to 64
+#: processes: 12100-12163). Prometheus's exporter range 9100-9999 is fully allocated on its
+#: "default port allocations" list (9100 is node_exporter, 9101 the HAProxy exporter), 9464 is the
+#: OpenTelemetry Prometheus exporter's default, and 10000-10300 holds Webmin, Zabbix and the
+#: kubelet; 12100-12163 is none of those and lies below every ephemeral port range (Linux 32768+,
+#: Windows 49152+). The card bridge takes 12099, just below (card_bridge/settings.py).
+DEFAULT_METRICS_PORT = 12100
 
 
 class WorkerSettings(BaseSettings):
@@ -15,6 +26,18 @@ class WorkerSettings(BaseSettings):
 
     broker_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/%2F",
                             description="RabbitMQ URL (amqp:// or amqps://)")
+    broker_ca: Path | None = Field(
+        default=None, description="amqps://: CA file of the broker's certificate (default: the "
+                                  "system's CAs); the certificate is always verified")
+    broker_cert: Path | None = Field(
+        default=None, description="amqps://: this client's certificate, for a broker that "
+                                  "requires one")
+    broker_key: Path | None = Field(default=None, description="amqps://: the key of broker_cert")
+    queue_type: Literal["classic", "quorum"] = Field(
+        default="classic",
+        description="type of every durable queue the gateway declares (schemas.wire."
+                    "queue_arguments): quorum on a RabbitMQ cluster; producers and every worker "
+                    "must use the same, RabbitMQ refuses a queue redeclared with another")
     eeszt_url: str = Field(default="https://localhost:8443", description="EESZT base URL")
     pki_dir: Path = Field(default=Path("pki"),
                           description="folder with access.pem/key, server-ca.pem, institution.pem/key")
@@ -52,11 +75,16 @@ class WorkerSettings(BaseSettings):
                                     "probe per this many seconds per worker process")
     release_rate: float = Field(default=20.0, gt=0, description="parked requests moved back per "
                                 "second once a service answers again")
+    tenants: Literal["off", "his-users", "strict"] = Field(
+        default="his-users",
+        description="whose reply_to a request may name (workers/tenants.py): a request "
+                    "published by broker user his-NAME (its validated user_id) must reply to "
+                    "his.NAME or his.NAME.*; strict also refuses requests without a user_id")
     republish_delay_s: float = Field(
         default=60.0, ge=0, description="a copy a publisher sent again after a lost confirm waits "
         "this long, so that its twin (delivered first) has finished, then EESZT is asked first")
     metrics_port: int = Field(
-        default=9100, ge=0, le=65535,
+        default=DEFAULT_METRICS_PORT, ge=0, le=65535,
         description="Prometheus /metrics port of the first worker process; the process in "
                     "supervisor slot i listens on metrics_port + i; 0 disables the endpoint")
     metrics_host: str = Field(default="127.0.0.1",
@@ -65,6 +93,10 @@ class WorkerSettings(BaseSettings):
     heartbeat_dir: Path = Field(default=Path("/tmp/eeszt-gw-worker"),
                                 description="where worker processes write their heartbeat")
     log_level: str = "info"
+
+    def broker_tls(self) -> BrokerTLS | None:
+        """The broker TLS files, or None when none is set. Raises BrokerConfigError."""
+        return BrokerTLS.from_paths(self.broker_ca, self.broker_cert, self.broker_key)
 
     def queue_classes(self) -> list[str]:
         classes = [q.strip() for q in self.queues.split(",") if q.strip()]

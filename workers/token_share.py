@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from lxml import etree
 
+from schemas.connection import BrokerTLS, broker_parameters, open_connection
 from schemas.wire import TOKENS_EXCHANGE
 
 from .tokens import Token
@@ -103,8 +104,9 @@ class RabbitTokenShare:
     """Token sharing over RabbitMQ; a background thread owns the consuming connection."""
 
     def __init__(self, *, url: str, key_b64: str,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
-        self.params = pika.URLParameters(url)
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 tls: BrokerTLS | None = None) -> None:
+        self.params = broker_parameters(url, tls)
         self.key = base64.b64decode(key_b64)
         if len(self.key) != 32:
             raise ValueError("token_key must be 32 bytes, base64-encoded")
@@ -123,7 +125,7 @@ class RabbitTokenShare:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                conn = pika.BlockingConnection(self.params)
+                conn = open_connection(self.params)
                 ch = conn.channel()
                 ch.exchange_declare(TOKENS_EXCHANGE, "fanout", durable=True)
                 q = ch.queue_declare("", exclusive=True, auto_delete=True, durable=False)
@@ -201,7 +203,7 @@ class RabbitTokenShare:
         """Yield True when this process holds the login lock of ``identity``, else False."""
         conn = None
         try:
-            conn = pika.BlockingConnection(self.params)
+            conn = open_connection(self.params)
             ch = conn.channel()
             try:
                 ch.queue_declare(f"eeszt.lock.token.{identity}", exclusive=True, auto_delete=True)

@@ -41,6 +41,7 @@ from schemas.wire import (
 from simulator.pki import init_pki
 from tests import samples
 from tests.conftest import ROOT, free_port
+from workers.breaker import Breakers
 from workers.control import ControlResponder
 from workers.login_backends import WAIT_QUEUE_IDLE_MS
 from workers.topology import declare
@@ -95,10 +96,12 @@ def channel(broker_url: str) -> Iterator[Any]:
 def responder(broker_url: str) -> Iterator[Any]:
     started: list[ControlResponder] = []
 
-    def start(in_flight: list[dict], login_waits: list[str] | None = None) -> ControlResponder:
+    def start(in_flight: list[dict], login_waits: list[str] | None = None,
+              breakers: Any = None) -> ControlResponder:
         r = ControlResponder(broker_url, in_flight=lambda: in_flight,
                              info={"queues": [INTERACTIVE_QUEUE], "threads": 4},
-                             login_waits=(lambda: login_waits) if login_waits is not None else None)
+                             login_waits=(lambda: login_waits) if login_waits is not None else None,
+                             breakers=breakers)
         started.append(r.start())
         assert r.ready.wait(10), "the control responder did not connect"
         return r
@@ -270,6 +273,36 @@ def test_login_waits_come_from_the_workers_without_rabbitmqctl(
     assert report["login_waits"]["doctors"][DOCTOR]["waiting"] == 1
     assert report["totals"]["waiting_login"] == 1
     assert code == 0
+
+
+def test_an_open_circuit_in_a_worker_process_needs_attention(broker_url, channel, responder,
+                                                             tmp_path) -> None:
+    pki = init_pki(tmp_path / "pki", days=365)
+    # Given a worker process whose eht circuit opened (it parked 7 requests) and whose eRecept
+    # circuit is closed
+    breakers = Breakers(failure_threshold=1)
+    breakers.get("eRecept")
+    breakers.get("eht").record_failure()
+    responder([], breakers=lambda: breakers.snapshot({"eht": 7.0, "eRecept": 0.0}))
+    # When ops run `eeszt-gw status`
+    code, report = status_json(broker_url, pki.directory, "--no-rabbitmqctl")
+    # Then the circuits are listed, the open one first, and it needs attention (exit code 1)
+    assert code == 1 and report["healthy"] is False
+    assert [(c["service"], c["state"], c.get("parked")) for c in report["circuits"]] == [
+        ("eht", "open", 7), ("eRecept", "closed", 0)]
+    assert report["circuits"][0]["for_s"] == pytest.approx(0, abs=60)
+    assert report["circuits"][0]["pid"] == report["workers"][0]["pid"]
+    assert [a for a in report["attention"] if a.startswith("circuit of eht open in 1 worker")]
+    assert "breakers" not in report["workers"][0]
+    table = status("--broker-url", broker_url, "--pki-dir", str(pki.directory),
+                   "--no-rabbitmqctl")
+    assert table.returncode == 1
+    assert "circuits not closed: 1" in table.stdout and "eht open for" in table.stdout
+    # When the service answers again, then the gateway is healthy (exit code 0)
+    assert breakers.get("eht").record_success()
+    code, report = status_json(broker_url, pki.directory, "--no-rabbitmqctl")
+    assert (code, report["attention"]) == (0, [])
+    assert {c["state"] for c in report["circuits"]} == {"closed"}
 
 
 def test_healthy_gateway_exits_0_and_notes_that_no_worker_answered(broker_url, channel,

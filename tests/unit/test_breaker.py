@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
+
 from schemas.replies import Accepted, StatusUpdate
 from schemas.wire import H_AMBIGUOUS, H_PARKED, INTERACTIVE_QUEUE
 from tests import samples
@@ -27,7 +32,7 @@ def test_breaker_opens_after_the_threshold_and_closes_on_success():
     assert b.record_success() and not b.is_open
 
 
-def make():
+def make(observer=None):
     fake = FakeEeszt(passwords={"O10001": "pw"})
     outbox = MemoryOutbox()
     redelivered: list[Incoming] = []
@@ -37,7 +42,7 @@ def make():
     breakers.on_close = lambda service: outbox.release_parked(service, INTERACTIVE_QUEUE, rate_per_s=0)
     pipeline = Pipeline(client=fake, tokens=TokenManager(sts=fake, credentials={
         "O10001": Credential(user_id="O10001", password="pw")}), outbox=outbox,
-        institution="H100200", breakers=breakers,
+        institution="H100200", breakers=breakers, observer=observer,
         policy=RetryPolicy(call_attempts=2, call_wait_min_s=0.001, call_wait_max_s=0.002))
     return fake, outbox, pipeline, breakers, redelivered
 
@@ -79,3 +84,106 @@ def test_service_back_closes_the_circuit_and_releases_the_backlog_exactly_once()
         assert pipeline.handle(m) == "accepted"
     accepted = {r.message_id for r in outbox.replies["his.demo"] if isinstance(r, Accepted)}
     assert len(fake.records) == len(accepted) and fake.repeated_keys() == 0
+
+
+# --- what `eeszt-gw status` is told -------------------------------------------------------------
+def test_snapshot_reports_state_since_when_failures_and_the_last_probe():
+    t, wall = [0.0], [1_000.0]
+    b = CircuitBreaker("eht", failure_threshold=2, clock=lambda: t[0], wall=lambda: wall[0])
+    # Given a new breaker: closed since its creation
+    assert b.snapshot() == {"service": "eht", "state": "closed", "since": 1_000.0, "failures": 0,
+                            "openings": 0, "last_probe_at": None}
+    # When it fails once, then still closed since then, one failure in a row
+    wall[0] = 1_010.0
+    b.record_failure()
+    assert (b.snapshot()["state"], b.snapshot()["since"], b.snapshot()["failures"]) == (
+        "closed", 1_000.0, 1)
+    # When it opens, then open since the opening
+    wall[0] = 1_020.0
+    b.record_failure()
+    snap = b.snapshot()
+    assert (snap["state"], snap["since"], snap["openings"]) == ("open", 1_020.0, 1)
+    # When a probe is due and in flight, then it is half-open, and requests still see it open
+    t[0], wall[0] = 11.0, 1_031.0
+    assert b.probe_due(10)
+    b.probing = True
+    assert b.snapshot()["state"] == "half-open" and b.is_open
+    assert b.snapshot()["last_probe_at"] == 1_031.0 and b.snapshot()["since"] == 1_020.0
+    # When the probe answers, then closed since then
+    b.probing = False
+    wall[0] = 1_032.0
+    assert b.record_success()
+    snap = b.snapshot()
+    assert (snap["state"], snap["since"], snap["failures"]) == ("closed", 1_032.0, 0)
+
+
+def test_the_prober_shows_half_open_while_its_probe_is_in_flight():
+    entered, answer = threading.Event(), threading.Event()
+    closed: list[str] = []
+
+    def probe(service: str) -> bool:
+        entered.set()
+        assert answer.wait(10)
+        return True
+
+    breakers = Breakers(failure_threshold=1, probe_interval_s=0.05, probe=probe,
+                        on_close=closed.append)
+    breakers.get("eBeutalo")  # seen, never failed
+    breakers.get("eRecept").record_failure()
+    breakers.start()
+    try:
+        assert entered.wait(10), "no probe was sent"
+        states = {s["service"]: s["state"] for s in breakers.snapshot()}
+        assert states == {"eBeutalo": "closed", "eRecept": "half-open"}
+        answer.set()
+        deadline = time.monotonic() + 10
+        while not closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert closed == ["eRecept"]
+        assert {s["service"]: s["state"] for s in breakers.snapshot()} == {
+            "eBeutalo": "closed", "eRecept": "closed"}
+    finally:
+        answer.set()
+        breakers.stop()
+
+
+def test_an_outage_shows_in_the_status_answer_and_needs_attention():
+    from prometheus_client import CollectorRegistry
+
+    from eeszt_gw.status import attention, circuits, exit_code
+    from workers.control import ControlResponder
+    from workers.metrics import MetricsObserver
+
+    # Given a worker process whose pipeline counts outcomes in its metrics
+    observer = MetricsObserver(CollectorRegistry())
+    fake, outbox, pipeline, breakers, _ = make(observer)
+    responder = ControlResponder("amqp://guest:guest@127.0.0.1:1/%2F", in_flight=list,
+                                 breakers=lambda: breakers.snapshot(observer.parked_counts()))
+    # When eRecept is down and five prescriptions come (two open the circuit, the rest is parked)
+    fake.unavailable(4)
+    for _ in range(5):
+        pipeline.handle(Incoming(body=samples.prescription().to_json(), queue=INTERACTIVE_QUEUE))
+    answer = responder.answer({"op": "status"})
+    # Then the process reports the circuit open, with what it parked
+    (erecept,) = [b for b in answer["breakers"] if b["service"] == "eRecept"]
+    assert (erecept["state"], erecept["openings"], erecept["parked"]) == ("open", 1, 4)
+    assert erecept["since"] == pytest.approx(time.time(), abs=60)
+    # And `eeszt-gw status` lists it first and needs attention (exit code 1)
+    now = time.time() + 90
+    healthy_worker = {"pid": 2, "host": "gw-2", "breakers": [
+        {"service": "eRecept", "state": "closed", "since": now - 900}]}
+    listed = circuits([healthy_worker, answer], now)
+    assert [(c["service"], c["state"], c["pid"]) for c in listed] == [
+        ("eRecept", "open", answer["pid"]), ("eRecept", "closed", 2)]
+    assert listed[0]["for_s"] == pytest.approx(90, abs=5)
+    report = {"dead_letters": {"total": 0}, "totals": {"over_time_limit": 0, "parked": 0},
+              "certificates": [], "time_limit_s": 600, "circuits": listed}
+    (line,) = attention(report)
+    assert line.startswith("circuit of eRecept open in 1 worker process(es) for up to 9")
+    assert "eeszt.parked.eRecept" in line
+    assert exit_code({**report, "healthy": not attention(report)}) == 1
+    # When the service answers again, then the circuit is closed and nothing needs attention
+    assert breakers.get("eRecept").record_success()
+    answer = responder.answer({"op": "status"})
+    assert {b["service"]: b["state"] for b in answer["breakers"]} == {"eRecept": "closed"}
+    assert attention({**report, "circuits": circuits([answer], time.time())}) == []

@@ -151,12 +151,17 @@ def test_control_answer_carries_process_facts_in_flight_and_login_waits() -> Non
     responder = ControlResponder("amqp://guest:guest@127.0.0.1:1/%2F",
                                  in_flight=lambda: [{"message_id": "m"}],
                                  info={"queues": ["eeszt.interactive"], "threads": 4},
-                                 login_waits=lambda: ["O10003", "O10001", "O10003"])
+                                 login_waits=lambda: ["O10003", "O10001", "O10003"],
+                                 breakers=lambda: [{"service": "eht", "state": "open",
+                                                    "since": 1_000.0, "parked": 3}])
     answer = responder.answer({"op": "status", "id": "x"})
     assert answer["pid"] > 0 and answer["host"]
     assert answer["queues"] == ["eeszt.interactive"] and answer["threads"] == 4
     assert answer["in_flight"] == [{"message_id": "m"}]
     assert answer["login_waits"] == ["O10001", "O10003"]
+    assert answer["breakers"] == [{"service": "eht", "state": "open", "since": 1_000.0,
+                                   "parked": 3}]
+    json.dumps(answer)  # what goes on the wire
     # Anything but a status request is ignored
     assert responder.answer({"op": "shutdown"}) is None
     assert responder.answer(["status"]) is None
@@ -169,6 +174,36 @@ def test_control_answer_reports_a_failing_callable_instead_of_staying_silent() -
     answer = ControlResponder("amqp://x", in_flight=broken, info={}).answer({"op": "status"})
     assert answer["in_flight"] == [] and "registry gone" in answer["error"]
     assert "login_waits" not in answer  # no callable: the status command says "unknown"
+    assert "breakers" not in answer
+    # A failing breakers callable is reported too, and the rest of the answer still comes
+    answer = ControlResponder("amqp://x", in_flight=lambda: [{"message_id": "m"}],
+                              breakers=broken).answer({"op": "status"})
+    assert answer["in_flight"] == [{"message_id": "m"}] and "breakers" not in answer
+    assert answer["error"] == "breakers: RuntimeError: registry gone"
+
+
+def test_status_lists_circuits_open_first_and_skips_garbage() -> None:
+    from eeszt_gw.status import circuits
+
+    now = 10_000.0
+    workers = [
+        {"pid": 1, "host": "gw-1", "breakers": [
+            {"service": "eRecept", "state": "closed", "since": now - 3600},
+            {"service": "eht", "state": "half-open", "since": now - 30, "failures": 5},
+            "garbage", {"state": "open"}, {"service": "eProfil", "state": "open", "since": "x"}]},
+        {"pid": 2, "host": "gw-2", "breakers": None},
+        {"pid": 3, "host": "gw-1"},  # an older worker: no breakers at all
+    ]
+    listed = circuits(workers, now)
+    assert [(c["service"], c["state"], c["pid"]) for c in listed] == [
+        ("eProfil", "open", 1), ("eht", "half-open", 1), ("eRecept", "closed", 1)]
+    assert [c["for_s"] for c in listed] == [None, 30.0, 3600.0]
+    assert attention({"dead_letters": {"total": 0}, "totals": {"over_time_limit": 0, "parked": 0},
+                      "certificates": [], "time_limit_s": 600, "circuits": listed}) == [
+        "circuit of eProfil open in 1 worker process(es): its requests are parked "
+        "(see eeszt.parked.eProfil)",
+        "circuit of eht open in 1 worker process(es) for up to 30s: its requests are parked "
+        "(see eeszt.parked.eht)"]
 
 
 # --- certificates ----------------------------------------------------------------------------------
@@ -260,6 +295,11 @@ def test_render_prints_every_section() -> None:
               "time_limit_s": 600, "cert_warn_days": 30, "services": {"eRecept": row},
               "totals": {**row, "queued": 4}, "queues": {"eeszt.interactive": 4, "eeszt.batch": None},
               "workers": [{"pid": 1, "host": "gw", "queues": ["eeszt.interactive"]}],
+              "circuits": [{"service": "eht", "state": "open", "for_s": 310.0, "failures": 5,
+                            "last_probe_at": NOW.timestamp(), "parked": 12, "pid": 1,
+                            "host": "gw"},
+                           {"service": "eRecept", "state": "closed", "for_s": 9.0, "pid": 1,
+                            "host": "gw"}],
               "in_flight": [{"message_id": "m", "service": "eRecept", "message_type": "erecept.submit",
                              "age_s": 1200, "over_time_limit": True, "pid": 1, "host": "gw"}],
               "login_waits": {"source": "workers", "doctors": {"O10003": {"waiting": 2, "oldest_s": 60}}},
@@ -272,8 +312,15 @@ def test_render_prints_every_section() -> None:
     render(report, Console(file=out, width=100))
     text = out.getvalue()
     for needle in ("eRecept", "in flight longer than 10m 0s", "O10003 2", "GW-FAILED 1",
-                   "access.pem", "eeszt.batch absent", "ATTENTION", "a note"):
-        assert needle in text
+                   "access.pem", "eeszt.batch absent", "ATTENTION", "a note",
+                   "circuits not closed: 1",
+                   "eht open for 5m 10s (pid 1@gw): 5 failures in a row, last probe 08:00:00Z, "
+                   "12 parked"):
+        assert needle in text, text
+    # With every circuit closed, one line says so
+    out = io.StringIO()
+    render({**report, "circuits": report["circuits"][1:]}, Console(file=out, width=100))
+    assert "circuits: all closed" in out.getvalue()
     assert (age(None), age(12), age(1503), age(7300), age(90000)) == ("—", "12s", "25m 3s",
                                                                       "2h 1m", "1d 1h")
 

@@ -17,7 +17,6 @@ Nothing here needs a Docker engine, a cluster or the network:
 from __future__ import annotations
 
 import argparse
-import ast
 import base64
 import configparser
 import hashlib
@@ -536,6 +535,20 @@ def test_rabbitmq_cluster_has_three_nodes_and_quorum_default():
     assert rabbitmq_conf(spec["rabbitmq"]["additionalConfig"])["default_queue_type"] == "quorum"
     anti = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
     assert anti["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": cluster["metadata"]["name"]}
+
+
+def test_the_workers_declare_quorum_queues_where_the_broker_defaults_to_them():
+    # Both brokers default to quorum; the workers say quorum themselves (EESZT_QUEUE_TYPE), so
+    # their queues carry x-queue-type quorum and at-least-once dead-lettering.
+    data = by_kind(kustomize_build(), "ConfigMap")["eeszt-worker-config"]["data"]
+    assert data["EESZT_QUEUE_TYPE"] == "quorum"
+    for name, dep in by_kind(kustomize_build(), "Deployment").items():  # the worker pools
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        assert {"configMapRef": {"name": "eeszt-worker-config"}} in container["envFrom"], name
+        assert "--queue-type" not in container.get("args", []), name
+    services = compose()["services"]
+    for name in ("worker-interactive", "worker-batch"):
+        assert services[name]["environment"]["EESZT_QUEUE_TYPE"] == "quorum"
 
 
 def test_networkpolicies_fence_the_workers():
@@ -1080,21 +1093,24 @@ def test_grafana_certificate_panel_turns_red_under_30_days():
 
 
 # --- README -----------------------------------------------------------------------------------
-def test_readme_amqps_url_with_a_private_ca_works_with_pika(pki):
-    """The TLS URL deploy/README.md shows, with its CA path pointed at a real CA file."""
-    import pika
+def test_readme_amqps_settings_with_a_private_ca_work(pki):
+    """The TLS settings deploy/README.md shows, with the CA path pointed at a real CA file."""
+    import ssl
+
+    from schemas.connection import BrokerTLS, broker_parameters
 
     readme = (DEPLOY / "README.md").read_text()
-    (url,) = re.findall(r"amqps://\S*ssl_options=\S+", readme)
-    parts = urllib.parse.urlsplit(url)
-    opts = ast.literal_eval(urllib.parse.parse_qs(parts.query)["ssl_options"][0])
-    assert set(opts) == {"ca_certs"}
-    opts["ca_certs"] = str(pki.server_ca_cert)
-    query = urllib.parse.urlencode({"ssl_options": repr(opts)})
-    params = pika.URLParameters(urllib.parse.urlunsplit(parts._replace(query=query)))
+    shown = dict(re.findall(r"^(EESZT_BROKER_(?:URL|CA|CERT|KEY))=(\S+)$", readme, re.M))
+    assert set(shown) == {"EESZT_BROKER_URL", "EESZT_BROKER_CA", "EESZT_BROKER_CERT",
+                          "EESZT_BROKER_KEY"}
+    assert set(shown) <= known_env_names()
+    assert "ssl_options=" not in readme  # refused by schemas.connection
+    params = broker_parameters(shown["EESZT_BROKER_URL"], BrokerTLS(ca_file=pki.server_ca_cert))
     assert params.port == 5671 and params.virtual_host == "/"
     ctx = params.ssl_options.context
-    assert ctx.check_hostname and len(ctx.get_ca_certs()) == 1
+    assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+    assert len(ctx.get_ca_certs()) == 1
+    assert params.ssl_options.server_hostname == "rabbitmq.example.org"
 
 
 def readme_commands(path: Path) -> list[list[str]]:

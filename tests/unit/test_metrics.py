@@ -307,7 +307,7 @@ def test_a_busy_port_is_logged_not_fatal(caplog):
 def test_metrics_settings_and_flags(monkeypatch):
     from eeszt_gw.cli import _given, build_parser
 
-    assert (WorkerSettings().metrics_port, WorkerSettings().metrics_host) == (9100, "127.0.0.1")
+    assert (WorkerSettings().metrics_port, WorkerSettings().metrics_host) == (12100, "127.0.0.1")
     ns = build_parser().parse_args(["worker", "--metrics-port", "9200", "--metrics-host", "0.0.0.0"])
     settings = WorkerSettings(**_given(ns, "check"))
     assert (settings.metrics_port, settings.metrics_host) == (9200, "0.0.0.0")
@@ -315,6 +315,20 @@ def test_metrics_settings_and_flags(monkeypatch):
     assert WorkerSettings().metrics_port == 0
     ns = build_parser().parse_args(["card-bridge", "--workstation", "WS-01", "--metrics-port", "0"])
     assert BridgeSettings(**_given(ns, "check")).metrics_port == 0
-    assert BridgeSettings(workstation="WS-01").metrics_port == 9101
+    assert BridgeSettings(workstation="WS-01").metrics_port == 12099
     with pytest.raises(ValueError):
         WorkerSettings(metrics_port=70000)
+
+
+def test_default_metrics_ports_stay_clear_of_node_exporter_and_each_other(monkeypatch):
+    monkeypatch.delenv("EESZT_METRICS_PORT", raising=False)
+    monkeypatch.delenv("EESZT_BRIDGE_METRICS_PORT", raising=False)
+    most = WorkerSettings.model_fields["processes"].metadata  # le=64: the widest slot range
+    slots = max(m.le for m in most if hasattr(m, "le"))
+    workers = set(range(WorkerSettings().metrics_port, WorkerSettings().metrics_port + slots))
+    bridge = BridgeSettings(workstation="WS-01").metrics_port
+    # Prometheus's exporter range (node_exporter 9100, HAProxy 9101, ...), its own 9090-9094,
+    # OpenTelemetry's 9464: none of them, and the bridge is not a worker slot (a demo host runs both)
+    taken = set(range(9090, 10000))
+    assert not workers & taken and bridge not in taken and bridge not in workers
+    assert max(workers) < 32768  # below Linux's ephemeral ports
