@@ -13,8 +13,10 @@ When a request needs a doctor's token and there is none, :meth:`LoginCoordinator
 
 The bridge answers on ``eeszt.login.answers``; any worker process handles the answer
 (:meth:`on_event`): it exchanges the rID (or the MobilToken code) for the doctor's SAML token at
-the STS, shares the token with every process, clears the marker and moves the doctor's waiting
-requests back to their work queue. A wrong PIN, a missing card and the like are reported to the
+the STS, shares the token with every process and moves the doctor's waiting requests back to
+their work queue. The marker is cleared by a sweep ``sweep_after_s`` (2 s) later, once the token
+has reached the other processes; until then a process that has no token yet parks a new request
+of that doctor rather than start a second login, and the sweep releases it. A wrong PIN, a missing card and the like are reported to the
 waiting requests' HIS, and the doctor is asked again while the window is open. When the window
 closes without a login, the HIS is told; the requests wait until their own deadline, when their
 TTL sends them back to the work queue and they fail with "login not completed".
@@ -176,6 +178,7 @@ class LoginCoordinator:
         if isinstance(data, dict) and data.get("event") == "sweep":
             user = str(data.get("user_id"))
             if self.tokens.usable(doctor_identity(user)) is not None:
+                self.backend.end(user)
                 self.backend.release(user)
             return
         try:
@@ -207,10 +210,12 @@ class LoginCoordinator:
         self.tokens.stats["logins_by_method:" + ("eszig" if answer.outcome == "rid" else "mobiltoken")] += 1
         self.tokens.put(identity, issued, reason="login")
         self.started.discard(user)
-        self.backend.end(user)
         moved = self.backend.release(user)
         log.info("login of %s completed; %d waiting requests released", user, moved)
-        # A request parked by another process in the same instant is released by this sweep.
+        # The login marker stays until this sweep: another worker process that has not yet
+        # received the token (it travels on eeszt.tokens) parks a new request of this doctor
+        # instead of starting a second login (a second PIN prompt); the sweep then ends the
+        # marker and releases what such processes parked meanwhile.
         self.backend.schedule({"event": "sweep", "user_id": user}, self.sweep_after_s)
 
     def _login_error(self, answer: CardAnswer) -> None:
