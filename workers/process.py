@@ -8,10 +8,10 @@ Scale with processes, not threads: one Python process tops out near 800 requests
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import multiprocessing as mp
-import gc
 import os
 import signal
 import threading

@@ -62,11 +62,11 @@ class MtlsTransport:
         self._prefix = parts.path.rstrip("/")
         # One pool for the one EESZT host: a PoolManager would parse the URL and look the pool
         # up again on every call (about 4% of a worker's CPU at 800 requests/s).
+        self._default_timeout = urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
         self._pool = urllib3.HTTPSConnectionPool(
             parts.hostname, parts.port or 443, maxsize=maxsize, block=False, ssl_context=ctx,
-            retries=False, timeout=urllib3.Timeout(connect=timeouts.connect, read=timeouts.read),
+            retries=False, timeout=self._default_timeout,
         )
-        self._default_timeout = urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
 
     def post(self, path: str, body: bytes, *, soap_action: str = "",
              timeout: float | None = None) -> HttpResponse:

@@ -125,8 +125,8 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
                 done = partial(channel.basic_nack, tag, requeue=True)
             try:
                 conn.add_callback_threadsafe(done)
-            except Exception:  # that connection is gone: the broker has requeued the delivery
-                pass
+            except pika.exceptions.AMQPError:
+                pass  # that connection is gone: the broker has requeued the delivery
 
     _warm_pool(pool, threads)
     for i in range(threads):
@@ -138,8 +138,8 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
         if conn is not None:
             try:
                 conn.add_callback_threadsafe(channel.stop_consuming)
-            except Exception:
-                pass
+            except pika.exceptions.AMQPError:
+                pass  # already closed: nothing left to stop
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

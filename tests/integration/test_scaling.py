@@ -235,7 +235,7 @@ def worker_pids(replica: Replica) -> list[int]:
                 if b"spawn_main" in f.read():
                     out.append(pid)
         except OSError:
-            pass
+            pass  # the process ended between listing and reading: not a worker any more
     return out
 
 
