@@ -159,20 +159,38 @@ class RabbitOutbox:
     def retry(self, queue: str, body: bytes, headers: dict[str, Any], delay_s: float,
               message_id: str | None) -> None:
         name = retry_queue(queue, tier_for(delay_s))
-        self._ensure_retry_queue(name, queue)
+        self._ensure_queue(name, queue)
         props = pika.BasicProperties(content_type="application/json", delivery_mode=2,
                                      message_id=message_id, headers=headers,
                                      expiration=str(max(1, int(delay_s * 1000))),
                                      user_id=self.user_id)
         self._publish("", name, body, props, mandatory=True)
 
-    def _ensure_retry_queue(self, name: str, target: str) -> None:
+    def _ensure_queue(self, name: str, target: str) -> None:
+        """Declare the durable queue ``name`` that dead-letters to ``target``, once per process.
+
+        A broker connection lost mid-declare is retried like a publish, then raised as
+        :class:`BrokerError`, so the request is requeued (never answered as an internal error).
+        """
         if name in self._declared:
             return
+        last: Exception | None = None
         with self._declare_lock:
-            self._channel().queue_declare(name, durable=True, arguments=queue_arguments(
-                self.queue_type, dead_letter_to(target)))
-            self._declared.add(name)
+            for attempt in range(self.attempts):
+                try:
+                    self._channel().queue_declare(name, durable=True, arguments=queue_arguments(
+                        self.queue_type, dead_letter_to(target)))
+                    self._declared.add(name)
+                    return
+                except pika.exceptions.ChannelClosedByBroker:
+                    self._drop()
+                    raise  # the broker refused the arguments: not a connection problem
+                except (pika.exceptions.AMQPError, OSError) as exc:
+                    last = exc
+                    self._drop()
+                    time.sleep(self.backoff_s * 2 ** attempt)
+        raise BrokerError(f"broker did not declare {name}: {last}")
+
 
     def dead_letter(self, body: bytes, headers: dict[str, Any], message_id: str | None) -> None:
         props = pika.BasicProperties(delivery_mode=2, message_id=message_id, headers=headers,
@@ -182,11 +200,7 @@ class RabbitOutbox:
     def park(self, service: str, queue: str, body: bytes, headers: dict[str, Any], ttl_ms: int,
              message_id: str | None) -> None:
         name = parked_queue(service)
-        if name not in self._declared:
-            with self._declare_lock:
-                self._channel().queue_declare(name, durable=True, arguments=queue_arguments(
-                    self.queue_type, dead_letter_to(queue)))
-                self._declared.add(name)
+        self._ensure_queue(name, queue)
         props = pika.BasicProperties(content_type="application/json", delivery_mode=2,
                                      message_id=message_id, headers=headers,
                                      expiration=str(max(1, ttl_ms)), user_id=self.user_id)
