@@ -256,6 +256,9 @@ def _add_worker(sub) -> None:
          "classic, or quorum on a RabbitMQ cluster; every worker and producer of a vhost must "
          "use the same (default: classic)", choices=("classic", "quorum"))
     _add(p, "--connect-timeout-s", E + "CONNECT_TIMEOUT_S", "TCP+TLS connect timeout (default: 5)", type=float)
+    _add(p, "--max-handshakes", E + "MAX_HANDSHAKES", "new TLS connections to EESZT a process "
+         "opens at a time; the rest wait their turn, so a cold start does not time out (default: 4)",
+         type=int)
     _add(p, "--read-timeout-s", E + "READ_TIMEOUT_S", "answer timeout per call (default: 30)", type=float)
     _add(p, "--call-attempts", E + "CALL_ATTEMPTS", "tries inside one call for a transient error (default: 3)", type=int)
     _add(p, "--retry-base-s", E + "RETRY_BASE_S", "first broker-side retry delay; doubles each time, with jitter (default: 1)", type=float)

@@ -1,7 +1,12 @@
 """A circuit breaker per EESZT service: hold traffic during an outage, release it afterwards.
 
 - **Closed**: requests go through. ``failure_threshold`` transient failures in a row (each
-  already retried inside the call) open it.
+  already retried inside the call) open it. Only a call that **started after the last answer**
+  counts: with 64 calls in flight per process, calls that were stuck behind a burst (a TLS
+  handshake storm at start-up, one slow moment) can time out together just after other calls
+  were answered, and an answer newer than the call says more about the service than its
+  failure does. Without this the breaker opened and closed again within milliseconds under
+  load ("flapping"), parking work for nothing.
 - **Open**: requests are not sent; they are parked durably in ``eeszt.parked.<service>`` (see
   :mod:`workers.outbox`) and acknowledged, so nothing waits in worker memory however long the
   outage lasts, and the HIS is told "parked" once. A prober thread sends **one probe per
@@ -50,6 +55,8 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at: float | None = None
         self.last_probe = 0.0
+        self.last_success: float | None = None  # clock() of the last answer
+        self.stale_failures = 0  # failures not counted: the call began before the last answer
         self.openings = 0
         self.changed_at = wall()  # the last state change (or the breaker's creation)
         self.last_probe_at: float | None = None
@@ -64,6 +71,7 @@ class CircuitBreaker:
         """A call got an answer. Returns True when this closed an open breaker."""
         with self._lock:
             self.failures = 0
+            self.last_success = self.clock()
             if self.state is State.OPEN:
                 self.state = State.CLOSED
                 self.changed_at = self.wall()
@@ -72,15 +80,26 @@ class CircuitBreaker:
                 return True
             return False
 
-    def record_failure(self) -> None:
+    def record_failure(self, reason: str = "", *, started: float | None = None) -> None:
+        """A call failed transiently (``reason``: what the last try saw, for the log).
+
+        ``started``: when the call began, on this breaker's clock. A call that began before the
+        last answer does not count (see the module's docstring); None counts always.
+        """
         with self._lock:
+            if started is not None and self.last_success is not None \
+                    and started < self.last_success:
+                self.stale_failures += 1
+                return
             self.failures += 1
             if self.state is State.CLOSED and self.failures >= self.failure_threshold:
                 self.state = State.OPEN
                 self.opened_at = self.last_probe = self.clock()
                 self.changed_at = self.wall()
                 self.openings += 1
-                log.warning("%s is unavailable: circuit open, requests are parked", self.service)
+                log.warning("%s is unavailable (%d failures in a row, the last: %s): circuit "
+                            "open, requests are parked", self.service, self.failures,
+                            reason or "no reason given")
 
     def probe_due(self, interval_s: float) -> bool:
         with self._lock:

@@ -57,11 +57,11 @@ class EesztClient:
     """Sends signed SOAP calls. Thread-safe: share one per process."""
 
     def __init__(self, *, base_url: str, files: ClientFiles, timeouts: Timeouts = Timeouts(),
-                 pool_size: int = 32) -> None:
+                 pool_size: int = 32, handshakes: int = 4) -> None:
         self.signer = WsseSigner(key_pem=files.institution_key.read_bytes(),
                                  cert_pem=files.institution_cert.read_bytes())
         self.transport = MtlsTransport(
-            base_url=base_url, timeouts=timeouts, maxsize=pool_size,
+            base_url=base_url, timeouts=timeouts, maxsize=pool_size, handshakes=handshakes,
             tls=TlsFiles(client_cert=files.access_cert, client_key=files.access_key,
                          server_ca=files.server_ca))
 

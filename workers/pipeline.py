@@ -278,6 +278,7 @@ class Pipeline:
         breaker = self.breakers.get(service.name) if self.breakers is not None else None
         if breaker is not None and breaker.is_open:
             return self._park(msg, request, f"EESZT {service.name} is unavailable", ambiguous)
+        started = breaker.clock() if breaker is not None else 0.0
         try:
             result = self._submit(request, service.name, identity, ambiguous, released)
         except LoginRequired as exc:
@@ -301,7 +302,7 @@ class Pipeline:
             return self._reject(request, exc.code or "REJECTED", exc.field, str(exc))
         except ServiceUnavailable as exc:
             if breaker is not None:
-                breaker.record_failure()
+                breaker.record_failure(str(exc), started=started)
                 if breaker.is_open:
                     return self._park(msg, request, str(exc),
                                       ambiguous or isinstance(exc, AmbiguousOutcome))

@@ -50,6 +50,8 @@ class WorkerSettings(BaseSettings):
     queues: str = Field(default="interactive,batch",
                         description="queue classes to consume: interactive, batch or both")
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_handshakes: int = Field(default=4, ge=1, le=256, description="new TLS connections to "
+                                "EESZT a process opens at a time (the others wait their turn)")
     read_timeout_s: float = Field(default=30.0, gt=0)
     call_attempts: int = Field(default=3, ge=1, le=10,
                                description="tries inside one call for a transient failure")

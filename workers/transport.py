@@ -7,12 +7,15 @@ translated into :mod:`workers.errors` here and nowhere else.
 
 from __future__ import annotations
 
+import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 from pathlib import Path
 
 import urllib3
+from urllib3.connection import HTTPSConnection
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -40,6 +43,44 @@ class Timeouts:
     read: float = 30.0
 
 
+class _PacedHTTPSConnection(HTTPSConnection):
+    """A connection whose TCP connect + TLS handshake waits for one of a few slots.
+
+    A worker process starts with 64 threads and no connections. Without a bound, all of them
+    handshake at once, times the processes: 256 mutual-TLS handshakes hit the server in the same
+    second, some wait past the connect timeout, and those failures opened the circuit breaker
+    at start-up with 4 processes (measured: the batch rate fell from 537/s to 87/s). With a few
+    slots the handshakes queue in the client instead; each then takes milliseconds.
+
+    urllib3 reports a handshake that timed out as a *read* timeout (the handshake runs where
+    it catches socket timeouts for the read); here it becomes a ``ConnectTimeoutError``: nothing
+    was sent, which the transport maps to ServiceUnavailable and not to an ambiguous outcome.
+    """
+
+    #: set on the per-pool subclass (:func:`_paced_connection_class`)
+    handshake_slots: threading.BoundedSemaphore
+
+    def connect(self) -> None:
+        wait = self.timeout if isinstance(self.timeout, (int, float)) else None
+        if not self.handshake_slots.acquire(timeout=wait):
+            raise ConnectTimeoutError(self, f"no free handshake slot for {self.host} within "
+                                            f"{wait}s (other connections are still handshaking)")
+        try:
+            super().connect()
+        except (socket.timeout, ssl.SSLError) as exc:
+            if isinstance(exc, ssl.SSLError) and "timed out" not in str(exc):
+                raise  # a real TLS failure (certificate, protocol): urllib3 makes it SSLError
+            raise ConnectTimeoutError(self, f"TLS handshake with {self.host} timed out "
+                                            f"({self.timeout}s)") from exc
+        finally:
+            self.handshake_slots.release()
+
+
+def _paced_connection_class(slots: int) -> type[_PacedHTTPSConnection]:
+    return type("PacedHTTPSConnection", (_PacedHTTPSConnection,),
+                {"handshake_slots": threading.BoundedSemaphore(slots)})
+
+
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     status: int
@@ -50,7 +91,7 @@ class MtlsTransport:
     """POSTs SOAP bodies over a verified, mutually authenticated keep-alive pool."""
 
     def __init__(self, *, base_url: str, tls: TlsFiles, timeouts: Timeouts = Timeouts(),
-                 maxsize: int = 32) -> None:
+                 maxsize: int = 32, handshakes: int = 4) -> None:
         ctx = ssl.create_default_context(cafile=str(tls.server_ca))  # verifies chain and host
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(tls.client_cert), str(tls.client_key))
@@ -67,6 +108,8 @@ class MtlsTransport:
             parts.hostname, parts.port or 443, maxsize=maxsize, block=False, ssl_context=ctx,
             retries=False, timeout=self._default_timeout,
         )
+        # At most ``handshakes`` new connections at a time (see _PacedHTTPSConnection).
+        self._pool.ConnectionCls = _paced_connection_class(handshakes)
 
     def post(self, path: str, body: bytes, *, soap_action: str = "",
              timeout: float | None = None) -> HttpResponse:

@@ -111,8 +111,8 @@ class Replies:
         self._thread.join(5)
 
 
-def publish(url: str, reqs: list[RequestEnvelope]) -> None:
-    with BatchPublisher(url=url) as pub:
+def publish(url: str, reqs: list[RequestEnvelope], queue_type: str = "classic") -> None:
+    with BatchPublisher(url=url, queue_type=queue_type) as pub:
         for r in reqs:
             pub.publish(r)
         summary = pub.flush(timeout=120)

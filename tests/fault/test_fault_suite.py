@@ -3,16 +3,21 @@
 Every scenario runs the real thing (RabbitMQ, `eeszt-gw worker` processes, the HTTPS simulator in
 **naive** mode, where a request sent twice is stored twice) and counts: published, accepted,
 rejected, failed, dead-lettered, lost, duplicates. `EESZT_FAULT_SCALE=5` runs the long variant.
+The two crash scenarios (kill -9, broker restart) run twice: on classic queues and on quorum
+queues (`--queue-type quorum` on a quorum-default vhost), whose redelivery and dead-lettering
+differ.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pika
@@ -54,6 +59,45 @@ def clean(broker_url, simulator):
     simulator.reset(duplicates="naive")
 
 
+@dataclass(frozen=True)
+class FaultBroker:
+    """Where a crash scenario runs: the session's classic vhost, or a quorum-default one with
+    ``--queue-type quorum`` workers and producers (what a RabbitMQ cluster runs)."""
+
+    url: str
+    queue_type: str
+
+    @property
+    def worker_args(self) -> tuple[str, ...]:
+        return ("--queue-type", self.queue_type)
+
+    def label(self, name: str) -> str:
+        return name if self.queue_type == "classic" else f"{name} [quorum queues]"
+
+
+@pytest.fixture(scope="module")
+def quorum_url():
+    vhost = f"eeszt-test-fault-quorum-{os.getpid()}"
+    for cmd in (["add_vhost", vhost, "--default-queue-type", "quorum"],
+                ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
+        subprocess.run(["rabbitmqctl", "-q", *cmd], check=True, capture_output=True, timeout=60)
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+@pytest.fixture(params=["classic", "quorum"])
+def fault_broker(request, broker_url, simulator):
+    from workers.process import declare_topology
+
+    fb = (FaultBroker(broker_url, "classic") if request.param == "classic"
+          else FaultBroker(request.getfixturevalue("quorum_url"), "quorum"))
+    declare_topology(fb.url, queue_type=fb.queue_type)
+    simulator.reset(duplicates="naive")
+    purge(fb.url, INTERACTIVE_QUEUE, BATCH_QUEUE, DEAD_LETTER_QUEUE)
+    yield fb
+    simulator.reset(duplicates="naive")
+
+
 def finish(name: str, published: int, replies: Replies, broker_url, simulator, dead: int = 0,
            finals_delivered: int | None = None) -> Result:
     result = Result(name, published, dict(replies.finals), dead, stats_duplicates(simulator),
@@ -64,12 +108,13 @@ def finish(name: str, published: int, replies: Replies, broker_url, simulator, d
     return result
 
 
-def test_kill_9_workers_every_few_seconds(clean, broker_url, simulator, tmp_path):
+def test_kill_9_workers_every_few_seconds(fault_broker, simulator, tmp_path):
+    broker_url = fault_broker.url
     n = 5000 * SCALE
     key = f"his.kill.{uuid.uuid4().hex[:6]}"
     replies = Replies(broker_url, key)
     pool = start_workers(broker_url=broker_url, sim=simulator, workdir=tmp_path, processes=2,
-                         threads=8, extra=("--republish-delay-s", "5"))
+                         threads=8, extra=("--republish-delay-s", "5", *fault_broker.worker_args))
     stop = threading.Event()
     kills = []
 
@@ -85,25 +130,27 @@ def test_kill_9_workers_every_few_seconds(clean, broker_url, simulator, tmp_path
     try:
         reqs = requests(n, key, seed=11)
         threading.Thread(target=killer, daemon=True).start()
-        publish(broker_url, reqs)
+        publish(broker_url, reqs, fault_broker.queue_type)
         replies.wait(n, timeout_s=600)
     finally:
         stop.set()
         pool.stop()
         replies.stop()
-    result = finish(f"kill -9 every 2-4 s ({len(kills)} kills)", n, replies, broker_url, simulator)
+    result = finish(fault_broker.label(f"kill -9 every 2-4 s ({len(kills)} kills)"), n, replies,
+                    broker_url, simulator)
     assert len(kills) >= 3
     assert result.lost == 0 and result.duplicates == 0
     assert result.kinds["accepted"] == n
     assert simulator.stats()["total_records"] == n
 
 
-def test_rabbitmq_restart_during_publishing_and_processing(clean, broker_url, simulator, tmp_path):
+def test_rabbitmq_restart_during_publishing_and_processing(fault_broker, simulator, tmp_path):
+    broker_url = fault_broker.url
     n = 3000 * SCALE
     key = f"his.restart.{uuid.uuid4().hex[:6]}"
     replies = Replies(broker_url, key)
     pool = start_workers(broker_url=broker_url, sim=simulator, workdir=tmp_path, processes=2,
-                         threads=8, extra=("--republish-delay-s", "5"))
+                         threads=8, extra=("--republish-delay-s", "5", *fault_broker.worker_args))
     reqs = requests(n, key, seed=12)
     restarted = threading.Event()
 
@@ -118,14 +165,15 @@ def test_rabbitmq_restart_during_publishing_and_processing(clean, broker_url, si
         t = threading.Thread(target=restart_broker, daemon=True)
         t.start()
         for i in range(0, n, 200):  # publishing goes on before, during and after the restart
-            publish(broker_url, reqs[i:i + 200])
+            publish(broker_url, reqs[i:i + 200], fault_broker.queue_type)
             time.sleep(0.15)
         t.join(180)
         replies.wait(n, timeout_s=600)
     finally:
         pool.stop()
         replies.stop()
-    result = finish("RabbitMQ restart mid-run", n, replies, broker_url, simulator)
+    result = finish(fault_broker.label("RabbitMQ restart mid-run"), n, replies, broker_url,
+                    simulator)
     assert restarted.is_set()
     assert result.lost == 0 and result.duplicates == 0
 

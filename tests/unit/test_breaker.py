@@ -187,3 +187,30 @@ def test_an_outage_shows_in_the_status_answer_and_needs_attention():
     answer = responder.answer({"op": "status"})
     assert {b["service"]: b["state"] for b in answer["breakers"]} == {"eRecept": "closed"}
     assert attention({**report, "circuits": circuits([answer], time.time())}) == []
+
+
+def test_a_failure_of_a_call_that_began_before_the_last_answer_does_not_count():
+    """64 calls in flight: some stuck behind a burst fail together just after others were
+    answered. Those failures say less than the newer answer, so they must not open the
+    circuit; failures of calls begun after the last answer do."""
+    t = [0.0]
+    b = CircuitBreaker("esemenyKatalogus", failure_threshold=3, clock=lambda: t[0])
+    stuck_since = t[0]
+    t[0] = 1.0
+    b.record_success()  # another thread's call was answered
+    t[0] = 5.0
+    for _ in range(10):  # the calls begun at 0 s time out now
+        b.record_failure("TLS handshake timed out", started=stuck_since)
+    assert not b.is_open and b.failures == 0 and b.stale_failures == 10
+    for _ in range(3):  # calls begun after the answer, failing: a real outage
+        b.record_failure("refused", started=t[0])
+    assert b.is_open and b.openings == 1
+
+
+def test_the_opening_is_logged_with_the_last_failure_reason(caplog):
+    b = CircuitBreaker("eRecept", failure_threshold=2)
+    with caplog.at_level("WARNING", logger="eeszt_gw.breaker"):
+        b.record_failure("could not connect to https://eeszt/services/eRecept: refused")
+        b.record_failure("could not connect to https://eeszt/services/eRecept: refused")
+    assert b.is_open
+    assert "2 failures in a row" in caplog.text and "refused" in caplog.text
