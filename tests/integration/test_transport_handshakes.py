@@ -17,6 +17,8 @@ from workers.client import ClientFiles
 from workers.errors import AmbiguousOutcome, ServiceUnavailable
 from workers.transport import MtlsTransport, Timeouts, TlsFiles
 
+pytestmark = pytest.mark.integration
+
 
 class SilentListener:
     """Accepts connections, never speaks; counts them and holds them until ``release()``."""
