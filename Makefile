@@ -56,6 +56,7 @@ bench: $(FULL) rabbitmq
 	$(BIN)/eeszt-gw bench publish --json $(BENCH_OUT)/publish.json --png $(BENCH_OUT)/publish.png
 	$(BIN)/eeszt-gw bench batch --n $(BENCH_N) --repeat $(BENCH_REPEAT) --latencies 0,20,100 \
 		--json $(BENCH_OUT)/batch.json --png $(BENCH_OUT)/batch.png
+	$(BIN)/eeszt-gw bench codepath --json $(BENCH_OUT)/codepath.json --png $(BENCH_OUT)/codepath.png
 	$(BIN)/eeszt-gw bench scaling --n $(BENCH_SCALING_N) --processes 1,2,4 \
 		--json $(BENCH_OUT)/scaling.json --png $(BENCH_OUT)/scaling.png
 	$(BIN)/eeszt-gw bench memory --n $(BENCH_MEMORY_N) \

@@ -476,6 +476,13 @@ def _bench_card_login(ns: argparse.Namespace) -> int:
     return run(n=ns.n, apdus=ns.apdus, json_out=Path(ns.json) if ns.json else None)
 
 
+def _bench_codepath(ns: argparse.Namespace) -> int:
+    from .bench.codepath import run
+
+    return run(n=ns.n, rounds=ns.rounds, audit=ns.audit, broker_url=ns.broker_url,
+               profile=ns.profile, json_out=_path(ns.json), png_out=_path(ns.png))
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks that print figures measured in one run",
                        description="Benchmarks. Each scenario prints a table; --json also writes "
@@ -493,6 +500,27 @@ def _add_bench(sub) -> None:
     card.add_argument("--apdus", type=int, default=500, help="APDUs for the round-trip figure")
     card.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     card.set_defaults(func=_bench_card_login)
+    cp = psub.add_parser(
+        "codepath", help="CPU µs per request of the gateway's code beside the bare pipeline's, "
+                         "on one thread, without a network",
+        description="Run N care events on one thread through the gateway's request path "
+                    "(Pipeline.handle, as a worker process builds it) and through the bare "
+                    "pipeline's handle, with the HTTP answer and the STS token canned, and print "
+                    "CPU µs per event of each: the cost of the code alone, without the thread "
+                    "contention of the throughput scenarios. --audit rabbitmq records the audit "
+                    "events into the real stream at --broker-url.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cp.add_argument("--n", type=int, default=5000, help="care events per round")
+    cp.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is shown")
+    cp.add_argument("--audit", choices=("rabbitmq", "memory"), default="rabbitmq",
+                    help="where the gateway's audit events go: the real stream, or nowhere")
+    cp.add_argument("--broker-url", default="amqp://guest:guest@127.0.0.1:5672/%2F",
+                    help="RabbitMQ for --audit rabbitmq")
+    cp.add_argument("--profile", type=int, default=0, metavar="K",
+                    help="also print the K functions where the gateway spends most (cProfile)")
+    cp.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    cp.add_argument("--png", metavar="FILE", help="also draw the figures as a PNG chart")
+    cp.set_defaults(func=_bench_codepath)
     _add_bench_throughput(psub)
 
 

@@ -1,4 +1,4 @@
-"""`eeszt-gw bench publish|batch|scaling|memory` run end to end at tiny sizes.
+"""`eeszt-gw bench publish|batch|scaling|memory|codepath` run end to end at tiny sizes.
 
 Each scenario must print its table, write its JSON and draw its PNG. Only the structure is
 checked, never the speed: these sizes say nothing about throughput.
@@ -89,3 +89,14 @@ def test_memory_scenario(tmp_path):
     assert rss["end_over_start"] == pytest.approx(rss["end"] / rss["start"])
     assert len(fig["samples"]) >= 2
     assert fig["targets"][0]["target"].startswith("worker RSS flat")
+
+
+def test_codepath_scenario(tmp_path):
+    stdout, fig = _bench(tmp_path, "codepath", "--n", "200", "--rounds", "2", "--profile", "5")
+    assert "one request on one thread" in stdout and "gateway − bare" in stdout
+    assert "ncalls" in stdout  # the cProfile listing
+    for kind in ("gateway", "bare"):
+        assert len(fig["cpu_us_per_event"][kind]) == 2
+        assert all(x > 0 for x in fig["cpu_us_per_event"][kind])
+    assert fig["gateway_minus_bare_us"] == pytest.approx(fig["median"]["gateway"]
+                                                         - fig["median"]["bare"])
