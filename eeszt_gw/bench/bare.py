@@ -58,6 +58,19 @@ TEMPLATE = (
 )
 
 
+def envelope_xml(body: bytes) -> bytes:
+    """The SOAP envelope (unsigned) of one wire-format care event, from the string template."""
+    d = json.loads(body)
+    p = d["payload"]
+    bno = p.get("bno")
+    return TEMPLATE.format(
+        key=escape(d["idempotency_key"]), mid=escape(d["message_id"]),
+        inst=escape(d["institution"]), created=escape(d["created_at"]),
+        taj=escape(p["taj"]), event_id=escape(p["event_id"]),
+        event_type=escape(p["event_type"]), started=escape(p["started_at"]),
+        bno=f"<tns:bno>{escape(bno)}</tns:bno>" if bno else "").encode()
+
+
 def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_dir: str | None,
              go_file: str | None) -> None:
     import os
@@ -94,16 +107,7 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
     current: list = [None, None]  # the live (connection, channel)
 
     def handle(body: bytes) -> None:
-        d = json.loads(body)
-        p = d["payload"]
-        bno = p.get("bno")
-        xml = TEMPLATE.format(
-            key=escape(d["idempotency_key"]), mid=escape(d["message_id"]),
-            inst=escape(d["institution"]), created=escape(d["created_at"]),
-            taj=escape(p["taj"]), event_id=escape(p["event_id"]),
-            event_type=escape(p["event_type"]), started=escape(p["started_at"]),
-            bno=f"<tns:bno>{escape(bno)}</tns:bno>" if bno else "")
-        envelope = etree.fromstring(xml.encode(), parser)
+        envelope = etree.fromstring(envelope_xml(body), parser)
         data = signer.sign_to_bytes(envelope, assertion=assertion)
         resp = pool.urlopen("POST", PATH, body=data, headers=HEADERS, retries=False,
                             preload_content=True)

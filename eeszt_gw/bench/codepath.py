@@ -29,7 +29,6 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
-from xml.sax.saxutils import escape
 
 from rich.console import Console
 from rich.table import Table
@@ -92,16 +91,7 @@ def _handlers(pki_dir: Path, audit_url: str | None) -> tuple[Callable[[bytes], N
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
 
     def bare_handle(body: bytes) -> None:  # eeszt_gw/bench/bare.py's handle, the POST canned
-        d = json.loads(body)
-        p = d["payload"]
-        bno = p.get("bno")
-        xml = bare.TEMPLATE.format(
-            key=escape(d["idempotency_key"]), mid=escape(d["message_id"]),
-            inst=escape(d["institution"]), created=escape(d["created_at"]),
-            taj=escape(p["taj"]), event_id=escape(p["event_id"]),
-            event_type=escape(p["event_type"]), started=escape(p["started_at"]),
-            bno=f"<tns:bno>{escape(bno)}</tns:bno>" if bno else "")
-        envelope = etree.fromstring(xml.encode(), parser)
+        envelope = etree.fromstring(bare.envelope_xml(body), parser)
         resp = post(bare.PATH, signer.sign_to_bytes(envelope, assertion=assertion))
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}")
