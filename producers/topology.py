@@ -201,6 +201,14 @@ def _describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {detail}" if detail else exc.__class__.__name__
 
 
+def refused_by_broker(exc: BaseException) -> bool:
+    """True if the broker itself closed the connection during the login (403 ACCESS_REFUSED for
+    the credentials, 530 NOT_ALLOWED for the vhost): retrying cannot help. pika raises the same
+    ``Probable...Error`` types when the socket is merely reset during the handshake, which a
+    RabbitMQ node does while it restarts; those are worth retrying."""
+    return "ConnectionClosedByBroker" in str(exc)
+
+
 def connect(
     url: str,
     *,
@@ -230,9 +238,15 @@ def connect(
             raise BrokerUnavailable(str(exc), attempts=attempt) from None
         except (pika.exceptions.ProbableAuthenticationError,
                 pika.exceptions.ProbableAccessDeniedError) as exc:
-            raise BrokerUnavailable(
-                f"broker {safe_url(url)} refused the login ({exc.__class__.__name__}); "
-                "check the user, password and vhost", attempts=attempt) from None
+            if refused_by_broker(exc):
+                raise BrokerUnavailable(
+                    f"broker {safe_url(url)} refused the login ({exc.__class__.__name__}); "
+                    "check the user, password and vhost", attempts=attempt) from None
+            # The connection dropped mid-handshake (a broker still starting up resets it), which
+            # pika also reports as a probable denial: retried like any connection failure.
+            last = _describe(exc)
+            log.warning("connect to %s failed (attempt %d of %d): %s",
+                        safe_url(url), attempt, attempts, last)
         except CONNECTION_ERRORS as exc:
             last = _describe(exc)
             log.warning("connect to %s failed (attempt %d of %d): %s",
