@@ -7,8 +7,8 @@ thread, it runs N care events through
 - the **gateway**: ``Pipeline.handle`` as a worker process builds it (``workers.runtime``):
   validation into the typed envelope, the token manager, the SOAP call from the contract,
   WS-Security signing with the SAML assertion, the answer parsed for the EESZT id, the retry and
-  deadline logic, metrics and three audit events (into a real audit log unless
-  ``--audit memory``);
+  deadline logic, metrics and three audit events (into a real audit stream, in a fresh vhost
+  deleted at the end, unless ``--audit off``);
 - the **bare** handle of ``eeszt_gw/bench/bare.py``: ``json.loads``, the string template,
   ``lxml`` parse, the same ``WsseSigner`` and assertion;
 
@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import bare
+from . import harness as h
 from .harness import make_events
 
 _ASSERTION = (b'<saml2:Assertion xmlns:saml2="urn:oasis:names:tc:SAML:2.0:assertion" ID="_bench" '
@@ -111,18 +112,31 @@ def _cpu_us(fn: Callable[[bytes], None], bodies: list[bytes]) -> float:
     return (time.process_time() - c0) / len(bodies) * 1e6
 
 
-def run(*, n: int = 5000, rounds: int = 3, audit: str = "rabbitmq",
-        broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F", profile: int = 0,
+def run(*, n: int = 5000, rounds: int = 3, audit: str = "rabbitmq", profile: int = 0,
         json_out: Path | None = None, png_out: Path | None = None) -> int:
+    console = Console(width=110)
+    if audit == "rabbitmq":
+        if not h.rabbit_ready():
+            console.print(f"[red]RabbitMQ is not listening on {h.RABBIT_HOSTPORT} "
+                          "(or use --audit off)")
+            return 2
+        with h.Vhost("codepath") as vhost:  # never the default vhost's audit trail
+            return _run(console, n=n, rounds=rounds, audit=audit, audit_url=vhost.url,
+                        profile=profile, json_out=json_out, png_out=png_out)
+    return _run(console, n=n, rounds=rounds, audit=audit, audit_url=None, profile=profile,
+                json_out=json_out, png_out=png_out)
+
+
+def _run(console: Console, *, n: int, rounds: int, audit: str, audit_url: str | None,
+         profile: int, json_out: Path | None, png_out: Path | None) -> int:
     from simulator.pki import init_pki
 
-    console = Console(width=110)
     bodies = [body for _rk, body, _h, _mid in make_events(n, tag="cp")]
     warm = bodies[: max(1, n // 20)]
     with tempfile.TemporaryDirectory(prefix="eeszt-gw-codepath-") as tmp:
         pki_dir = Path(tmp)
         init_pki(pki_dir, institution_id="H100200", institution_name="Bench Kórház")
-        gateway, bare_handle, close = _handlers(pki_dir, broker_url if audit == "rabbitmq" else None)
+        gateway, bare_handle, close = _handlers(pki_dir, audit_url)
         try:
             for fn in (gateway, bare_handle):
                 for body in warm:
