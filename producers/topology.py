@@ -245,12 +245,10 @@ def connect(
             # The connection dropped mid-handshake (a broker still starting up resets it), which
             # pika also reports as a probable denial: retried like any connection failure.
             last = _describe(exc)
-            log.warning("connect to %s failed (attempt %d of %d): %s",
-                        safe_url(url), attempt, attempts, last)
         except CONNECTION_ERRORS as exc:
             last = _describe(exc)
-            log.warning("connect to %s failed (attempt %d of %d): %s",
-                        safe_url(url), attempt, attempts, last)
+        log.warning("connect to %s failed (attempt %d of %d): %s",
+                    safe_url(url), attempt, attempts, last)
         if attempt < attempts:
             time.sleep(retry_delay(attempt, retry_backoff))
     raise BrokerUnavailable(

@@ -33,6 +33,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from schemas.audit import mask_text
+
 log = logging.getLogger("eeszt_gw.breaker")
 
 
@@ -99,7 +101,7 @@ class CircuitBreaker:
                 self.openings += 1
                 log.warning("%s is unavailable (%d failures in a row, the last: %s): circuit "
                             "open, requests are parked", self.service, self.failures,
-                            reason or "no reason given")
+                            mask_text(reason) if reason else "no reason given")
 
     def probe_due(self, interval_s: float) -> bool:
         with self._lock:

@@ -125,21 +125,31 @@ class RabbitOutbox:
             except Exception:  # closing a broken connection: nothing more to do
                 pass
 
-    def _publish(self, exchange: str, routing_key: str, body: bytes,
-                 props: pika.BasicProperties, *, mandatory: bool) -> None:
+    def _retrying(self, what: str, op: Callable[[], None],
+                  answers: tuple[type[BaseException], ...]) -> None:
+        """Run ``op`` on this thread's channel, reconnecting after a broker connection error,
+        at most ``attempts`` times, then raise :class:`BrokerError` naming ``what``. Errors in
+        ``answers`` are the broker's own answer, not a connection problem: raised at once."""
         last: Exception | None = None
         for attempt in range(self.attempts):
             try:
-                self._channel().basic_publish(exchange, routing_key, body, props,
-                                              mandatory=mandatory)
+                op()
                 return
-            except (pika.exceptions.UnroutableError, pika.exceptions.NackError):
-                raise  # the broker answered: not a connection problem, do not retry
+            except answers:
+                raise
             except (pika.exceptions.AMQPError, OSError) as exc:
                 last = exc
                 self._drop()
                 time.sleep(self.backoff_s * 2 ** attempt)
-        raise BrokerError(f"broker did not confirm a publish to {exchange or routing_key}: {last}")
+        raise BrokerError(f"broker did not {what}: {last}")
+
+    def _publish(self, exchange: str, routing_key: str, body: bytes,
+                 props: pika.BasicProperties, *, mandatory: bool) -> None:
+        self._retrying(
+            f"confirm a publish to {exchange or routing_key}",
+            lambda: self._channel().basic_publish(exchange, routing_key, body, props,
+                                                  mandatory=mandatory),
+            answers=(pika.exceptions.UnroutableError, pika.exceptions.NackError))
 
     def reply(self, routing_key: str, reply: Reply) -> None:
         body = reply.model_dump_json().encode()
@@ -174,23 +184,19 @@ class RabbitOutbox:
         """
         if name in self._declared:
             return
-        last: Exception | None = None
-        with self._declare_lock:
-            for attempt in range(self.attempts):
-                try:
-                    self._channel().queue_declare(name, durable=True, arguments=queue_arguments(
-                        self.queue_type, dead_letter_to(target)))
-                    self._declared.add(name)
-                    return
-                except pika.exceptions.ChannelClosedByBroker:
-                    self._drop()
-                    raise  # the broker refused the arguments: not a connection problem
-                except (pika.exceptions.AMQPError, OSError) as exc:
-                    last = exc
-                    self._drop()
-                    time.sleep(self.backoff_s * 2 ** attempt)
-        raise BrokerError(f"broker did not declare {name}: {last}")
 
+        def declare() -> None:
+            try:
+                self._channel().queue_declare(name, durable=True, arguments=queue_arguments(
+                    self.queue_type, dead_letter_to(target)))
+            except pika.exceptions.ChannelClosedByBroker:
+                self._drop()  # the broker refused the arguments; the closed channel goes too
+                raise
+
+        with self._declare_lock:
+            self._retrying(f"declare {name}", declare,
+                           answers=(pika.exceptions.ChannelClosedByBroker,))
+            self._declared.add(name)
 
     def dead_letter(self, body: bytes, headers: dict[str, Any], message_id: str | None) -> None:
         props = pika.BasicProperties(delivery_mode=2, message_id=message_id, headers=headers,

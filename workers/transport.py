@@ -57,8 +57,9 @@ class _PacedHTTPSConnection(HTTPSConnection):
     was sent, which the transport maps to ServiceUnavailable and not to an ambiguous outcome.
     """
 
-    #: set on the per-pool subclass (:func:`_paced_connection_class`)
-    handshake_slots: threading.BoundedSemaphore
+    def __init__(self, *args, handshake_slots: threading.BoundedSemaphore, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.handshake_slots = handshake_slots  # shared by every connection of one pool
 
     def connect(self) -> None:
         wait = self.timeout if isinstance(self.timeout, (int, float)) else None
@@ -76,9 +77,11 @@ class _PacedHTTPSConnection(HTTPSConnection):
             self.handshake_slots.release()
 
 
-def _paced_connection_class(slots: int) -> type[_PacedHTTPSConnection]:
-    return type("PacedHTTPSConnection", (_PacedHTTPSConnection,),
-                {"handshake_slots": threading.BoundedSemaphore(slots)})
+class _PacedPool(urllib3.HTTPSConnectionPool):
+    """The keep-alive pool; its connections share ``handshake_slots`` (passed as a connection
+    keyword argument)."""
+
+    ConnectionCls = _PacedHTTPSConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +107,12 @@ class MtlsTransport:
         # One pool for the one EESZT host: a PoolManager would parse the URL and look the pool
         # up again on every call (about 4% of a worker's CPU at 800 requests/s).
         self._default_timeout = urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
-        self._pool = urllib3.HTTPSConnectionPool(
+        # At most ``handshakes`` new connections at a time (see _PacedHTTPSConnection).
+        self._pool = _PacedPool(
             parts.hostname, parts.port or 443, maxsize=maxsize, block=False, ssl_context=ctx,
             retries=False, timeout=self._default_timeout,
+            handshake_slots=threading.BoundedSemaphore(handshakes),
         )
-        # At most ``handshakes`` new connections at a time (see _PacedHTTPSConnection).
-        self._pool.ConnectionCls = _paced_connection_class(handshakes)
 
     def post(self, path: str, body: bytes, *, soap_action: str = "",
              timeout: float | None = None) -> HttpResponse:

@@ -214,3 +214,10 @@ def test_the_opening_is_logged_with_the_last_failure_reason(caplog):
         b.record_failure("could not connect to https://eeszt/services/eRecept: refused")
     assert b.is_open
     assert "2 failures in a row" in caplog.text and "refused" in caplog.text
+
+
+def test_the_opening_log_masks_a_taj_in_the_reason(caplog):
+    b = CircuitBreaker("eRecept", failure_threshold=1)
+    with caplog.at_level("WARNING", logger="eeszt_gw.breaker"):
+        b.record_failure("eRecept: SRV-001 while storing taj 123456788")
+    assert b.is_open and "123456788" not in caplog.text and "788" in caplog.text
