@@ -8,12 +8,15 @@ produced here was confirmed, so a crash in between leads to a redelivery, never 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import random
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, ContextManager, Iterator, Protocol
 
 import pika
 import pika.exceptions
@@ -63,6 +66,15 @@ class Outbox(Protocol):
 
     def release_parked(self, service: str, queue: str, *, rate_per_s: float) -> int:
         """Move the parked requests of ``service`` back to ``queue``, at most ``rate_per_s``."""
+
+    def key_lock(self, service: str, key: str) -> ContextManager[bool]:
+        """Yield True while this thread is the one copy of request ``key`` allowed to ask
+        ``service`` and send; False when another copy holds it (across worker processes)."""
+
+
+def key_lock_queue(service: str, key: str) -> str:
+    """The exclusive queue that is the lock of one request (keys can be long: hashed)."""
+    return f"eeszt.lock.key.{service}.{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
 def plain_user(params: pika.ConnectionParameters) -> str | None:
@@ -140,7 +152,8 @@ class RabbitOutbox:
             except (pika.exceptions.AMQPError, OSError) as exc:
                 last = exc
                 self._drop()
-                time.sleep(self.backoff_s * 2 ** attempt)
+                # jitter, so that 64 threads that lost one connection do not reconnect in step
+                time.sleep(self.backoff_s * 2 ** attempt * random.uniform(0.5, 1.5))
         raise BrokerError(f"broker did not {what}: {last}")
 
     def _publish(self, exchange: str, routing_key: str, body: bytes,
@@ -245,6 +258,37 @@ class RabbitOutbox:
             if conn.is_open:
                 conn.close()
 
+    @contextlib.contextmanager
+    def key_lock(self, service: str, key: str) -> Iterator[bool]:
+        """An exclusive queue declared on this thread's connection: RabbitMQ lets one
+        connection hold it, and drops it with the connection, so a crashed holder frees it."""
+        name = key_lock_queue(service, key)
+        lock_channel = None
+
+        def take() -> None:
+            nonlocal lock_channel
+            self._channel()
+            lock_channel = self._local.conn.channel()  # a 405 closes this channel only
+            lock_channel.queue_declare(name, exclusive=True, auto_delete=True)
+
+        try:
+            self._retrying(f"take the lock {name}", take,
+                           answers=(pika.exceptions.ChannelClosedByBroker,))
+            held = True
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 405:  # RESOURCE_LOCKED: another copy holds it
+                raise
+            held = False
+        try:
+            yield held
+        finally:
+            if held:
+                try:
+                    lock_channel.queue_delete(name)
+                    lock_channel.close()
+                except (pika.exceptions.AMQPError, OSError):
+                    self._drop()  # the connection goes, and the exclusive queue with it
+
     def close(self) -> None:
         self._drop()
 
@@ -261,6 +305,19 @@ class MemoryOutbox:
     on_reply: Callable[[str, Reply], None] | None = None
     on_retry: Callable[[str, bytes, dict[str, Any], float, str | None], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _held: set[tuple[str, str]] = field(default_factory=set)
+
+    @contextlib.contextmanager
+    def key_lock(self, service: str, key: str) -> Iterator[bool]:
+        with self._lock:
+            held = (service, key) not in self._held
+            self._held.add((service, key))
+        try:
+            yield held
+        finally:
+            if held:
+                with self._lock:
+                    self._held.discard((service, key))
 
     def reply(self, routing_key: str, reply: Reply) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ request is then not acknowledged and comes back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -16,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from pydantic import ValidationError
 
@@ -69,6 +70,10 @@ from .tokens import (
 )
 
 log = logging.getLogger("eeszt_gw.pipeline")
+
+
+class _TwinInFlight(Exception):
+    """Another copy of this request holds its lock (``Pipeline._one_copy``)."""
 NIL = uuid.UUID(int=0)
 _ROUTING_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # schemas.validators.ReplyRoutingKey
 KEPT_IN = f"dead-letter queue {DEAD_LETTER_QUEUE}"
@@ -280,7 +285,10 @@ class Pipeline:
             return self._park(msg, request, f"EESZT {service.name} is unavailable", ambiguous)
         started = breaker.clock() if breaker is not None else 0.0
         try:
-            result = self._submit(request, service.name, identity, ambiguous, released)
+            with self._one_copy(ambiguous, service.name, request):
+                result = self._submit(request, service.name, identity, ambiguous, released)
+        except _TwinInFlight:
+            return self._defer_twin(msg, request)
         except LoginRequired as exc:
             if self.logins is None:
                 return self._reject(request, GW_LOGIN, "acting.user_id",
@@ -314,6 +322,24 @@ class Pipeline:
                                                      f"version {result.version}")
         self.observer.outcome(service.name, "accepted", request)
         return "accepted"
+
+    @contextlib.contextmanager
+    def _one_copy(self, ambiguous: bool, service: str, request: RequestEnvelope) -> Iterator[None]:
+        """A copy that must ask EESZT first holds the request's lock while it asks and sends.
+
+        Two such copies can come back at the same moment (a redelivered original and the
+        retry-queue copy the outbox published twice when its confirm was lost in a broker
+        restart); without the lock both ask, both hear "not there", and both send. The copy
+        that finds the lock taken is deferred again and then finds the record. A first,
+        unflagged delivery takes no lock: nothing was sent for it before.
+        """
+        if not ambiguous:
+            yield
+            return
+        with self.outbox.key_lock(service, request.idempotency_key) as held:
+            if not held:
+                raise _TwinInFlight
+            yield
 
     def _submit(self, request: RequestEnvelope, service: str, identity: str,
                 ambiguous: bool, released: bool = False) -> SubmitResult:

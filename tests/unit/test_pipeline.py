@@ -209,3 +209,46 @@ def test_a_republished_twin_waits_then_asks_and_never_duplicates():
     assert p.handle(original) == "accepted"  # the twin ahead of it in the queue
     assert p.handle(Incoming(body=body, queue=queue, headers=headers)) == "accepted"
     assert len(fake.records) == 1 and fake.submits == 1
+
+
+def test_two_copies_that_must_ask_first_never_both_send():
+    """A redelivered original and a second retry-queue copy (the outbox published it again when
+    its confirm was lost in a broker restart) come back at the same moment: without the
+    request's lock both ask, both hear "not there", and both send."""
+    fake, outbox, p = make()
+    fake.duplicates = "naive"  # a service that stores a request sent twice twice
+    request = samples.prescription()
+    both_asking = threading.Barrier(2, timeout=1)
+    asked = fake.query
+
+    def slow_query(service, key, assertion):
+        try:
+            both_asking.wait()  # only reached by both copies if nothing serialises them
+        except threading.BrokenBarrierError:
+            pass
+        return asked(service, key, assertion)
+
+    fake.query = slow_query
+    copies = [incoming(request, redelivered=True, headers={H_AMBIGUOUS: 1}),
+              incoming(request, headers={H_AMBIGUOUS: 1})]
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(p.handle, copies))
+    assert outcomes == ["accepted", "deferred"]
+    assert fake.submits == 1 and fake.repeated_keys() == 0
+    # the deferred copy comes back, asks, finds the record and does not send
+    (queue, body, headers, _delay), = outbox.retries
+    assert p.handle(Incoming(body=body, queue=queue, headers=headers)) == "accepted"
+    assert fake.submits == 1 and fake.repeated_keys() == 0
+
+
+def test_a_copy_that_finds_the_request_locked_is_deferred_without_asking():
+    fake, outbox, p = make()
+    request = samples.prescription()
+    with outbox.key_lock("eRecept", request.idempotency_key) as held:
+        assert held
+        assert p.handle(incoming(request, headers={H_AMBIGUOUS: 1})) == "deferred"
+        assert fake.submits == 0
+    (queue, body, headers, _delay), = outbox.retries
+    assert headers.get(H_AMBIGUOUS)
+    assert p.handle(Incoming(body=body, queue=queue, headers=headers)) == "accepted"
+    assert fake.submits == 1
