@@ -17,6 +17,8 @@ allowed to whoever may write to that service.
 
 from __future__ import annotations
 
+import functools
+
 import enum
 
 
@@ -68,6 +70,7 @@ def is_allowed(service: str, access: Access, role: str) -> bool:
         return False
 
 
+@functools.cache  # the table is fixed: asked once per request, computed once per service
 def writer_role(service: str) -> Role:
     """The role whose token a write to ``service`` needs (a doctor's, or the institution's).
 

@@ -53,7 +53,7 @@ import pika.exceptions
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.audit import AuditEvent, AuditKind
+from schemas.audit import AuditEvent, AuditKind, AuditStep
 from schemas.connection import BrokerTLS, broker_parameters, open_connection
 
 log = logging.getLogger("eeszt_gw.audit")
@@ -82,14 +82,14 @@ class StreamRetention(BaseSettings):
 
 
 class AuditLog(Protocol):
-    def record(self, event: AuditEvent) -> None:
+    def record(self, event: AuditEvent | AuditStep) -> None:
         """Keep ``event``. Returns at once (no I/O on the caller's thread) and never raises."""
 
 
 class NullAuditLog:
     """Records nothing: the default where no audit trail is configured."""
 
-    def record(self, event: AuditEvent) -> None:
+    def record(self, event: AuditEvent | AuditStep) -> None:
         pass
 
     def close(self) -> None:
@@ -101,21 +101,40 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
+#: forks of this process so far: the writer thread and the actor's pid belong to one process
+_forks = 0
+_actor: tuple[int, str] = (-1, "")
+
+
+def _after_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def worker_actor() -> str:
     """``"worker pid 123 on host"``: who acts, for events recorded by a worker process."""
-    return f"worker pid {os.getpid()} on {_hostname()}"
+    global _actor
+    forks, actor = _actor
+    if forks != _forks:  # once per process, not a getpid() per event
+        actor = f"worker pid {os.getpid()} on {_hostname()}"
+        _actor = (_forks, actor)
+    return actor
 
 
 def audit_event(kind: AuditKind | str, *, message_id: object, idempotency_key: str = "",
                 service: str = "", attempt: int | None = None, detail: str = "",
-                actor: str | None = None) -> AuditEvent:
-    """An event that happened now, done by this worker process unless ``actor`` is given.
+                actor: str | None = None) -> AuditStep:
+    """An event that happened now, done by this worker process unless ``actor`` is given, as
+    an :class:`~schemas.audit.AuditStep` (masked, not validated: the hot path's event).
 
     Raises ``ValueError`` for an unknown ``kind``.
     """
-    return AuditEvent(message_id=str(message_id), idempotency_key=idempotency_key,
-                      service=service, event=AuditKind(kind), at=datetime.now(timezone.utc),
-                      actor=actor or worker_actor(), attempt=attempt, detail=detail)
+    return AuditStep(message_id=str(message_id), idempotency_key=idempotency_key,
+                     service=service, event=AuditKind(kind), at=datetime.now(timezone.utc),
+                     actor=actor or worker_actor(), attempt=attempt, detail=detail)
 
 
 class MemoryAuditLog:
@@ -125,7 +144,9 @@ class MemoryAuditLog:
         self._events: list[AuditEvent] = []
         self._lock = threading.Lock()
 
-    def record(self, event: AuditEvent) -> None:
+    def record(self, event: AuditEvent | AuditStep) -> None:
+        if isinstance(event, AuditStep):
+            event = event.to_event()
         with self._lock:
             self._events.append(event)
 
@@ -142,8 +163,9 @@ class MemoryAuditLog:
         pass
 
 
-def encode_batch(events: list[AuditEvent]) -> bytes:
-    return "".join(e.model_dump_json() + "\n" for e in events).encode()
+def encode_batch(events: list[AuditEvent | AuditStep]) -> bytes:
+    return "".join((e.to_json() if isinstance(e, AuditStep) else e.model_dump_json()) + "\n"
+                   for e in events).encode()
 
 
 def decode_batch(body: bytes) -> Iterator[AuditEvent]:
@@ -204,7 +226,7 @@ class RabbitAuditLog:
         self.max_buffer = max_buffer
         self.retention = retention or StreamRetention()
         self.dropped = 0
-        self._buffer: deque[AuditEvent] = deque()
+        self._buffer: deque[AuditEvent | AuditStep] = deque()
         self._inflight = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -212,20 +234,20 @@ class RabbitAuditLog:
         self._idle = threading.Condition(self._lock)
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._forks = -1
         self._conn: pika.BlockingConnection | None = None
         self._channel = None
         self._reported_drops = 0
         self._last_warning = float("-inf")
 
     # --- the caller's side ------------------------------------------------------------------------
-    def record(self, event: AuditEvent) -> None:
+    def record(self, event: AuditEvent | AuditStep) -> None:
         try:
             with self._lock:
                 if self._closing:
                     self.dropped += 1
                     return
-                if self._pid != os.getpid():
+                if self._forks != _forks:  # the first record in this process
                     self._start()
                 if len(self._buffer) >= self.max_buffer:
                     self._buffer.popleft()
@@ -261,7 +283,7 @@ class RabbitAuditLog:
 
         Events still unconfirmed after the timeout are counted as dropped and logged."""
         with self._lock:
-            thread = self._thread if self._pid == os.getpid() else None
+            thread = self._thread if self._forks == _forks else None
         if thread is not None:
             self.flush(timeout_s)
         with self._lock:
@@ -285,7 +307,7 @@ class RabbitAuditLog:
     def _start(self) -> None:  # the first record in this process; called with the lock held
         if self._thread is not None:  # forked: the parent writes what it recorded, on its
             self._buffer.clear()      # own connection, which is not ours to use
-        self._pid = os.getpid()
+        self._forks = _forks
         self._conn = self._channel = None
         self._inflight = 0
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -349,7 +371,7 @@ class RabbitAuditLog:
             self._channel = channel
         return self._channel
 
-    def _publish(self, batch: list[AuditEvent]) -> None:
+    def _publish(self, batch: list[AuditEvent | AuditStep]) -> None:
         props = pika.BasicProperties(content_type=CONTENT_TYPE, delivery_mode=2,
                                      timestamp=int(time.time()),
                                      headers={"eeszt-audit-events": len(batch)})

@@ -74,6 +74,9 @@ log = logging.getLogger("eeszt_gw.pipeline")
 
 class _TwinInFlight(Exception):
     """Another copy of this request holds its lock (``Pipeline._one_copy``)."""
+
+
+_NO_LOCK = contextlib.nullcontext()  # reusable: it keeps no state
 NIL = uuid.UUID(int=0)
 _ROUTING_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # schemas.validators.ReplyRoutingKey
 KEPT_IN = f"dead-letter queue {DEAD_LETTER_QUEUE}"
@@ -316,15 +319,17 @@ class Pipeline:
                                       ambiguous or isinstance(exc, AmbiguousOutcome))
             return self._retry_later(msg, request, exc)
         self._answered(breaker)
-        self._reply(request, Accepted(**reply_fields(request), eeszt_id=result.eeszt_id,
-                                      version=result.version))
+        if request.reply_to:  # most batch requests have none: build no reply for them
+            self.outbox.reply(request.reply_to, Accepted(**reply_fields(request),
+                                                         eeszt_id=result.eeszt_id,
+                                                         version=result.version))
         self._audit("answered", request, msg, detail=f"accepted as {result.eeszt_id} "
                                                      f"version {result.version}")
         self.observer.outcome(service.name, "accepted", request)
         return "accepted"
 
-    @contextlib.contextmanager
-    def _one_copy(self, ambiguous: bool, service: str, request: RequestEnvelope) -> Iterator[None]:
+    def _one_copy(self, ambiguous: bool, service: str,
+                  request: RequestEnvelope) -> contextlib.AbstractContextManager[None]:
         """A copy that must ask EESZT first holds the request's lock while it asks and sends.
 
         Two such copies can come back at the same moment (a redelivered original and the
@@ -333,9 +338,10 @@ class Pipeline:
         that finds the lock taken is deferred again and then finds the record. A first,
         unflagged delivery takes no lock: nothing was sent for it before.
         """
-        if not ambiguous:
-            yield
-            return
+        return self._locked(service, request) if ambiguous else _NO_LOCK
+
+    @contextlib.contextmanager
+    def _locked(self, service: str, request: RequestEnvelope) -> Iterator[None]:
         with self.outbox.key_lock(service, request.idempotency_key) as held:
             if not held:
                 raise _TwinInFlight
@@ -422,14 +428,14 @@ class Pipeline:
         return found[0] if found else None
 
     def _send_with_retries(self, request: RequestEnvelope, token: Token) -> SubmitResult:
-        for attempt in self.policy.in_call():
-            with attempt:
-                # One event for three steps (token, signing, sending): fewer events per request.
-                self._audit("submitted", request, detail=f"with the token of {token.identity}, "
-                            "signed (WS-Security) and sent over mutual TLS, try "
-                            f"{attempt.retry_state.attempt_number} in this call")
-                return self.client.submit(request, token.assertion)
-        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+        def send(try_number: int) -> SubmitResult:
+            # One event for three steps (token, signing, sending): fewer events per request.
+            self._audit("submitted", request, detail=f"with the token of {token.identity}, "
+                        f"signed (WS-Security) and sent over mutual TLS, try {try_number} in "
+                        "this call")
+            return self.client.submit(request, token.assertion)
+
+        return self.policy.call(send)
 
     # --- outcomes -------------------------------------------------------------------------------
     def _reply(self, request: RequestEnvelope, reply) -> None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Callable, TypeVar
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from schemas.wire import RETRY_TIERS_S
 
 from .errors import AmbiguousOutcome, ServiceUnavailable
+
+T = TypeVar("T")
 
 
 def _transient_not_ambiguous(exc: BaseException) -> bool:
@@ -38,6 +41,29 @@ class RetryPolicy:
             retry=retry_if_exception(_transient_not_ambiguous),
             reraise=True,
         )
+
+    def call(self, fn: Callable[[int], T]) -> T:
+        """``fn(try_number)``, tried again after a transient failure, at most ``call_attempts``
+        tries in all, with jittered exponential waits between them (:meth:`in_call`).
+
+        The first try runs outside tenacity: it is the common case, and tenacity's bookkeeping
+        per call (a controller, an attempt manager, a future) costs as much as parsing EESZT's
+        answer. After a transient failure the tries go on under tenacity as if it had made the
+        first one too, with the same waits and the same bound; any other error propagates.
+        """
+        try:
+            return fn(1)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless transient
+            if self.call_attempts <= 1 or not _transient_not_ambiguous(exc):
+                raise
+            first_failure: BaseException | None = exc
+        for attempt in self.in_call():
+            with attempt:
+                if first_failure is not None:  # tenacity's try 1 is the one made above
+                    failure, first_failure = first_failure, None
+                    raise failure
+                return fn(attempt.retry_state.attempt_number)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     def broker_delay_s(self, attempt: int, rng: random.Random | None = None) -> float:
         """Exponential backoff with jitter for broker-side attempt ``attempt`` (1-based)."""

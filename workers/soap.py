@@ -30,7 +30,7 @@ from schemas.soap import (
     Service,
 )
 
-from .errors import ServiceRejected, ServiceUnavailable, TokenRejected
+from .errors import AmbiguousOutcome, ServiceRejected, ServiceUnavailable, TokenRejected
 
 _PARSERS = threading.local()
 
@@ -45,6 +45,8 @@ def _parser() -> etree.XMLParser:
                                           remove_blank_text=False)
         return _PARSERS.parser
 _C = f"{{{COMMON_NS}}}"
+_ENVELOPE, _BODY = f"{{{SOAP11_NS}}}Envelope", f"{{{SOAP11_NS}}}Body"
+_EESZT_ID, _VERSION, _STORED_AT = f"{_C}eesztId", f"{_C}version", f"{_C}storedAt"
 QUERY_OP = "lekerdezesKulcsAlapjan"
 
 
@@ -206,12 +208,16 @@ class IssuedToken:
 
 def _body_child(status: int, data: bytes, service: str) -> etree._Element:
     """The answer's operation element, or the right error for a fault / a non-SOAP answer."""
+    child = None
     try:
         root = etree.fromstring(data, _parser())
-        body = root.find(f"{{{SOAP11_NS}}}Body")
-        child = body[0] if body is not None and len(body) else None
     except (etree.XMLSyntaxError, ValueError):
-        child = None
+        root = None
+    if root is not None and root.tag == _ENVELOPE:
+        for part in root:  # (Header,) Body: a loop is cheaper than find() on every answer
+            if part.tag == _BODY:
+                child = part[0] if len(part) else None
+                break
     if child is None:
         if status >= 500 or status in (408, 429):
             raise ServiceUnavailable(f"{service}: HTTP {status} without a SOAP answer", service=service)
@@ -246,10 +252,15 @@ def fault_error(fault: etree._Element, *, service: str, status: int) -> Exceptio
 
 
 def parse_submit(status: int, data: bytes, *, service: str) -> SubmitResult:
-    child = _body_child(status, data, service)
-    return SubmitResult(eeszt_id=child.findtext(f"{_C}eesztId"),
-                        version=int(child.findtext(f"{_C}version")),
-                        stored_at=child.findtext(f"{_C}storedAt"))
+    """The stored record from a submit answer; faults raise the error tree (``_body_child``).
+    An answer of 200 without an EESZT id or a numeric version raises AmbiguousOutcome: the
+    record may exist, so the next attempt asks before sending again."""
+    fields = {part.tag: part.text for part in _body_child(status, data, service)}
+    eeszt_id, version = fields.get(_EESZT_ID), fields.get(_VERSION)
+    if not eeszt_id or not (version or "").strip().isdigit():
+        raise AmbiguousOutcome(f"{service}: the answer carries no EESZT id and version",
+                               service=service)
+    return SubmitResult(eeszt_id=eeszt_id, version=int(version), stored_at=fields.get(_STORED_AT))
 
 
 def parse_query(status: int, data: bytes, *, service: str) -> list[SubmitResult]:

@@ -8,10 +8,12 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from eeszt_gw.audit_cli import UsageError, parse_when
-from schemas.audit import AuditEvent, AuditKind, mask_text
+from schemas.audit import AuditEvent, AuditKind, AuditStep, mask_text
 from tests.samples import TAJ
 from workers.audit import (
     MemoryAuditLog,
@@ -80,6 +82,46 @@ def test_audit_event_helper_fills_time_and_actor():
     assert before <= e.at <= datetime.now(timezone.utc)
     assert e.actor.startswith("worker pid ") and " on " in e.actor
     assert audit_event(AuditKind.REPLAYED, message_id="m-9", actor="ops-anna").actor == "ops-anna"
+
+
+# --- AuditStep: the workers' event, the same JSON as the model ---------------------------------------
+_text = st.text(alphabet=st.sampled_from("0123456789 -aé\"\\\n\u2028{}"), max_size=40) | \
+    st.builds(lambda a, b: f"{a} {TAJ} {b}", st.text(max_size=8), st.text(max_size=8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(message_id=_text, key=_text, service=_text, detail=_text, actor=_text,
+       kind=st.sampled_from(list(AuditKind)), attempt=st.none() | st.integers(0, 10**6),
+       at=st.datetimes(timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=1)),
+                                                   timezone(timedelta(hours=-3, minutes=-30))])))
+def test_a_step_writes_the_json_of_the_event_it_stands_for(message_id, key, service, detail,
+                                                           actor, kind, attempt, at):
+    fields = dict(message_id=message_id, idempotency_key=key, service=service, event=kind, at=at,
+                  actor=actor, attempt=attempt, detail=detail)
+    step, model = AuditStep(**fields), AuditEvent(**fields)
+    assert step.to_json() == model.model_dump_json()
+    assert step.to_event() == model == AuditEvent.model_validate_json(step.to_json())
+    assert TAJ not in step.detail + step.actor
+
+
+def test_a_step_masks_and_refuses_what_the_model_refuses():
+    step = AuditStep(message_id="m", event=AuditKind.FAILED, at=NOW, actor=f"ops {TAJ}",
+                     detail=f"taj {TAJ}")
+    assert TAJ not in step.detail and TAJ not in step.actor and step.detail.endswith(TAJ[-3:])
+    with pytest.raises(ValueError, match="at: .*timezone-aware"):
+        AuditStep(message_id="m", event=AuditKind.FAILED, at=datetime(2026, 1, 1), actor="a")
+    with pytest.raises(TypeError, match="event: 'failed' is not an AuditKind"):
+        AuditStep(message_id="m", event="failed", at=NOW, actor="a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        audit_event("teleported", message_id="m")
+
+
+def test_memory_log_and_batches_take_steps_as_events():
+    step = audit_event("answered", message_id="m-2", idempotency_key="rx-2", detail=f"t {TAJ}")
+    log = MemoryAuditLog()
+    log.record(step)
+    assert log.events == [step.to_event()] and isinstance(log.events[0], AuditEvent)
+    assert list(decode_batch(encode_batch([step, event()]))) == [step.to_event(), event()]
 
 
 def test_batches_are_json_lines_and_a_bad_line_is_skipped():
