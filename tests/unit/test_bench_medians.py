@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("psutil", reason="the bench extra is not installed")
 
 from eeszt_gw.bench.harness import DrainResult  # noqa: E402
-from eeszt_gw.bench.scenarios import _medians  # noqa: E402
+from eeszt_gw.bench.scenarios import _medians, _paired_ratios  # noqa: E402
 
 
 def run(kind: str, latency: float, rate: float, processes: int = 2) -> DrainResult:
@@ -33,3 +33,12 @@ def test_an_even_count_keeps_the_lower_middle_run_and_process_counts_stay_apart(
     runs = [run("gateway", 20, 400), run("gateway", 20, 300), run("gateway", 20, 350, processes=4)]
     picked = {(r.kind, r.processes): r.events_per_s for r in _medians(runs)}
     assert picked == {("gateway", 2): 300, ("gateway", 4): 350}
+
+
+def test_paired_ratios_compare_the_runs_of_one_round():
+    rounds = [{("gateway", 20): run("gateway", 20, 270), ("bare", 20): run("bare", 20, 300)},
+              {("gateway", 20): run("gateway", 20, 180), ("bare", 20): run("bare", 20, 200)},
+              {("gateway", 20): run("gateway", 20, 330)}]  # its bare run is missing: skipped
+    assert _paired_ratios(rounds, 20, "bare") == pytest.approx([0.9, 0.9])
+    assert _paired_ratios(rounds, 20, "naive") == []
+    assert _paired_ratios(rounds, 100, "bare") == []
