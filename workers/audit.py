@@ -164,8 +164,8 @@ class MemoryAuditLog:
 
 
 def encode_batch(events: list[AuditEvent | AuditStep]) -> bytes:
-    return "".join((e.to_json() if isinstance(e, AuditStep) else e.model_dump_json()) + "\n"
-                   for e in events).encode()
+    return b"".join((e.to_json_bytes() if isinstance(e, AuditStep)
+                     else e.model_dump_json().encode()) + b"\n" for e in events)
 
 
 def decode_batch(body: bytes) -> Iterator[AuditEvent]:
