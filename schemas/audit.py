@@ -118,9 +118,6 @@ class AuditStep:
     def __repr__(self) -> str:
         return f"AuditStep({self.event.value} {self.message_id} at {self.at.isoformat()})"
 
-    def matches(self, message_id_or_key: str) -> bool:
-        return message_id_or_key in (self.message_id, self.idempotency_key)
-
     def to_json(self) -> str:
         """One line of the audit stream: ``AuditEvent.model_dump_json()`` of :meth:`to_event`."""
         return self.to_json_bytes().decode()

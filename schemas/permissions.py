@@ -17,9 +17,8 @@ allowed to whoever may write to that service.
 
 from __future__ import annotations
 
-import functools
-
 import enum
+import functools
 
 
 class Role(str, enum.Enum):

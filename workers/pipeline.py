@@ -319,10 +319,7 @@ class Pipeline:
                                       ambiguous or isinstance(exc, AmbiguousOutcome))
             return self._retry_later(msg, request, exc)
         self._answered(breaker)
-        if request.reply_to:  # most batch requests have none: build no reply for them
-            self.outbox.reply(request.reply_to, Accepted(**reply_fields(request),
-                                                         eeszt_id=result.eeszt_id,
-                                                         version=result.version))
+        self._reply(request, Accepted, eeszt_id=result.eeszt_id, version=result.version)
         self._audit("answered", request, msg, detail=f"accepted as {result.eeszt_id} "
                                                      f"version {result.version}")
         self.observer.outcome(service.name, "accepted", request)
@@ -409,9 +406,9 @@ class Pipeline:
         self.outbox.park(service, msg.queue, msg.body, headers, ttl_ms, str(request.message_id))
         self._audit("parked", request, msg, detail=f"{detail}; held in eeszt.parked.{service}")
         if tell:
-            self._reply(request, StatusUpdate(**reply_fields(request), state=StatusState.PARKED,
-                                              detail=f"{detail}; the request waits in the broker "
-                                                     "and is sent when the service is back"))
+            self._reply(request, StatusUpdate, state=StatusState.PARKED,
+                        detail=f"{detail}; the request waits in the broker and is sent when "
+                               "the service is back")
         self.observer.outcome(service, "parked", request)
         return "parked"
 
@@ -438,9 +435,11 @@ class Pipeline:
         return self.policy.call(send)
 
     # --- outcomes -------------------------------------------------------------------------------
-    def _reply(self, request: RequestEnvelope, reply) -> None:
+    def _reply(self, request: RequestEnvelope, kind: type, **fields: Any) -> None:
+        """Send a ``kind`` reply (with the request's correlation fields) to the request's
+        ``reply_to``; built only when there is one: most batch requests have none."""
         if request.reply_to:
-            self.outbox.reply(request.reply_to, reply)
+            self.outbox.reply(request.reply_to, kind(**reply_fields(request), **fields))
 
     def _reject(self, request: RequestEnvelope, code: str, field_name: str | None, reason: str) -> str:
         service = OPERATION_OF[request.message_type][0].name
@@ -460,7 +459,7 @@ class Pipeline:
         self._audit("failed", request, msg, detail=reason)
         self._audit("dead_lettered", request, msg, detail=f"kept in {DEAD_LETTER_QUEUE}")
         self._dead_letter(msg, reason=reason, code="GW-FAILED", request=request)
-        self._reply(request, Failed(**reply_fields(request), reason=reason, kept_in=KEPT_IN))
+        self._reply(request, Failed, reason=reason, kept_in=KEPT_IN)
         self.observer.outcome(service, "failed", request)
         return "failed"
 
@@ -487,9 +486,8 @@ class Pipeline:
         self._audit("retried", request, attempt=attempt,
                     detail=f"{exc}; next attempt at {at.isoformat(timespec='seconds')}")
         if tell:  # the HIS hears "retrying" once, not once per attempt
-            self._reply(request, StatusUpdate(**reply_fields(request), state=StatusState.RETRYING,
-                                              detail=str(exc), attempt=attempt,
-                                              next_attempt_at=at))
+            self._reply(request, StatusUpdate, state=StatusState.RETRYING, detail=str(exc),
+                        attempt=attempt, next_attempt_at=at)
         self.observer.outcome(service, "retrying", request)
         return "retrying"
 
@@ -547,4 +545,4 @@ def internal_error(pipeline: Pipeline, msg: Incoming, exc: BaseException) -> Non
         return
     if tenant_refusal(pipeline.tenants, msg.user_id, request.reply_to):
         return  # not its sender's reply address: the dead letter is all
-    pipeline._reply(request, Failed(**reply_fields(request), reason=reason, kept_in=KEPT_IN))
+    pipeline._reply(request, Failed, reason=reason, kept_in=KEPT_IN)

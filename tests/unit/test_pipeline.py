@@ -220,12 +220,13 @@ def test_two_copies_that_must_ask_first_never_both_send():
     request = samples.prescription()
     both_asking = threading.Barrier(2, timeout=1)
     asked = fake.query
+    asked_alone: list[str] = []
 
     def slow_query(service, key, assertion):
         try:
-            both_asking.wait()  # only reached by both copies if nothing serialises them
-        except threading.BrokenBarrierError:
-            pass
+            both_asking.wait()  # only passed by both copies if nothing serialises them
+        except threading.BrokenBarrierError:  # the other copy never came to ask
+            asked_alone.append(key)
         return asked(service, key, assertion)
 
     fake.query = slow_query
@@ -235,6 +236,7 @@ def test_two_copies_that_must_ask_first_never_both_send():
         outcomes = sorted(pool.map(p.handle, copies))
     assert outcomes == ["accepted", "deferred"]
     assert fake.submits == 1 and fake.repeated_keys() == 0
+    assert asked_alone == [request.idempotency_key]  # one copy asked, and it asked alone
     # the deferred copy comes back, asks, finds the record and does not send
     (queue, body, headers, _delay), = outbox.retries
     assert p.handle(Incoming(body=body, queue=queue, headers=headers)) == "accepted"
