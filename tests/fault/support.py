@@ -111,8 +111,11 @@ class Replies:
         self._thread.join(5)
 
 
-def publish(url: str, reqs: list[RequestEnvelope], queue_type: str = "classic") -> None:
-    with BatchPublisher(url=url, queue_type=queue_type) as pub:
+def publish(url: str, reqs: list[RequestEnvelope], queue_type: str = "classic",
+            **retry: float) -> None:
+    """Publish ``reqs`` with confirms; ``retry`` (``retry_attempts``, ``retry_backoff``) sets how
+    long the publisher keeps reconnecting, as a HIS would configure it."""
+    with BatchPublisher(url=url, queue_type=queue_type, **retry) as pub:
         for r in reqs:
             pub.publish(r)
         summary = pub.flush(timeout=120)

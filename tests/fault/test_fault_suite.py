@@ -165,7 +165,11 @@ def test_rabbitmq_restart_during_publishing_and_processing(fault_broker, simulat
         t = threading.Thread(target=restart_broker, daemon=True)
         t.start()
         for i in range(0, n, 200):  # publishing goes on before, during and after the restart
-            publish(broker_url, reqs[i:i + 200], fault_broker.queue_type)
+            # The default reconnect window (5 connects, about 3 s) is shorter than a node's
+            # stop_app/start_app on a slow host (CI once took longer); a HIS that must ride
+            # through a broker restart configures a window that covers it: here about 60 s.
+            publish(broker_url, reqs[i:i + 200], fault_broker.queue_type,
+                    retry_attempts=10, retry_backoff=0.5)
             time.sleep(0.15)
         t.join(180)
         replies.wait(n, timeout_s=600)
