@@ -545,7 +545,8 @@ def _bench_publish(ns: argparse.Namespace) -> int:
     from .bench.scenarios import run_publish
 
     return run_publish(n=ns.n, warmup=ns.warmup, batch_n=ns.batch_n, in_flight=ns.in_flight,
-                       json_out=_path(ns.json), png_out=_path(ns.png))
+                       queue_types=ns.queue_types, json_out=_path(ns.json),
+                       png_out=_path(ns.png))
 
 
 def _bench_batch(ns: argparse.Namespace) -> int:
@@ -573,6 +574,14 @@ def _bench_memory(ns: argparse.Namespace) -> int:
                       json_out=_path(ns.json), png_out=_path(ns.png), keep=ns.keep)
 
 
+def _queue_types(text: str) -> list[str]:
+    names = _names(text)
+    bad = [x for x in names if x not in ("classic", "quorum")]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"queue types are classic and quorum, not {text!r}")
+    return names
+
+
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
@@ -594,11 +603,16 @@ def _add_bench_throughput(psub) -> None:
         description="p50/p99 of one confirmed publish with producers.Publisher.submit beside raw "
                     "pika (BlockingConnection + confirm_delivery + basic_publish, same bytes), "
                     "and confirmed batch throughput with BatchPublisher beside raw pika with one "
-                    "confirm at a time." + needs)
-    p.add_argument("--n", type=int, default=2000, help="timed publishes of each kind")
+                    "confirm at a time; once per work-queue type, each in its own vhost." + needs)
+    p.add_argument("--n", type=int, default=5000,
+                   help="timed publishes of each kind (p99 is the 1%% slowest: a larger N "
+                        "steadies it)")
     p.add_argument("--warmup", type=int, default=200, help="untimed publishes first")
     p.add_argument("--batch-n", type=int, default=20_000, help="messages in the batch test")
     p.add_argument("--in-flight", type=int, default=256, help="BatchPublisher's confirm window")
+    p.add_argument("--queue-types", type=_queue_types, default=["classic", "quorum"],
+                   help="work-queue types to measure, comma separated: classic (the single-node "
+                        "default) and quorum (the production one, deploy/)")
     outputs(p)
     p.set_defaults(func=_bench_publish)
 

@@ -68,15 +68,14 @@ def _target(target: str, measured: str, ok: bool) -> dict[str, Any]:
 
 
 # --- publish --------------------------------------------------------------------------------------
-def run_publish(*, n: int = 2000, warmup: int = 200, batch_n: int = 20_000, in_flight: int = 256,
-                json_out: Path | None = None, png_out: Path | None = None) -> int:
-    import pika
-
+def run_publish(*, n: int = 5000, warmup: int = 200, batch_n: int = 20_000, in_flight: int = 256,
+                queue_types: Sequence[str] = ("classic", "quorum"), json_out: Path | None = None,
+                png_out: Path | None = None) -> int:
+    """Interactive and batch confirmed publishing, once per work-queue type (each in a fresh
+    vhost): classic queues are the single-node default, quorum queues the production one
+    (``deploy/``), and their confirms cost differently."""
     from producers.generate import generate
-    from producers.memory import to_wire
-    from producers.publisher import BatchPublisher, Publisher
     from schemas.envelope import RequestEnvelope
-    from schemas.wire import BATCH_QUEUE, INTERACTIVE_QUEUE, REQUESTS_EXCHANGE
 
     console = _console()
     if not h.rabbit_ready():
@@ -85,14 +84,70 @@ def run_publish(*, n: int = 2000, warmup: int = 200, batch_n: int = 20_000, in_f
     requests = [RequestEnvelope.from_json(line)
                 for line in generate(prescriptions=n + warmup, seed=7)]
     events = h.make_events(batch_n, tag="p")
-    with h.Vhost("publish") as vhost:
-        pub = Publisher(url=vhost.url)
+    runs = []
+    for qt in queue_types:
+        console.log(f"{qt} queues: {n:,} interactive publishes of each kind, then {batch_n:,} "
+                    "in a batch")
+        run = _publish_run(qt, requests, warmup, events, in_flight)
+        if run is None:
+            console.print(f"[red]batch publish failed on {qt} queues")
+            return 1
+        runs.append(run)
+    targets = []
+    for run in runs:
+        i, b, qt = run["interactive"], run["batch"], run["queue_type"]
+        ratio = i["publisher_submit_ms"]["p99"] / i["raw_pika_ms"]["p99"]
+        targets += [
+            _target(f"batch publish ≥ 10,000 msg/s ({qt})",
+                    f"{b['batch_publisher_msg_s']:,.0f} msg/s",
+                    b["batch_publisher_msg_s"] >= 10_000),
+            _target(f"interactive publish p99 ≤ 5 ms ({qt})",
+                    f"{i['publisher_submit_ms']['p99']:.2f} ms",
+                    i["publisher_submit_ms"]["p99"] <= 5),
+            _target(f"interactive p99 ≤ 1.5 × raw pika ({qt})", f"{ratio:.2f} ×", ratio <= 1.5),
+        ]
+    fig = {"n": n, "warmup": warmup, "batch_n": batch_n, "in_flight": in_flight, "runs": runs,
+           "targets": targets}
+
+    table = Table(title=f"confirmed publish: one at a time (N={n} after {warmup} warm-up) and "
+                        f"batch ({batch_n:,} messages)")
+    for col in ("queues", "measure", "producers", "raw pika", "unit"):
+        table.add_column(col, justify="left" if col in ("queues", "measure") else "right")
+    for run in runs:
+        i, b, qt = run["interactive"], run["batch"], run["queue_type"]
+        table.add_row(qt, "one confirmed publish, p50", f"{i['publisher_submit_ms']['p50']:.3f}",
+                      f"{i['raw_pika_ms']['p50']:.3f}", "ms")
+        table.add_row(qt, "one confirmed publish, p99", f"{i['publisher_submit_ms']['p99']:.3f}",
+                      f"{i['raw_pika_ms']['p99']:.3f}", "ms")
+        table.add_row(qt, f"batch: BatchPublisher ({in_flight} in flight) vs raw, one confirm "
+                          "at a time", f"{b['batch_publisher_msg_s']:,.0f}",
+                      f"{b['raw_pika_one_confirm_msg_s']:,.0f}", "msg/s", end_section=True)
+    console.print(table)
+    console.print(_targets_table("publish targets", targets))
+    _write_json(json_out, fig)
+    if png_out:
+        _publish_png(png_out, runs)
+    return 0
+
+
+def _publish_run(queue_type: str, requests: list, warmup: int, events: list,
+                 in_flight: int) -> dict[str, Any] | None:
+    """One queue type in a fresh vhost: Publisher.submit against raw pika in alternating blocks
+    of 100 (so that drift hits both alike), then BatchPublisher against raw pika with one
+    confirm at a time. None if the batch was not confirmed whole."""
+    import pika
+
+    from producers.memory import to_wire
+    from producers.publisher import BatchPublisher, Publisher
+    from schemas.wire import BATCH_QUEUE, INTERACTIVE_QUEUE, REQUESTS_EXCHANGE
+
+    with h.Vhost(f"publish-{queue_type}") as vhost:
+        pub = Publisher(url=vhost.url, queue_type=queue_type)  # declares the work queues
         conn = pika.BlockingConnection(pika.URLParameters(vhost.url))
         ch = conn.channel()
         ch.confirm_delivery()
 
-        def raw(request: RequestEnvelope) -> None:
-            rk, body, headers, mid = to_wire(request)
+        def raw(rk: str, body: bytes, headers: dict, mid: str) -> None:
             ch.basic_publish(REQUESTS_EXCHANGE, rk, body, pika.BasicProperties(
                 delivery_mode=2, content_type="application/json", message_id=mid,
                 headers=headers), mandatory=True)
@@ -101,8 +156,8 @@ def run_publish(*, n: int = 2000, warmup: int = 200, batch_n: int = 20_000, in_f
         raw_ms: list[float] = []
         for r in requests[:warmup]:
             pub.submit(r)
-            raw(r)
-        block = 100  # alternate blocks so that drift hits both alike
+            raw(*to_wire(r))
+        block = 100
         measured = requests[warmup:]
         for start in range(0, len(measured), block):
             for r in measured[start:start + block]:
@@ -121,85 +176,61 @@ def run_publish(*, n: int = 2000, warmup: int = 200, batch_n: int = 20_000, in_f
         ch.queue_purge(INTERACTIVE_QUEUE)
 
         t0 = time.perf_counter()
-        with BatchPublisher(url=vhost.url, max_in_flight=in_flight) as bp:
+        with BatchPublisher(url=vhost.url, max_in_flight=in_flight, queue_type=queue_type) as bp:
             for rk, body, headers, mid in events:
                 bp.publish_raw(rk, body, headers, mid)
             summary = bp.flush(timeout=300)
         batch_s = time.perf_counter() - t0
         if not summary.ok:
-            console.print(f"[red]batch publish failed: {summary}")
-            return 1
+            return None
         ch.queue_purge(BATCH_QUEUE)
 
         t0 = time.perf_counter()
-        for rk, body, headers, mid in events:
-            ch.basic_publish(REQUESTS_EXCHANGE, rk, body, pika.BasicProperties(
-                delivery_mode=2, content_type="application/json", message_id=mid,
-                headers=headers), mandatory=True)
+        for event in events:
+            raw(*event)
         raw_batch_s = time.perf_counter() - t0
         ch.queue_purge(BATCH_QUEUE)
         conn.close()
-
-    fig = {
-        "interactive": {"n": n, "warmup": warmup,
-                        "publisher_submit_ms": {"p50": statistics.median(ours_ms),
+    return {
+        "queue_type": queue_type,
+        "interactive": {"publisher_submit_ms": {"p50": statistics.median(ours_ms),
                                                 "p99": h.pct(ours_ms, 0.99),
                                                 "mean": statistics.fmean(ours_ms)},
                         "raw_pika_ms": {"p50": statistics.median(raw_ms),
                                         "p99": h.pct(raw_ms, 0.99),
                                         "mean": statistics.fmean(raw_ms)}},
-        "batch": {"n": batch_n, "in_flight": in_flight,
-                  "batch_publisher_msg_s": batch_n / batch_s,
-                  "raw_pika_one_confirm_msg_s": batch_n / raw_batch_s},
+        "batch": {"batch_publisher_msg_s": len(events) / batch_s,
+                  "raw_pika_one_confirm_msg_s": len(events) / raw_batch_s},
     }
-    i, b = fig["interactive"], fig["batch"]
-    ratio = i["publisher_submit_ms"]["p99"] / i["raw_pika_ms"]["p99"]
-    targets = [
-        _target("batch publish ≥ 10,000 msg/s", f"{b['batch_publisher_msg_s']:,.0f} msg/s",
-                b["batch_publisher_msg_s"] >= 10_000),
-        _target("interactive publish p99 ≤ 5 ms", f"{i['publisher_submit_ms']['p99']:.2f} ms",
-                i["publisher_submit_ms"]["p99"] <= 5),
-        _target("interactive p99 ≤ 1.5 × raw pika", f"{ratio:.2f} ×", ratio <= 1.5),
-    ]
-    fig["targets"] = targets
-
-    table = Table(title=f"confirmed publish: one at a time (N={n} after {warmup} warm-up) and "
-                        f"batch ({batch_n:,} messages)")
-    for col in ("measure", "producers", "raw pika", "unit"):
-        table.add_column(col, justify="left" if col == "measure" else "right")
-    table.add_row("one confirmed publish, p50", f"{i['publisher_submit_ms']['p50']:.3f}",
-                  f"{i['raw_pika_ms']['p50']:.3f}", "ms")
-    table.add_row("one confirmed publish, p99", f"{i['publisher_submit_ms']['p99']:.3f}",
-                  f"{i['raw_pika_ms']['p99']:.3f}", "ms")
-    table.add_row(f"batch: BatchPublisher ({in_flight} in flight) vs raw, one confirm at a time",
-                  f"{b['batch_publisher_msg_s']:,.0f}", f"{b['raw_pika_one_confirm_msg_s']:,.0f}",
-                  "msg/s")
-    console.print(table)
-    console.print(_targets_table("publish targets", targets))
-    _write_json(json_out, fig)
-    if png_out:
-        plt = _plt()
-        f, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        xs = [0, 1]
-        ax1.bar([x - 0.2 for x in xs], [i["publisher_submit_ms"]["p50"], i["publisher_submit_ms"]["p99"]],
-                0.4, label="Publisher.submit")
-        ax1.bar([x + 0.2 for x in xs], [i["raw_pika_ms"]["p50"], i["raw_pika_ms"]["p99"]], 0.4,
-                label="raw pika")
-        ax1.set_xticks(xs, ["p50", "p99"])
-        ax1.set_ylabel("ms per confirmed publish")
-        ax1.legend()
-        ax2.bar(["BatchPublisher", "raw pika\n(1 confirm at a time)"],
-                [b["batch_publisher_msg_s"], b["raw_pika_one_confirm_msg_s"]],
-                color=["tab:blue", "tab:orange"])
-        ax2.axhline(10_000, color="grey", ls="--", lw=1)
-        ax2.set_ylabel("messages/s")
-        f.suptitle("eeszt-gw bench publish")
-        f.tight_layout()
-        f.savefig(png_out, dpi=100)
-    return 0
 
 
-# --- batch ----------------------------------------------------------------------------------------
+def _publish_png(path: Path, runs: list[dict[str, Any]]) -> None:
+    plt = _plt()
+    f, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [f"{run['queue_type']}\n{q}" for run in runs for q in ("p50", "p99")]
+    xs = list(range(len(labels)))
+    ours = [run["interactive"]["publisher_submit_ms"][q] for run in runs for q in ("p50", "p99")]
+    raw = [run["interactive"]["raw_pika_ms"][q] for run in runs for q in ("p50", "p99")]
+    ax1.bar([x - 0.2 for x in xs], ours, 0.4, label="Publisher.submit")
+    ax1.bar([x + 0.2 for x in xs], raw, 0.4, label="raw pika")
+    ax1.axhline(5, color="grey", ls="--", lw=1)
+    ax1.set_xticks(xs, labels)
+    ax1.set_ylabel("ms per confirmed publish")
+    ax1.legend()
+    xs = list(range(len(runs)))
+    ax2.bar([x - 0.2 for x in xs], [run["batch"]["batch_publisher_msg_s"] for run in runs], 0.4,
+            label="BatchPublisher")
+    ax2.bar([x + 0.2 for x in xs], [run["batch"]["raw_pika_one_confirm_msg_s"] for run in runs],
+            0.4, label="raw pika (1 confirm at a time)")
+    ax2.axhline(10_000, color="grey", ls="--", lw=1)
+    ax2.set_xticks(xs, [run["queue_type"] for run in runs])
+    ax2.set_ylabel("messages/s")
+    ax2.legend()
+    f.suptitle("eeszt-gw bench publish")
+    f.tight_layout()
+    f.savefig(path, dpi=100)
+
+
 def _row_cpu(r: h.DrainResult) -> tuple[str, str, str, str]:
     c = r.cpu_us_per_event
     return (f"{c['worker']:,.0f}", f"{c['simulator']:,.0f}", f"{c['broker']:,.0f}",

@@ -44,12 +44,24 @@ def _bench(tmp_path, *args: str, timeout: int = 800) -> tuple[str, dict]:
 def test_publish_scenario(tmp_path):
     stdout, fig = _bench(tmp_path, "publish", "--n", "100", "--warmup", "10", "--batch-n", "500")
     assert "one confirmed publish, p99" in stdout and "publish targets" in stdout
-    for kind in ("publisher_submit_ms", "raw_pika_ms"):
-        assert 0 < fig["interactive"][kind]["p50"] <= fig["interactive"][kind]["p99"]
-    assert fig["batch"]["batch_publisher_msg_s"] > 0 and fig["batch"]["raw_pika_one_confirm_msg_s"] > 0
-    assert {t["target"] for t in fig["targets"]} >= {"batch publish ≥ 10,000 msg/s",
-                                                     "interactive publish p99 ≤ 5 ms"}
+    assert [r["queue_type"] for r in fig["runs"]] == ["classic", "quorum"]
+    for run in fig["runs"]:
+        for kind in ("publisher_submit_ms", "raw_pika_ms"):
+            assert 0 < run["interactive"][kind]["p50"] <= run["interactive"][kind]["p99"]
+        assert run["batch"]["batch_publisher_msg_s"] > 0
+        assert run["batch"]["raw_pika_one_confirm_msg_s"] > 0
+    assert {t["target"] for t in fig["targets"]} >= {
+        f"{what} ({qt})" for qt in ("classic", "quorum")
+        for what in ("batch publish ≥ 10,000 msg/s", "interactive publish p99 ≤ 5 ms")}
     assert all(isinstance(t["ok"], bool) for t in fig["targets"])
+
+
+def test_publish_scenario_refuses_an_unknown_queue_type():
+    proc = subprocess.run([sys.executable, "-m", "eeszt_gw.cli", "bench", "publish",
+                           "--queue-types", "classic,stream"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--queue-types" in proc.stderr and "classic,stream" in proc.stderr
 
 
 def test_batch_scenario_runs_all_three_pipelines(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from schemas.wire import (
     BATCH_QUEUE,
     DEAD_LETTER_QUEUE,
     H_IDEMPOTENCY_KEY,
+    H_REPUBLISHED,
     H_TYPE,
     INTERACTIVE_QUEUE,
     REPLIES_EXCHANGE,
@@ -218,6 +220,29 @@ def test_submit_reconnects_after_the_connection_is_cut(admin, route) -> None:
     # Then it reconnected and both are in the queue
     ids = {p.message_id for _, p, _ in _drain(admin, route.queue, 2)}
     assert str(second.message_id) in ids and len(ids) == 2
+
+
+@pytest.mark.integration
+@pytest.mark.rabbitmq
+def test_a_connection_lost_while_idle_is_found_before_the_publish(admin, route,
+                                                                  monkeypatch) -> None:
+    # Given a publisher idle for longer than its probe interval, whose connection has died
+    monkeypatch.setattr("producers.publisher.IDLE_PROBE_S", 0.05)
+    with Publisher(url=URL, exchange=route.exchange, declare_topology=False,
+                   retry_backoff=0.01) as publisher:
+        publisher.submit(prescription())
+        time.sleep(0.1)
+        _break_socket(publisher)
+
+        # When the next request is submitted
+        second = prescription()
+        publisher.submit(second)
+
+    # Then the dead connection was found before the publish: the request went out once, on the
+    # new connection, not as a republished possible twin
+    got = {p.message_id: p for _, p, _ in _drain(admin, route.queue, 2)}
+    assert set(got) >= {str(second.message_id)}
+    assert H_REPUBLISHED not in (got[str(second.message_id)].headers or {})
 
 
 @pytest.mark.integration
