@@ -555,7 +555,7 @@ def _bench_batch(ns: argparse.Namespace) -> int:
     return run_batch(n=ns.n, latencies=ns.latencies, processes=ns.processes, threads=ns.threads,
                      naive_threads=ns.naive_threads, pipelines=ns.pipelines, stall_s=ns.stall_s,
                      json_out=_path(ns.json), png_out=_path(ns.png), keep=ns.keep,
-                     repeat=max(1, ns.repeat))
+                     repeat=max(1, ns.repeat), queue_type=ns.queue_type)
 
 
 def _bench_scaling(ns: argparse.Namespace) -> int:
@@ -643,6 +643,9 @@ def _add_bench_throughput(psub) -> None:
     p.add_argument("--repeat", type=int, default=1,
                    help="runs of each pipeline and latency, interleaved; figures are the median "
                         "run (use 3 on a shared machine, whose speed drifts between runs)")
+    p.add_argument("--queue-type", choices=("classic", "quorum"), default="classic",
+                   help="type of the work queue every pipeline drains (quorum: the production "
+                        "one, deploy/; the vhost's default type too, for the naive peer)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
     outputs(p)
     p.set_defaults(func=_bench_batch)

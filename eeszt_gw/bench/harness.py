@@ -69,15 +69,19 @@ class Vhost:
     """A fresh vhost for one run (``rabbitmqctl add_vhost``), deleted on exit. Only this
     vhost is ever touched."""
 
-    def __init__(self, tag: str = "run") -> None:
+    def __init__(self, tag: str = "run", default_queue_type: str | None = None) -> None:
         self.name = f"eeszt-bench-{os.getpid()}-{tag}-{uuid.uuid4().hex[:6]}"
+        self.default_queue_type = default_queue_type
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@{RABBIT_HOSTPORT}/{self.name}"
 
     def __enter__(self) -> "Vhost":
-        for cmd in (["rabbitmqctl", "-q", "add_vhost", self.name],
+        add = ["rabbitmqctl", "-q", "add_vhost", self.name]
+        if self.default_queue_type:  # what queues declared without x-queue-type become
+            add += ["--default-queue-type", self.default_queue_type]
+        for cmd in (add,
                     ["rabbitmqctl", "-q", "set_permissions", "-p", self.name, "guest", ".*", ".*",
                      ".*"]):
             subprocess.run(cmd, check=True, capture_output=True, timeout=120)
@@ -220,12 +224,13 @@ def make_events(n: int, *, start: int = 0, tag: str = "b") -> list[tuple[str, by
 
 
 def publish_gateway(url: str, events: Iterable[tuple[str, bytes, dict[str, Any], str]],
-                    max_in_flight: int = 256) -> float:
-    """Publish to ``eeszt.requests`` with pipelined confirms (BatchPublisher); returns seconds."""
+                    max_in_flight: int = 256, queue_type: str = "classic") -> float:
+    """Publish to ``eeszt.requests`` with pipelined confirms (BatchPublisher), the work queues
+    declared as ``queue_type``; returns seconds."""
     from producers.publisher import BatchPublisher
 
     t0 = time.perf_counter()
-    with BatchPublisher(url=url, max_in_flight=max_in_flight) as pub:
+    with BatchPublisher(url=url, max_in_flight=max_in_flight, queue_type=queue_type) as pub:
         for rk, body, headers, mid in events:
             pub.publish_raw(rk, body, headers, mid)
         summary = pub.flush(timeout=300)
@@ -326,21 +331,23 @@ class Pipeline:
 
 
 def start_gateway(*, url: str, sim: Simulator, pki_dir: Path, work: Path, processes: int,
-                  threads: int) -> Pipeline:
+                  threads: int, queue_type: str = "classic") -> Pipeline:
     """``eeszt-gw worker --queues batch`` (the supervisor and its worker processes)."""
     hb = work / f"hb-{uuid.uuid4().hex[:8]}"
     log_path = work / f"gateway-{hb.name}.log"
     cmd = [sys.executable, "-m", "eeszt_gw.cli", "worker", "--broker-url", url,
            "--eeszt-url", sim.base_url, "--pki-dir", str(pki_dir), "--processes", str(processes),
-           "--threads", str(threads), "--queues", "batch", "--heartbeat-dir", str(hb),
+           "--threads", str(threads), "--queues", "batch", "--queue-type", queue_type,
+           "--heartbeat-dir", str(hb),
            "--metrics-port", "0", "--log-level", os.environ.get("EESZT_BENCH_WORKER_LOG", "warning")]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
     return Pipeline("gateway", proc, log_path, processes, hb, "worker-*.json")
 
 
 def start_bare(*, url: str, sim: Simulator, pki_dir: Path, work: Path, processes: int,
-               threads: int) -> Pipeline:
-    """The bare baseline (``eeszt_gw.bench.bare``); it consumes only after :meth:`Pipeline.go`."""
+               threads: int, queue_type: str = "classic") -> Pipeline:
+    """The bare baseline (``eeszt_gw.bench.bare``); it consumes only after :meth:`Pipeline.go`.
+    It declares nothing: it consumes the queue the publisher declared (``queue_type``)."""
     ready = work / f"bare-{uuid.uuid4().hex[:8]}"
     ready.mkdir()
     log_path = ready.with_suffix(".log")
@@ -353,8 +360,9 @@ def start_bare(*, url: str, sim: Simulator, pki_dir: Path, work: Path, processes
 
 
 def start_naive(*, url: str, sim: Simulator, pki_dir: Path, work: Path, processes: int,
-                threads: int) -> Pipeline:
-    """The naive peer: dramatiq's own CLI running ``eeszt_gw.bench.naive``."""
+                threads: int, queue_type: str = "classic") -> Pipeline:
+    """The naive peer: dramatiq's own CLI running ``eeszt_gw.bench.naive``. dramatiq declares
+    its queues without a type: the vhost's default (``queue_type``) applies."""
     ready = work / f"naive-{uuid.uuid4().hex[:8]}"
     ready.mkdir()
     log_path = ready.with_suffix(".log")
@@ -471,6 +479,7 @@ class DrainResult:
     other_cpu_share: float = 0.0  # host CPU used by anything else during the window, 0..1
     events_per_s_to_99: float = 0.0  # the same, up to the record that completes 99% of the window
     events_per_s_steady: float = 0.0  # between the records that make 10% and 90% of the window
+    queue_type: str = "classic"  # of the work queue drained
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -499,25 +508,28 @@ def wait_drain(sampler: Sampler, expected: int, *, stall_s: float, alive: Callab
 
 def run_drain(kind: str, *, events: Sequence[tuple[str, bytes, dict[str, Any], str]],
               latency_ms: float, processes: int, threads: int, pki_dir: Path, work: Path,
-              stall_s: float = 60.0, console: Any = None) -> DrainResult:
+              stall_s: float = 60.0, console: Any = None,
+              queue_type: str = "classic") -> DrainResult:
     """One pipeline draining ``events`` into a fresh simulator at ``latency_ms``; see the
-    module docstring for what is measured."""
+    module docstring for what is measured. ``queue_type`` is the work queues' type, and the
+    vhost's default type (for the naive peer, whose dramatiq declares no type)."""
     n = len(events)
     sim = start_simulator(pki_dir, work, latency_ms=latency_ms)
     pipeline = None
     sampler = None
     try:
-        with Vhost(kind) as vhost:
+        with Vhost(kind, default_queue_type=queue_type) as vhost:
             if kind == "naive":
                 publish_s = publish_naive(vhost.url, events)
             else:
-                publish_s = publish_gateway(vhost.url, events)
+                publish_s = publish_gateway(vhost.url, events, queue_type=queue_type)
             beam = broker_process()
             sampler = Sampler({"worker": lambda: pipeline.processes() if pipeline else [],
                                "simulator": sim.processes,
                                "broker": lambda: [beam] if beam else []}, sim.record_count)
             pipeline = STARTERS[kind](url=vhost.url, sim=sim, pki_dir=pki_dir, work=work,
-                                      processes=processes, threads=threads)
+                                      processes=processes, threads=threads,
+                                      queue_type=queue_type)
             sampler.start()
             pipeline.wait_ready()
             pipeline.go()
@@ -534,8 +546,11 @@ def run_drain(kind: str, *, events: Sequence[tuple[str, bytes, dict[str, Any], s
     if console is not None and not complete:
         console.print(f"[red]{kind} at {latency_ms:g} ms stored {len(times)} of {n} records "
                       f"(log: {pipeline.log_path})")
-    return summarize(kind, sampler, times, t_ready, n=n, latency_ms=latency_ms,
-                     processes=processes, threads=threads, complete=complete, publish_s=publish_s)
+    result = summarize(kind, sampler, times, t_ready, n=n, latency_ms=latency_ms,
+                       processes=processes, threads=threads, complete=complete,
+                       publish_s=publish_s)
+    result.queue_type = queue_type
+    return result
 
 
 def _cleanup(*parts: Any) -> None:

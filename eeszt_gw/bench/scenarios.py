@@ -255,10 +255,11 @@ def _drain_table(title: str, results: list[h.DrainResult]) -> Table:
 def run_batch(*, n: int = 100_000, latencies: Sequence[float] = (0, 20, 100), processes: int = 2,
               threads: int = 64, naive_threads: int = 8, pipelines: Sequence[str] = PIPELINES,
               stall_s: float = 60.0, json_out: Path | None = None, png_out: Path | None = None,
-              keep: bool = False, repeat: int = 1) -> int:
+              keep: bool = False, repeat: int = 1, queue_type: str = "classic") -> int:
     """Drain the same events with each pipeline at each latency, ``repeat`` times, the
     pipelines interleaved (so a slow spell of a shared machine hits all of them); every figure
-    is the run with the median events/s of its (pipeline, latency)."""
+    is the run with the median events/s of its (pipeline, latency). ``queue_type``: of the work
+    queue every pipeline drains."""
     console = _console()
     if not h.rabbit_ready():
         console.print(f"[red]RabbitMQ is not listening on {h.RABBIT_HOSTPORT}")
@@ -281,7 +282,7 @@ def run_batch(*, n: int = 100_000, latencies: Sequence[float] = (0, 20, 100), pr
                                 + (f", run {rep + 1} of {repeat}" if repeat > 1 else ""))
                     r = h.run_drain(kind, events=events, latency_ms=latency, processes=processes,
                                     threads=t, pki_dir=work.pki, work=work.path, stall_s=stall_s,
-                                    console=console)
+                                    console=console, queue_type=queue_type)
                     console.log(f"  {r.events_per_s:,.0f} events/s, CPU µs/event "
                                 + ", ".join(f"{g} {v:,.0f}" for g, v in r.cpu_us_per_event.items()))
                     results.append(r)
@@ -305,7 +306,7 @@ def run_batch(*, n: int = 100_000, latencies: Sequence[float] = (0, 20, 100), pr
         ratios.append(row)
     targets = _batch_targets(by, latencies, processes)
     console.print(_drain_table(f"care events drained into the simulator: {n:,} events, "
-                               f"{processes} processes (dedupe mode)"
+                               f"{processes} processes, {queue_type} queues (dedupe mode)"
                                + (f", median of {repeat} interleaved runs" if repeat > 1 else ""),
                                results))
     rt = Table(title="gateway ÷ baseline, events/s",
@@ -327,7 +328,8 @@ def run_batch(*, n: int = 100_000, latencies: Sequence[float] = (0, 20, 100), pr
     _write_json(json_out, {"config": {"n": n, "latencies_ms": list(latencies),
                                       "processes": processes, "threads": threads,
                                       "naive_threads": naive_threads,
-                                      "pipelines": list(pipelines), "repeat": repeat},
+                                      "pipelines": list(pipelines), "repeat": repeat,
+                                      "queue_type": queue_type},
                            "runs": [r.as_dict() for r in results],
                            "all_runs": [r.as_dict() for r in all_runs], "ratios": ratios,
                            "targets": targets})

@@ -83,6 +83,17 @@ def test_batch_scenario_runs_all_three_pipelines(tmp_path):
     assert any(t["target"] == "gateway ≥ 2 × naive at 20 ms" for t in fig["targets"])
 
 
+def test_batch_scenario_on_quorum_queues(tmp_path):
+    stdout, fig = _bench(tmp_path, "batch", "--n", "200", "--latencies", "0", "--processes", "1",
+                         "--threads", "8", "--queue-type", "quorum")
+    assert "quorum queues" in stdout
+    assert fig["config"]["queue_type"] == "quorum"
+    runs = {r["kind"]: r for r in fig["runs"]}
+    assert set(runs) == {"gateway", "bare", "naive"}
+    for r in runs.values():
+        assert r["queue_type"] == "quorum" and r["complete"] and r["stored"] == 200, r
+
+
 def test_scaling_scenario(tmp_path):
     stdout, fig = _bench(tmp_path, "scaling", "--n", "300", "--latency", "0", "--processes", "1",
                          "--threads", "16")
