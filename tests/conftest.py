@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +73,11 @@ class SimulatorProcess:
 
 def start_simulator(pki: PkiPaths, workdir: Path, *extra: str) -> SimulatorProcess:
     port, admin_port, eid_port = free_port(), free_port(), free_port()
-    log_path = workdir / f"simulator-{port}.log"
+    run_id = uuid.uuid4().hex[:8]  # not the port: the kernel reuses ports, and the files stay
+    log_path = workdir / f"simulator-{run_id}.log"
     cmd = [sys.executable, "-m", "eeszt_gw.cli", "simulator", "--pki-dir", str(pki.directory),
            "--port", str(port), "--admin-port", str(admin_port), "--eid-port", str(eid_port),
-           "--db", str(workdir / f"sim-{port}.sqlite"), "--log-level", "warning", *extra]
+           "--db", str(workdir / f"sim-{run_id}.sqlite"), "--log-level", "warning", *extra]
     log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

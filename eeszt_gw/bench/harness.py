@@ -172,8 +172,11 @@ class Simulator:
 def start_simulator(pki_dir: Path, work: Path, *, latency_ms: float,
                     extra: Sequence[str] = ()) -> Simulator:
     port, admin_port, eid_port = free_port(), free_port(), free_port()
-    log_path = work / f"simulator-{port}.log"
-    db = work / f"sim-{port}.sqlite"
+    # Named per run, not per port: the kernel hands out a port again, and a database named
+    # after it held an earlier run's records, so a later run "drained" at once into them.
+    run_id = uuid.uuid4().hex[:8]
+    log_path = work / f"simulator-{run_id}.log"
+    db = work / f"sim-{run_id}.sqlite"
     cmd = [sys.executable, "-m", "eeszt_gw.cli", "simulator", "--pki-dir", str(pki_dir),
            "--port", str(port), "--admin-port", str(admin_port), "--eid-port", str(eid_port),
            "--db", str(db), "--log-level", "warning", "--duplicates", "dedupe",
@@ -518,6 +521,8 @@ def run_drain(kind: str, *, events: Sequence[tuple[str, bytes, dict[str, Any], s
     pipeline = None
     sampler = None
     try:
+        if sim.record_count():
+            raise RuntimeError(f"the simulator's database {sim.db} is not empty")
         with Vhost(kind, default_queue_type=queue_type) as vhost:
             if kind == "naive":
                 publish_s = publish_naive(vhost.url, events)
