@@ -55,8 +55,8 @@ def _pki_init(ns: argparse.Namespace) -> int:
 
     directory = Path(ns.dir)
     try:
-        paths = init_pki(directory, institution_id=ns.institution, institution_name=ns.name,
-                         days=ns.days, server_hosts=tuple(ns.host), overwrite=ns.force)
+        init_pki(directory, institution_id=ns.institution, institution_name=ns.name,
+                 days=ns.days, server_hosts=tuple(ns.host), overwrite=ns.force)
     except FileExistsError as exc:
         print(f"error: {exc} (use --force to replace the PKI)", file=sys.stderr)
         return 2

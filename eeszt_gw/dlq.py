@@ -275,7 +275,7 @@ def replay_problem(dl: DeadLetter, now: datetime) -> str | None:
     if dl.message_type not in OPERATION_OF:
         return f"unknown message type {dl.message_type!r}"
     try:
-        request = RequestEnvelope.model_validate_json(dl.body)
+        RequestEnvelope.model_validate_json(dl.body)
     except ValidationError as exc:
         return f"its body is not a valid request ({exc.error_count()} errors): it would be rejected again"
     # A past deadline is no obstacle: a replayed request gets a day from the replay (the

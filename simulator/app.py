@@ -30,7 +30,7 @@ from .faults import FaultConfig, FaultInjector, Injection
 from .pki import PkiPaths
 from .saml import AssertionIssuer, AssertionVerifier, SamlError
 from .services import QUERY_OP, Caller, ServiceHandler, build_handlers
-from .soapio import SoapFault, body_of, envelope_bytes, fault_bytes, operation_element, parse_envelope
+from .soapio import SoapFault, envelope_bytes, fault_bytes, operation_element, parse_envelope
 from .store import Store
 from .sts import EID_PACKAGE_TAG, StsHandler
 from .users import UserRegistry

@@ -433,7 +433,6 @@ def run_scaling(*, latency: float = 20, processes: Sequence[int] = (1, 2, 4), n:
         console.print(f"[red]RabbitMQ is not listening on {h.RABBIT_HOSTPORT}")
         return 2
     results: list[h.DrainResult] = []
-    reps: list[dict[tuple[str, float], h.DrainResult]] = []  # the runs of each round
     with h.Workdir(keep=keep) as work:
         events = h.make_events(n)
         for p in processes:

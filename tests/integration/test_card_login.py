@@ -8,7 +8,6 @@ pcscd → the vpcd driver → a virtual eSZIG card speaking the vpcd protocol ov
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import subprocess
@@ -16,7 +15,6 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pika
 import pika.exceptions

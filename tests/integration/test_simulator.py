@@ -23,7 +23,7 @@ from simulator.pki import issue_certificate, make_ca
 from simulator.saml import AssertionIssuer
 from tests import samples
 from workers.client import ClientFiles, EesztClient
-from workers.errors import AmbiguousOutcome, LoginFailed, ServiceRejected, ServiceUnavailable, TokenRejected
+from workers.errors import AmbiguousOutcome, ServiceRejected, ServiceUnavailable, TokenRejected
 from workers.soap import build_call, parse_submit
 from workers.transport import Timeouts
 from workers.wsse import WsseSigner

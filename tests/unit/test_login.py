@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
