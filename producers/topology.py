@@ -25,6 +25,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from producers.errors import BrokerUnavailable, ProducerError
 from schemas.connection import (
+    TLS_EOF,
     BrokerConfigError,
     BrokerTLS,
     BrokerTLSError,
@@ -224,7 +225,9 @@ def connect(
 
     Raises:
         BrokerUnavailable: every attempt failed, or the broker refused the credentials or the
-            TLS handshake failed (retrying those cannot help, so it stops at once).
+            TLS handshake failed (retrying those cannot help, so it stops at once; a TLS
+            connection the broker closed without an alert is retried, as it may be a node going
+            down).
         ProducerError: ``url`` is not an AMQP URL, or ``tls`` cannot be used with it.
     """
     params = connection_parameters(url, connect_timeout=connect_timeout, name=name, tls=tls)
@@ -235,7 +238,12 @@ def connect(
         try:
             return open_connection(params)
         except BrokerTLSError as exc:
-            raise BrokerUnavailable(str(exc), attempts=attempt) from None
+            if exc.reason != TLS_EOF:
+                raise BrokerUnavailable(str(exc), attempts=attempt) from None
+            # A close without a word: a refused client certificate, or a node going down
+            # mid-handshake. Retried like a lost connection; the last message says which to
+            # check.
+            last = str(exc)
         except (pika.exceptions.ProbableAuthenticationError,
                 pika.exceptions.ProbableAccessDeniedError) as exc:
             if refused_by_broker(exc):

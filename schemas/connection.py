@@ -49,6 +49,11 @@ __all__ = [
 
 #: ``[SSL: REASON] text`` as pika puts an ssl error into the text of its own exceptions
 _SSL_IN_TEXT: Final = re.compile(r"\[SSL: ([A-Z0-9_]+)\]\s*([^(\]'\"\\]*)")
+#: The reason given when the broker closed the TLS connection without a word. With TLS 1.3 a
+#: broker that refuses the client's certificate sends its alert after the client's handshake
+#: is done; if the client is writing the AMQP header at that moment, it sees only the close.
+TLS_EOF: Final = "TLS_EOF"
+_EOF_TEXT: Final = "EOF occurred in violation of protocol"
 
 
 class BrokerConfigError(ValueError):
@@ -190,6 +195,8 @@ def tls_failure(exc: BaseException) -> tuple[str, str] | None:
         seen.add(id(item))
         if isinstance(item, ssl.SSLCertVerificationError):
             return _ssl_reason(item), item.verify_message or str(item)
+        if isinstance(item, ssl.SSLEOFError):
+            return TLS_EOF, _EOF_TEXT
         if isinstance(item, ssl.SSLError):
             text = str(item.args[1] if len(item.args) > 1 else item)
             match = _SSL_IN_TEXT.search(text)
@@ -198,6 +205,8 @@ def tls_failure(exc: BaseException) -> tuple[str, str] | None:
             match = _SSL_IN_TEXT.search(item)
             if match:
                 return match.group(1), match.group(2).strip() or match.group(1)
+            if _EOF_TEXT in item:
+                return TLS_EOF, _EOF_TEXT
         elif isinstance(item, BaseException):
             stack += [item.__cause__, item.__context__, *item.args,
                       *(getattr(item, "exceptions", None) or ())]
@@ -213,6 +222,10 @@ def _explain(reason: str, detail: str, host: str) -> str:
     if "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason):
         return (f"the broker refused this client's certificate ({detail}); it requires a "
                 "client certificate it trusts: check --broker-cert and --broker-key")
+    if reason == TLS_EOF:
+        return (f"the broker closed the TLS connection without saying why ({detail}); a broker "
+                "that requires a client certificate does that when it refuses this client's "
+                "certificate, or gets none: check --broker-cert and --broker-key")
     if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNEXPECTED_EOF_WHILE_READING"):
         return f"the port does not speak TLS ({detail}); is it the plain AMQP port?"
     return detail

@@ -13,6 +13,7 @@ import pika.exceptions
 import pytest
 
 from schemas.connection import (
+    TLS_EOF,
     BrokerConfigError,
     BrokerTLS,
     BrokerTLSError,
@@ -102,6 +103,13 @@ def test_tls_failures_are_found_wherever_pika_puts_them():
         "TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required (_ssl.c:2580)')\",)")
     assert tls_failure(wrapped) == ("TLSV13_ALERT_CERTIFICATE_REQUIRED",
                                     "tlsv13 alert certificate required")
+    # or only as the close that ended it, when the client was writing as the alert came,
+    eof = pika.exceptions.IncompatibleProtocolError(
+        "StreamLostError: (\"Stream connection lost: SSLEOFError(8, 'EOF occurred in violation "
+        "of protocol (_ssl.c:2427)')\",)")
+    assert tls_failure(eof) == (TLS_EOF, "EOF occurred in violation of protocol")
+    assert tls_failure(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")) == (
+        TLS_EOF, "EOF occurred in violation of protocol")
     # while an ordinary connection failure is not a TLS failure.
     assert tls_failure(pika.exceptions.AMQPConnectionError(ConnectionRefusedError(111))) is None
 
@@ -120,6 +128,54 @@ def test_a_tls_failure_becomes_one_clear_error_naming_the_broker(monkeypatch):
                                      "mq.example:5671: the broker refused this client's "
                                      "certificate")
     assert "secret" not in str(exc.value)
+
+
+def test_a_broker_that_closes_the_tls_connection_points_at_the_client_certificate(monkeypatch):
+    def close(params):
+        raise pika.exceptions.IncompatibleProtocolError(
+            "StreamLostError: (\"Stream connection lost: SSLEOFError(8, 'EOF occurred in "
+            "violation of protocol (_ssl.c:2427)')\",)")
+
+    monkeypatch.setattr(pika, "BlockingConnection", close)
+    with pytest.raises(BrokerTLSError) as exc:
+        open_connection(broker_parameters("amqps://u:secret@mq.example:5671/%2F"))
+    assert exc.value.reason == TLS_EOF
+    assert "mq.example:5671" in str(exc.value) and "--broker-cert" in str(exc.value)
+
+
+def test_producers_retry_a_tls_close_but_not_a_tls_refusal(monkeypatch):
+    # A close without an alert may be a node going down mid-handshake: producers retry it like a
+    # lost connection; a refusal that names its reason cannot change by retrying.
+    from producers import topology
+    from producers.errors import BrokerUnavailable
+
+    def failing(reason: str, times: int):
+        calls = []
+
+        def open_connection(params):
+            calls.append(params)
+            if len(calls) <= times:
+                raise BrokerTLSError(f"TLS problem ({reason})", host="h", port=1, reason=reason)
+            return "connection"
+        return calls, open_connection
+
+    calls, fake = failing(TLS_EOF, 2)
+    monkeypatch.setattr(topology, "open_connection", fake)
+    assert topology.connect("amqps://u:p@h:1/%2F", retry_attempts=3, retry_backoff=0) == \
+        "connection"
+    assert len(calls) == 3
+
+    calls, fake = failing(TLS_EOF, 5)
+    monkeypatch.setattr(topology, "open_connection", fake)
+    with pytest.raises(BrokerUnavailable) as exc:
+        topology.connect("amqps://u:p@h:1/%2F", retry_attempts=3, retry_backoff=0)
+    assert len(calls) == 3 and f"TLS problem ({TLS_EOF})" in str(exc.value)
+
+    calls, fake = failing("TLSV13_ALERT_CERTIFICATE_REQUIRED", 5)
+    monkeypatch.setattr(topology, "open_connection", fake)
+    with pytest.raises(BrokerUnavailable):
+        topology.connect("amqps://u:p@h:1/%2F", retry_attempts=3, retry_backoff=0)
+    assert len(calls) == 1
 
 
 def test_worker_and_bridge_settings_read_the_tls_files_from_the_environment(monkeypatch, files):
