@@ -551,11 +551,9 @@ def run_drain(kind: str, *, events: Sequence[tuple[str, bytes, dict[str, Any], s
     if console is not None and not complete:
         console.print(f"[red]{kind} at {latency_ms:g} ms stored {len(times)} of {n} records "
                       f"(log: {pipeline.log_path})")
-    result = summarize(kind, sampler, times, t_ready, n=n, latency_ms=latency_ms,
-                       processes=processes, threads=threads, complete=complete,
-                       publish_s=publish_s)
-    result.queue_type = queue_type
-    return result
+    return summarize(kind, sampler, times, t_ready, n=n, latency_ms=latency_ms,
+                     processes=processes, threads=threads, complete=complete,
+                     publish_s=publish_s, queue_type=queue_type)
 
 
 def _cleanup(*parts: Any) -> None:
@@ -578,7 +576,7 @@ def host_busy_s() -> float:
 
 def summarize(kind: str, sampler: Sampler, times: list[float], t_ready: float, *, n: int,
               latency_ms: float, processes: int, threads: int, complete: bool,
-              publish_s: float) -> DrainResult:
+              publish_s: float, queue_type: str = "classic") -> DrainResult:
     stored = len(times)
     after = [t for t in times if t >= t_ready]
     if stored >= 2 and len(after) >= max(10, stored // 2) and after[-1] > t_ready:
@@ -616,7 +614,7 @@ def summarize(kind: str, sampler: Sampler, times: list[float], t_ready: float, *
                        window_s=t1 - t0, window_events=count, window=how,
                        cpu_us_per_event=cpu, publish_s=publish_s,
                        other_cpu_share=max(0.0, other_share), events_per_s_to_99=rate99,
-                       events_per_s_steady=steady)
+                       events_per_s_steady=steady, queue_type=queue_type)
 
 
 class Workdir:

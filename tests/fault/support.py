@@ -111,11 +111,12 @@ class Replies:
         self._thread.join(5)
 
 
-def publish(url: str, reqs: list[RequestEnvelope], queue_type: str = "classic",
-            **retry: float) -> None:
-    """Publish ``reqs`` with confirms; ``retry`` (``retry_attempts``, ``retry_backoff``) sets how
-    long the publisher keeps reconnecting, as a HIS would configure it."""
-    with BatchPublisher(url=url, queue_type=queue_type, **retry) as pub:
+def publish(url: str, reqs: list[RequestEnvelope], queue_type: str = "classic", *,
+            retry_attempts: int = 5, retry_backoff: float = 0.2) -> None:
+    """Publish ``reqs`` with confirms; ``retry_attempts`` and ``retry_backoff`` set how long the
+    publisher keeps reconnecting (BatchPublisher's defaults), as a HIS would configure them."""
+    with BatchPublisher(url=url, queue_type=queue_type, retry_attempts=retry_attempts,
+                        retry_backoff=retry_backoff) as pub:
         for r in reqs:
             pub.publish(r)
         summary = pub.flush(timeout=120)
