@@ -45,6 +45,8 @@ from typing import Any
 
 import psutil
 
+from schemas.wire import DEFAULT_QUEUE_TYPE
+
 ROOT = Path(__file__).resolve().parents[2]
 RABBIT_HOSTPORT = "127.0.0.1:5672"
 SAMPLE_EVERY_S = 0.2
@@ -227,7 +229,7 @@ def make_events(n: int, *, start: int = 0, tag: str = "b") -> list[tuple[str, by
 
 
 def publish_gateway(url: str, events: Iterable[tuple[str, bytes, dict[str, Any], str]],
-                    max_in_flight: int = 256, queue_type: str = "classic") -> float:
+                    max_in_flight: int = 256, queue_type: str = DEFAULT_QUEUE_TYPE) -> float:
     """Publish to ``eeszt.requests`` with pipelined confirms (BatchPublisher), the work queues
     declared as ``queue_type``; returns seconds."""
     from producers.publisher import BatchPublisher
@@ -334,7 +336,7 @@ class Pipeline:
 
 
 def start_gateway(*, url: str, sim: Simulator, pki_dir: Path, work: Path, processes: int,
-                  threads: int, queue_type: str = "classic") -> Pipeline:
+                  threads: int, queue_type: str = DEFAULT_QUEUE_TYPE) -> Pipeline:
     """``eeszt-gw worker --queues batch`` (the supervisor and its worker processes)."""
     hb = work / f"hb-{uuid.uuid4().hex[:8]}"
     log_path = work / f"gateway-{hb.name}.log"
@@ -348,7 +350,7 @@ def start_gateway(*, url: str, sim: Simulator, pki_dir: Path, work: Path, proces
 
 
 def start_bare(*, url: str, sim: Simulator, pki_dir: Path, work: Path, processes: int,
-               threads: int, queue_type: str = "classic") -> Pipeline:
+               threads: int, queue_type: str = DEFAULT_QUEUE_TYPE) -> Pipeline:
     """The bare baseline (``eeszt_gw.bench.bare``); it consumes only after :meth:`Pipeline.go`.
     It declares nothing: it consumes the queue the publisher declared (``queue_type``)."""
     ready = work / f"bare-{uuid.uuid4().hex[:8]}"
@@ -363,7 +365,7 @@ def start_bare(*, url: str, sim: Simulator, pki_dir: Path, work: Path, processes
 
 
 def start_naive(*, url: str, sim: Simulator, pki_dir: Path, work: Path, processes: int,
-                threads: int, queue_type: str = "classic") -> Pipeline:
+                threads: int, queue_type: str = DEFAULT_QUEUE_TYPE) -> Pipeline:
     """The naive peer: dramatiq's own CLI running ``eeszt_gw.bench.naive``. dramatiq declares
     its queues without a type: the vhost's default (``queue_type``) applies."""
     ready = work / f"naive-{uuid.uuid4().hex[:8]}"
@@ -482,7 +484,7 @@ class DrainResult:
     other_cpu_share: float = 0.0  # host CPU used by anything else during the window, 0..1
     events_per_s_to_99: float = 0.0  # the same, up to the record that completes 99% of the window
     events_per_s_steady: float = 0.0  # between the records that make 10% and 90% of the window
-    queue_type: str = "classic"  # of the work queue drained
+    queue_type: str = DEFAULT_QUEUE_TYPE  # of the work queue drained
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -512,7 +514,7 @@ def wait_drain(sampler: Sampler, expected: int, *, stall_s: float, alive: Callab
 def run_drain(kind: str, *, events: Sequence[tuple[str, bytes, dict[str, Any], str]],
               latency_ms: float, processes: int, threads: int, pki_dir: Path, work: Path,
               stall_s: float = 60.0, console: Any = None,
-              queue_type: str = "classic") -> DrainResult:
+              queue_type: str = DEFAULT_QUEUE_TYPE) -> DrainResult:
     """One pipeline draining ``events`` into a fresh simulator at ``latency_ms``; see the
     module docstring for what is measured. ``queue_type`` is the work queues' type, and the
     vhost's default type (for the naive peer, whose dramatiq declares no type)."""
@@ -576,7 +578,7 @@ def host_busy_s() -> float:
 
 def summarize(kind: str, sampler: Sampler, times: list[float], t_ready: float, *, n: int,
               latency_ms: float, processes: int, threads: int, complete: bool,
-              publish_s: float, queue_type: str = "classic") -> DrainResult:
+              publish_s: float, queue_type: str = DEFAULT_QUEUE_TYPE) -> DrainResult:
     stored = len(times)
     after = [t for t in times if t >= t_ready]
     if stored >= 2 and len(after) >= max(10, stored // 2) and after[-1] > t_ready:

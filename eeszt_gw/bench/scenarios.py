@@ -27,6 +27,8 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
+from schemas.wire import DEFAULT_QUEUE_TYPE
+
 from . import harness as h
 
 PIPELINES = ("gateway", "bare", "naive")
@@ -231,6 +233,7 @@ def _publish_png(path: Path, runs: list[dict[str, Any]]) -> None:
     f.savefig(path, dpi=100)
 
 
+# --- batch ----------------------------------------------------------------------------------------
 def _row_cpu(r: h.DrainResult) -> tuple[str, str, str, str]:
     c = r.cpu_us_per_event
     return (f"{c['worker']:,.0f}", f"{c['simulator']:,.0f}", f"{c['broker']:,.0f}",
@@ -255,7 +258,7 @@ def _drain_table(title: str, results: list[h.DrainResult]) -> Table:
 def run_batch(*, n: int = 100_000, latencies: Sequence[float] = (0, 20, 100), processes: int = 2,
               threads: int = 64, naive_threads: int = 8, pipelines: Sequence[str] = PIPELINES,
               stall_s: float = 60.0, json_out: Path | None = None, png_out: Path | None = None,
-              keep: bool = False, repeat: int = 1, queue_type: str = "classic") -> int:
+              keep: bool = False, repeat: int = 1, queue_type: str = DEFAULT_QUEUE_TYPE) -> int:
     """Drain the same events with each pipeline at each latency, ``repeat`` times, the
     pipelines interleaved (so a slow spell of a shared machine hits all of them); every figure
     is the run with the median events/s of its (pipeline, latency). ``queue_type``: of the work
