@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import functools
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
@@ -25,10 +25,17 @@ from schemas.validators import mask_taj
 _TAJ_RUN: Final = re.compile(r"(?<![0-9])[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{3}(?![0-9])")
 
 
+_SEPARATORS: Final = re.compile(r"[ -]")
+
+
+def _mask_run(match: re.Match[str]) -> str:
+    return mask_taj(_SEPARATORS.sub("", match.group(0)))
+
+
 def mask_text(text: str) -> str:
     """Replace every 9-digit run (a TAJ, also when grouped by spaces or dashes) with
     ``******`` and its last 3 digits. Never raises for a ``str``; idempotent."""
-    return _TAJ_RUN.sub(lambda m: mask_taj(re.sub(r"[ -]", "", m.group(0))), text)
+    return _TAJ_RUN.sub(_mask_run, text)
 
 
 class AuditKind(str, enum.Enum):
@@ -86,18 +93,23 @@ _masked_actor = functools.lru_cache(maxsize=256)(mask_text)
 
 class AuditStep:
     """An :class:`AuditEvent` as the workers record it on their hot path: the same fields,
-    ``detail`` and ``actor`` TAJ-masked on construction, no pydantic validation.
+    ``detail`` and ``actor`` TAJ-masked, no pydantic validation.
 
     A worker records three events per request. Validating each into an :class:`AuditEvent`
     and serializing it again in the writer cost about 25 µs per event, as much as signing's
-    own Python; a step costs a third of that. :meth:`to_json` writes exactly the JSON that
+    own Python; a step costs a fraction of that. :meth:`to_json` writes exactly the JSON that
     ``AuditEvent.model_dump_json`` writes for the same fields, and :meth:`to_event` is that
     event (``tests/unit/test_audit.py`` holds the two to each other). ``event`` must be an
     :class:`AuditKind` and ``at`` timezone-aware; the constructor checks both.
+
+    ``detail`` is masked when it is read or written out (:attr:`detail`, :meth:`to_json_bytes`,
+    :meth:`to_event`), not when the step is made: the request's thread only keeps the text,
+    and the audit writer masks a whole batch at once, where the code is warm. No unmasked
+    ``detail`` leaves the object.
     """
 
     __slots__ = ("message_id", "idempotency_key", "service", "event", "at", "actor", "attempt",
-                 "detail")
+                 "_detail")
 
     def __init__(self, *, message_id: str, idempotency_key: str = "", service: str = "",
                  event: AuditKind, at: datetime, actor: str, attempt: int | None = None,
@@ -113,7 +125,27 @@ class AuditStep:
         self.at = at
         self.actor = _masked_actor(actor)
         self.attempt = attempt
-        self.detail = mask_text(detail)
+        self._detail = detail
+
+    @classmethod
+    def now(cls, event: AuditKind, message_id: str, idempotency_key: str, service: str,
+            attempt: int | None, detail: str, actor: str) -> "AuditStep":
+        """A step that happens now (``at`` in UTC), for callers whose ``event`` is already an
+        :class:`AuditKind` (``workers.audit.audit_event``): the constructor without its checks."""
+        step = cls.__new__(cls)
+        step.message_id = message_id
+        step.idempotency_key = idempotency_key
+        step.service = service
+        step.event = event
+        step.at = datetime.now(timezone.utc)
+        step.actor = _masked_actor(actor)
+        step.attempt = attempt
+        step._detail = detail
+        return step
+
+    @property
+    def detail(self) -> str:
+        return mask_text(self._detail)
 
     def __repr__(self) -> str:
         return f"AuditStep({self.event.value} {self.message_id} at {self.at.isoformat()})"

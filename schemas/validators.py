@@ -16,9 +16,8 @@ leading underscore are public; ``schemas`` re-exports them.
 
 from __future__ import annotations
 
-import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, GetCoreSchemaHandler, GetJsonSchemaHandler, WithJsonSchema
@@ -257,11 +256,6 @@ DoctorUserId = Annotated[
 # --- identifier shapes --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
-
-
 @dataclass(frozen=True, slots=True)
 class _Shape:
     """``Annotated`` marker for "one character class, then another, with a length range".
@@ -280,6 +274,11 @@ class _Shape:
     max_len: int
     example: str
     first: str | None = None
+    #: the compiled :attr:`pattern`, once per marker: ``check`` runs several times per request
+    _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_regex", re.compile(self.pattern))
 
     @property
     def pattern(self) -> str:
@@ -288,7 +287,7 @@ class _Shape:
         return f"^{self.first}{self.rest}{{{self.min_len - 1},{self.max_len - 1}}}$"
 
     def check(self, value: str) -> str:
-        if _compiled(self.pattern).match(value) and not value.endswith("\n"):
+        if self._regex.match(value) and not value.endswith("\n"):
             return value  # the common case: one compiled match instead of one per character
         ctx = {"label": self.label, "rule": self.rule}
         if not self.min_len <= len(value) <= self.max_len:
