@@ -122,6 +122,9 @@ def test_memory_log_and_batches_take_steps_as_events():
     log.record(step)
     assert log.events == [step.to_event()] and isinstance(log.events[0], AuditEvent)
     assert list(decode_batch(encode_batch([step, event()]))) == [step.to_event(), event()]
+    # the step keeps its detail as given and masks it on the way out: nothing unmasked leaves
+    assert TAJ not in step.detail and TAJ.encode() not in encode_batch([step])
+    assert TAJ not in step.to_json() and TAJ not in step.to_event().detail and TAJ not in repr(step)
 
 
 def test_batches_are_json_lines_and_a_bad_line_is_skipped():
