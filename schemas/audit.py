@@ -118,6 +118,20 @@ class AuditStep:
             raise TypeError(f"event: {event!r} is not an AuditKind")
         if at.tzinfo is None or at.utcoffset() is None:
             raise ValueError("at: the time of an audit event must be timezone-aware")
+        self._fill(message_id, idempotency_key, service, event, at, actor, attempt, detail)
+
+    @classmethod
+    def now(cls, event: AuditKind, message_id: str, idempotency_key: str, service: str,
+            attempt: int | None, detail: str, actor: str) -> "AuditStep":
+        """A step that happens now (``at`` in UTC), for callers whose ``event`` is already an
+        :class:`AuditKind` (``workers.audit.audit_event``): the constructor without its checks."""
+        step = cls.__new__(cls)
+        step._fill(message_id, idempotency_key, service, event, datetime.now(timezone.utc), actor,
+                   attempt, detail)
+        return step
+
+    def _fill(self, message_id: str, idempotency_key: str, service: str, event: AuditKind,
+              at: datetime, actor: str, attempt: int | None, detail: str) -> None:
         self.message_id = message_id
         self.idempotency_key = idempotency_key
         self.service = service
@@ -126,22 +140,6 @@ class AuditStep:
         self.actor = _masked_actor(actor)
         self.attempt = attempt
         self._detail = detail
-
-    @classmethod
-    def now(cls, event: AuditKind, message_id: str, idempotency_key: str, service: str,
-            attempt: int | None, detail: str, actor: str) -> "AuditStep":
-        """A step that happens now (``at`` in UTC), for callers whose ``event`` is already an
-        :class:`AuditKind` (``workers.audit.audit_event``): the constructor without its checks."""
-        step = cls.__new__(cls)
-        step.message_id = message_id
-        step.idempotency_key = idempotency_key
-        step.service = service
-        step.event = event
-        step.at = datetime.now(timezone.utc)
-        step.actor = _masked_actor(actor)
-        step.attempt = attempt
-        step._detail = detail
-        return step
 
     @property
     def detail(self) -> str:
