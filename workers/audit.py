@@ -124,9 +124,6 @@ def worker_actor() -> str:
     return actor
 
 
-_KINDS: dict[str, AuditKind] = {k.value: k for k in AuditKind}
-
-
 def audit_event(kind: AuditKind | str, *, message_id: object, idempotency_key: str = "",
                 service: str = "", attempt: int | None = None, detail: str = "",
                 actor: str | None = None) -> AuditStep:
@@ -135,9 +132,8 @@ def audit_event(kind: AuditKind | str, *, message_id: object, idempotency_key: s
 
     Raises ``ValueError`` for an unknown ``kind``.
     """
-    event = kind if isinstance(kind, AuditKind) else _KINDS.get(kind) or AuditKind(kind)
-    return AuditStep.now(event, str(message_id), idempotency_key, service, attempt, detail,
-                         actor or worker_actor())
+    return AuditStep.now(AuditKind(kind), str(message_id), idempotency_key, service, attempt,
+                         detail, actor or worker_actor())
 
 
 class MemoryAuditLog:
