@@ -260,6 +260,9 @@ def _add_worker(sub) -> None:
          "opens at a time; the rest wait their turn, so a cold start does not time out (default: 4)",
          type=int)
     _add(p, "--read-timeout-s", E + "READ_TIMEOUT_S", "answer timeout per call (default: 30)", type=float)
+    _add(p, "--transport", E + "TRANSPORT", "HTTP client to EESZT: curl (libcurl through "
+         "pycurl: about a third of urllib3's CPU per request) or urllib3 (default: curl)",
+         choices=("curl", "urllib3"))
     _add(p, "--call-attempts", E + "CALL_ATTEMPTS", "tries inside one call for a transient error (default: 3)", type=int)
     _add(p, "--retry-base-s", E + "RETRY_BASE_S", "first broker-side retry delay; doubles each time, with jitter (default: 1)", type=float)
     _add(p, "--retry-cap-s", E + "RETRY_CAP_S", "longest broker-side retry delay (default: 3600)", type=float)
@@ -618,12 +621,15 @@ def _add_bench_throughput(psub) -> None:
 
     p = psub.add_parser(
         "batch", formatter_class=fmt,
-        help="care events drained by the gateway, the bare pipeline and the naive peer",
+        help="care events drained by the gateway, the bare pipeline (urllib3 and libcurl) and "
+             "the naive peer",
         description="Publish N care events (event.start, institution-acted, no reply_to) into a "
                     "fresh vhost, then drain them into a fresh simulator (dedupe mode, "
                     "--latency-ms L) with each pipeline: the gateway (eeszt-gw worker --queues "
-                    "batch), the bare pipeline (pika + threads + lxml template + xmlsec + "
-                    "urllib3) and the naive peer (dramatiq actor + zeep + requests). Reports "
+                    "batch, on its default HTTP client, libcurl; EESZT_TRANSPORT=urllib3 for "
+                    "the other), the bare pipeline (pika + threads + lxml template + xmlsec + "
+                    "urllib3), the same on libcurl (bare-curl: the like-for-like baseline) and "
+                    "the naive peer (dramatiq actor + zeep + requests). Reports "
                     "events/s and CPU µs per event of the workers, the simulator and the broker, "
                     "measured from the moment every worker process consumes to the last stored "
                     "record." + needs)
@@ -636,7 +642,7 @@ def _add_bench_throughput(psub) -> None:
                         "flight (processes × threads) should be ≥ rate × (L + 2 ms)")
     p.add_argument("--naive-threads", type=int, default=8,
                    help="threads per process of the naive peer (dramatiq's default)")
-    p.add_argument("--pipelines", type=_names, default=["gateway", "bare", "naive"],
+    p.add_argument("--pipelines", type=_names, default=["gateway", "bare", "bare-curl", "naive"],
                    help="which pipelines to run, comma separated")
     p.add_argument("--stall-s", type=float, default=60.0,
                    help="give a run up after this long without a new record")

@@ -53,14 +53,23 @@ class ClientFiles:
                    institution_key=d / "institution.key")
 
 
+def _curl(**kwargs):  # pycurl is imported only where the curl transport is chosen
+    from .curl_transport import CurlTransport
+    return CurlTransport(**kwargs)
+
+
+#: ``transport`` names: the HTTP clients behind :class:`EesztClient` (the same contract)
+TRANSPORTS = {"urllib3": MtlsTransport, "curl": _curl}
+
+
 class EesztClient:
     """Sends signed SOAP calls. Thread-safe: share one per process."""
 
     def __init__(self, *, base_url: str, files: ClientFiles, timeouts: Timeouts = Timeouts(),
-                 pool_size: int = 32, handshakes: int = 4) -> None:
+                 pool_size: int = 32, handshakes: int = 4, transport: str = "curl") -> None:
         self.signer = WsseSigner(key_pem=files.institution_key.read_bytes(),
                                  cert_pem=files.institution_cert.read_bytes())
-        self.transport = MtlsTransport(
+        self.transport = TRANSPORTS[transport](
             base_url=base_url, timeouts=timeouts, maxsize=pool_size, handshakes=handshakes,
             tls=TlsFiles(client_cert=files.access_cert, client_key=files.access_key,
                          server_ca=files.server_ca))

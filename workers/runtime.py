@@ -112,7 +112,7 @@ def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: 
                              timeouts=Timeouts(connect=settings.connect_timeout_s,
                                                read=settings.read_timeout_s),
                              pool_size=max(8, settings.threads),
-                             handshakes=settings.max_handshakes)
+                             handshakes=settings.max_handshakes, transport=settings.transport)
     creds_file = settings.credentials_file or settings.pki_dir / "users.json"
     credentials = load_credentials(creds_file) if creds_file.exists() else {}
     challenge_key_path = settings.challenge_key or settings.pki_dir / "challenge.key"

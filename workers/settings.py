@@ -53,6 +53,9 @@ class WorkerSettings(BaseSettings):
     max_handshakes: int = Field(default=4, ge=1, le=256, description="new TLS connections to "
                                 "EESZT a process opens at a time (the others wait their turn)")
     read_timeout_s: float = Field(default=30.0, gt=0)
+    transport: Literal["urllib3", "curl"] = Field(
+        default="curl", description="HTTP client to EESZT: urllib3 (workers/transport.py) or "
+        "libcurl through pycurl (workers/curl_transport.py, less CPU per request)")
     call_attempts: int = Field(default=3, ge=1, le=10,
                                description="tries inside one call for a transient failure")
     retry_base_s: float = Field(default=1.0, gt=0, description="first broker-side retry delay")

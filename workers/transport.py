@@ -84,6 +84,16 @@ class _PacedPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = _PacedHTTPSConnection
 
 
+def endpoint(base_url: str) -> tuple[str, str, int, str]:
+    """``(base_url without a trailing slash, host, port, path prefix)``; ValueError unless
+    ``base_url`` is ``https://host[:port][/path]``."""
+    url = base_url.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"EESZT base URL must be https://host[:port][/path]: {base_url!r}")
+    return url, parts.hostname, parts.port or 443, parts.path.rstrip("/")
+
+
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     status: int
@@ -98,18 +108,14 @@ class MtlsTransport:
         ctx = ssl.create_default_context(cafile=str(tls.server_ca))  # verifies chain and host
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(tls.client_cert), str(tls.client_key))
-        self.base_url = base_url.rstrip("/")
+        self.base_url, host, port, self._prefix = endpoint(base_url)
         self.timeouts = timeouts
-        parts = urlsplit(self.base_url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"EESZT base URL must be https://host[:port][/path]: {base_url!r}")
-        self._prefix = parts.path.rstrip("/")
         # One pool for the one EESZT host: a PoolManager would parse the URL and look the pool
         # up again on every call (about 4% of a worker's CPU at 800 requests/s).
         self._default_timeout = urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
         # At most ``handshakes`` new connections at a time (see _PacedHTTPSConnection).
         self._pool = _PacedPool(
-            parts.hostname, parts.port or 443, maxsize=maxsize, block=False, ssl_context=ctx,
+            host, port, maxsize=maxsize, block=False, ssl_context=ctx,
             retries=False, timeout=self._default_timeout,
             handshake_slots=threading.BoundedSemaphore(handshakes),
         )

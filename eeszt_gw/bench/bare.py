@@ -5,7 +5,10 @@ P processes (multiprocessing, spawn). Each process:
 - gets one SAML token from the STS at start (``EesztClient.issue_token(method="x509")``);
 - loads the institution key into xmlsec once (:class:`workers.wsse.WsseSigner`, a plain xmlsec
   signer);
-- opens one urllib3 keep-alive ``HTTPSConnectionPool`` over mutual TLS (``maxsize`` = threads);
+- opens one urllib3 keep-alive ``HTTPSConnectionPool`` over mutual TLS (``maxsize`` = threads),
+  or, with ``--transport curl``, a pool of as many libcurl handles (pycurl), each with its
+  kept-alive connection: the bare pipeline on the gateway's default HTTP client, for a
+  like-for-like ratio;
 - consumes ``eeszt.batch`` with one pika ``BlockingConnection``, prefetch = threads × 2, and
   hands each delivery through a ``queue.Queue`` to T worker threads, which do:
   ``json.loads`` → the ``esemenyKezdet`` body from a string template → ``lxml.etree.fromstring``
@@ -72,11 +75,10 @@ def envelope_xml(body: bytes) -> bytes:
 
 
 def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_dir: str | None,
-             go_file: str | None) -> None:
+             go_file: str | None, transport: str = "urllib3") -> None:
     import os
 
     import pika
-    import urllib3
     from lxml import etree
 
     from workers.client import ClientFiles, EesztClient
@@ -92,13 +94,7 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
         assertion = sts.issue_token(method="x509").assertion
     finally:
         sts.close()
-    ctx = ssl.create_default_context(cafile=str(files.server_ca))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(files.access_cert), str(files.access_key))
-    u = urlsplit(eeszt_url)
-    pool = urllib3.HTTPSConnectionPool(
-        u.hostname, u.port or 443, maxsize=threads, block=True, ssl_context=ctx, retries=False,
-        timeout=urllib3.Timeout(connect=5.0, read=30.0))
+    post, warm = (_curl_post if transport == "curl" else _urllib3_post)(eeszt_url, files, threads)
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
 
     work: queue.Queue = queue.Queue()
@@ -108,11 +104,9 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
 
     def handle(body: bytes) -> None:
         envelope = etree.fromstring(envelope_xml(body), parser)
-        data = signer.sign_to_bytes(envelope, assertion=assertion)
-        resp = pool.urlopen("POST", PATH, body=data, headers=HEADERS, retries=False,
-                            preload_content=True)
-        if resp.status != 200:
-            raise RuntimeError(f"HTTP {resp.status}: {resp.data[:300]!r}")
+        status, answer = post(signer.sign_to_bytes(envelope, assertion=assertion))
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {answer[:300]!r}")
 
     def worker() -> None:
         while True:
@@ -132,7 +126,7 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
             except pika.exceptions.AMQPError:
                 pass  # that connection is gone: the broker has requeued the delivery
 
-    _warm_pool(pool, threads)
+    warm()
     for i in range(threads):
         threading.Thread(target=worker, name=f"bare-{i}", daemon=True).start()
 
@@ -174,13 +168,25 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
         log.warning("%d events failed", failures[0])
 
 
-def _warm_pool(pool, size: int) -> None:
-    """Open all ``size`` keep-alive connections now (T concurrent GETs of the WSDL, held until
-    all have their connection), before the go signal: a TLS handshake to a busy asyncio server
-    can take seconds, and a pipeline that is meant to be fast does not pay it mid-run."""
-    barrier = threading.Barrier(size)
+def _urllib3_post(eeszt_url: str, files, threads: int):
+    """``(post(body) -> (status, answer), warm())`` over one urllib3 pool of ``threads``
+    connections."""
+    import urllib3
 
-    def one() -> None:
+    ctx = ssl.create_default_context(cafile=str(files.server_ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(files.access_cert), str(files.access_key))
+    u = urlsplit(eeszt_url)
+    pool = urllib3.HTTPSConnectionPool(
+        u.hostname, u.port or 443, maxsize=threads, block=True, ssl_context=ctx, retries=False,
+        timeout=urllib3.Timeout(connect=5.0, read=30.0))
+
+    def post(data: bytes) -> tuple[int, bytes]:
+        resp = pool.urlopen("POST", PATH, body=data, headers=HEADERS, retries=False,
+                            preload_content=True)
+        return resp.status, resp.data
+
+    def open_one(barrier: threading.Barrier) -> None:
         resp = pool.urlopen("GET", f"{PATH}?wsdl", retries=False, preload_content=False)
         try:
             barrier.wait(timeout=60)
@@ -188,7 +194,60 @@ def _warm_pool(pool, size: int) -> None:
             resp.read()
             resp.release_conn()
 
-    threads = [threading.Thread(target=one, daemon=True) for _ in range(size)]
+    return post, lambda: _warm(open_one, threads)
+
+
+def _curl_post(eeszt_url: str, files, threads: int):
+    """``(post(body) -> (status, answer), warm())`` over a pool of ``threads`` libcurl handles,
+    each with its kept-alive connection (no resend guard: the simulator dedupes by key here)."""
+    import pycurl
+
+    url = eeszt_url.rstrip("/") + PATH
+    headers = [f"{k}: {v}" for k, v in HEADERS.items()] + ["Expect:"]
+    pool: queue.LifoQueue = queue.LifoQueue()
+    for _ in range(threads):
+        c = pycurl.Curl()
+        for opt, value in ((pycurl.NOSIGNAL, 1), (pycurl.SSLVERSION, pycurl.SSLVERSION_TLSv1_2),
+                           (pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1),
+                           (pycurl.CAINFO, str(files.server_ca)),
+                           (pycurl.SSLCERT, str(files.access_cert)),
+                           (pycurl.SSLKEY, str(files.access_key)),
+                           (pycurl.CONNECTTIMEOUT_MS, 5000), (pycurl.TIMEOUT_MS, 35000),
+                           (pycurl.HTTPHEADER, headers)):
+            c.setopt(opt, value)
+        pool.put(c)
+
+    def post(data: bytes) -> tuple[int, bytes]:
+        c, chunks = pool.get(), []
+        try:
+            c.setopt(pycurl.URL, url)
+            c.setopt(pycurl.POSTFIELDS, data)
+            c.setopt(pycurl.WRITEFUNCTION, chunks.append)
+            c.perform()
+            return c.getinfo(pycurl.RESPONSE_CODE), b"".join(chunks)
+        finally:
+            pool.put(c)
+
+    def open_one(barrier: threading.Barrier) -> None:
+        c = pool.get()
+        try:
+            c.setopt(pycurl.URL, url + "?wsdl")
+            c.setopt(pycurl.HTTPGET, 1)
+            c.setopt(pycurl.WRITEFUNCTION, lambda _chunk: None)
+            c.perform()
+            barrier.wait(timeout=60)
+        finally:
+            pool.put(c)
+
+    return post, lambda: _warm(open_one, threads)
+
+
+def _warm(open_one, size: int) -> None:
+    """Open all ``size`` keep-alive connections now (T concurrent GETs of the WSDL, held until
+    all have their connection), before the go signal: a TLS handshake to a busy asyncio server
+    can take seconds, and a pipeline that is meant to be fast does not pay it mid-run."""
+    barrier = threading.Barrier(size)
+    threads = [threading.Thread(target=open_one, args=(barrier,), daemon=True) for _ in range(size)]
     for t in threads:
         t.start()
     for t in threads:
@@ -196,10 +255,11 @@ def _warm_pool(pool, size: int) -> None:
 
 
 def run(*, broker_url: str, eeszt_url: str, pki_dir: str, processes: int, threads: int,
-        ready_dir: str | None = None, go_file: str | None = None) -> int:
+        ready_dir: str | None = None, go_file: str | None = None, transport: str = "urllib3") -> int:
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_process, name=f"bare-{i}",
-                         args=(broker_url, eeszt_url, pki_dir, threads, ready_dir, go_file))
+                         args=(broker_url, eeszt_url, pki_dir, threads, ready_dir, go_file,
+                                               transport))
              for i in range(processes)]
     for p in procs:
         p.start()
@@ -229,10 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=64)
     ap.add_argument("--ready-dir")
     ap.add_argument("--go-file")
+    ap.add_argument("--transport", choices=("urllib3", "curl"), default="urllib3",
+                    help="HTTP client: a urllib3 pool (the issue's bare pipeline) or libcurl "
+                         "handles (the gateway's default client)")
     ns = ap.parse_args(argv)
     return run(broker_url=ns.broker_url, eeszt_url=ns.eeszt_url, pki_dir=ns.pki_dir,
                processes=ns.processes, threads=ns.threads, ready_dir=ns.ready_dir,
-               go_file=ns.go_file)
+               go_file=ns.go_file, transport=ns.transport)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ tests' tiny sizes), the window falls back to first-to-last stored record.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import os
 import shutil
@@ -350,7 +351,8 @@ def start_gateway(*, url: str, sim: Simulator, pki_dir: Path, work: Path, proces
 
 
 def start_bare(*, url: str, sim: Simulator, pki_dir: Path, work: Path, processes: int,
-               threads: int, queue_type: str = DEFAULT_QUEUE_TYPE) -> Pipeline:
+               threads: int, queue_type: str = DEFAULT_QUEUE_TYPE,
+               transport: str = "urllib3") -> Pipeline:
     """The bare baseline (``eeszt_gw.bench.bare``); it consumes only after :meth:`Pipeline.go`.
     It declares nothing: it consumes the queue the publisher declared (``queue_type``)."""
     ready = work / f"bare-{uuid.uuid4().hex[:8]}"
@@ -359,9 +361,11 @@ def start_bare(*, url: str, sim: Simulator, pki_dir: Path, work: Path, processes
     go_file = ready / "go"
     cmd = [sys.executable, "-m", "eeszt_gw.bench.bare", "--broker-url", url,
            "--eeszt-url", sim.base_url, "--pki-dir", str(pki_dir), "--processes", str(processes),
-           "--threads", str(threads), "--ready-dir", str(ready), "--go-file", str(go_file)]
+           "--threads", str(threads), "--ready-dir", str(ready), "--go-file", str(go_file),
+           "--transport", transport]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
-    return Pipeline("bare", proc, log_path, processes, ready, "ready-*", go_file)
+    kind = "bare" if transport == "urllib3" else f"bare-{transport}"
+    return Pipeline(kind, proc, log_path, processes, ready, "ready-*", go_file)
 
 
 def start_naive(*, url: str, sim: Simulator, pki_dir: Path, work: Path, processes: int,
@@ -381,7 +385,9 @@ def start_naive(*, url: str, sim: Simulator, pki_dir: Path, work: Path, processe
 
 
 STARTERS: dict[str, Callable[..., Pipeline]] = {
-    "gateway": start_gateway, "bare": start_bare, "naive": start_naive}
+    "gateway": start_gateway, "bare": start_bare, "naive": start_naive,
+    # the bare pipeline on the gateway's default HTTP client (libcurl): a like-for-like ratio
+    "bare-curl": functools.partial(start_bare, transport="curl")}
 
 
 # --- sampling -------------------------------------------------------------------------------------

@@ -31,7 +31,10 @@ from schemas.wire import DEFAULT_QUEUE_TYPE
 
 from . import harness as h
 
-PIPELINES = ("gateway", "bare", "naive")
+PIPELINES = ("gateway", "bare", "naive", "bare-curl")
+#: what the gateway is divided by: the issue's bare pipeline (urllib3), the naive peer, and the
+#: bare pipeline on the gateway's default HTTP client (libcurl), like for like
+BASELINES = ("bare", "naive", "bare-curl")
 
 
 def _console() -> Console:
@@ -299,7 +302,7 @@ def run_batch(*, n: int = 100_000, latencies: Sequence[float] = (0, 20, 100), pr
     for latency in latencies:
         g = by.get(("gateway", latency))
         row: dict[str, Any] = {"latency_ms": latency}
-        for other in ("bare", "naive"):
+        for other in BASELINES:
             o = by.get((other, latency))
             if g and o and o.events_per_s:
                 row[f"gateway/{other}"] = g.events_per_s / o.events_per_s
@@ -315,7 +318,7 @@ def run_batch(*, n: int = 100_000, latencies: Sequence[float] = (0, 20, 100), pr
     rt = Table(title="gateway ÷ baseline, events/s",
                caption="the medians' ratio (the targets use it); with --repeat, also the ratio "
                        "within each round of interleaved runs: median (lowest–highest)")
-    cols = ["gateway/bare", "gateway/naive"]
+    cols = [f"gateway/{b}" for b in BASELINES]
     paired_cols = [c for c in cols if any(f"{c} paired" in row for row in ratios)]
     for col in ("L ms", *cols, *(f"{c}, paired" for c in paired_cols)):
         rt.add_column(col, justify="right")
@@ -381,6 +384,11 @@ def _batch_targets(by: dict, latencies: Sequence[float], processes: int) -> list
         if need and nv and nv.events_per_s:
             x = g.events_per_s / nv.events_per_s
             out.append(_target(f"gateway ≥ {need} × naive at {latency:g} ms", f"{x:.2f} ×", x >= need))
+        bc = by.get(("bare-curl", latency))
+        if latency in (20, 100) and bc and bc.events_per_s:
+            x = g.events_per_s / bc.events_per_s
+            out.append(_target(f"like for like: gateway ≥ 0.9 × bare-curl at {latency:g} ms",
+                               f"{x:.2f} ×", x >= 0.9))
         if latency == 20 and processes == 2:
             out.append(_target("gateway ≥ 800 events/s at 20 ms, 2 processes",
                                f"{g.events_per_s:,.0f}/s", g.events_per_s >= 800))

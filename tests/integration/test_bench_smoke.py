@@ -64,13 +64,13 @@ def test_publish_scenario_refuses_an_unknown_queue_type():
     assert "--queue-types" in proc.stderr and "classic,stream" in proc.stderr
 
 
-def test_batch_scenario_runs_all_three_pipelines(tmp_path):
+def test_batch_scenario_runs_all_four_pipelines(tmp_path):
     stdout, fig = _bench(tmp_path, "batch", "--n", "300", "--latencies", "20", "--processes", "1",
                          "--threads", "16")
     assert "care events drained into the simulator" in stdout
-    assert "gateway/bare" in stdout and "batch targets" in stdout
+    assert "gateway/bare" in stdout and "gateway/bare-curl" in stdout and "batch targets" in stdout
     runs = {r["kind"]: r for r in fig["runs"]}
-    assert set(runs) == {"gateway", "bare", "naive"}
+    assert set(runs) == {"gateway", "bare", "bare-curl", "naive"}
     for r in runs.values():
         assert r["latency_ms"] == 20 and r["processes"] == 1 and r["events"] == 300
         assert r["complete"] and r["stored"] == 300, r
@@ -80,12 +80,15 @@ def test_batch_scenario_runs_all_three_pipelines(tmp_path):
     assert runs["naive"]["threads"] == 8 and runs["gateway"]["threads"] == 16
     (ratio,) = fig["ratios"]
     assert ratio["latency_ms"] == 20 and ratio["gateway/bare"] > 0 and ratio["gateway/naive"] > 0
-    assert any(t["target"] == "gateway ≥ 2 × naive at 20 ms" for t in fig["targets"])
+    assert ratio["gateway/bare-curl"] > 0
+    assert {"gateway ≥ 2 × naive at 20 ms", "gateway ≥ 0.9 × bare at 20 ms",
+            "like for like: gateway ≥ 0.9 × bare-curl at 20 ms"} <= {t["target"] for t in fig["targets"]}
 
 
 def test_batch_scenario_on_quorum_queues(tmp_path):
     stdout, fig = _bench(tmp_path, "batch", "--n", "200", "--latencies", "0", "--processes", "1",
-                         "--threads", "8", "--queue-type", "quorum")
+                         "--threads", "8", "--queue-type", "quorum",
+                         "--pipelines", "gateway,bare,naive")
     assert "quorum queues" in stdout
     assert fig["config"]["queue_type"] == "quorum"
     runs = {r["kind"]: r for r in fig["runs"]}
