@@ -44,12 +44,13 @@ def _no_rewind(offset: int, origin: int) -> int:
 class _Handle:
     """One libcurl easy handle and its connection; used by one thread at a time."""
 
-    __slots__ = ("curl", "slot", "slot_timed_out")
+    __slots__ = ("curl", "slot", "slot_timed_out", "fresh")
 
     def __init__(self, curl: pycurl.Curl) -> None:
         self.curl = curl
         self.slot = False  # holds a handshake slot now
         self.slot_timed_out = False
+        self.fresh = True  # no call has completed on it yet: its first connect is ahead
 
 
 class CurlTransport:
@@ -85,6 +86,9 @@ class CurlTransport:
             (pycurl.CONNECTTIMEOUT_MS, int(self.timeouts.connect * 1000)),
             (pycurl.SEEKFUNCTION, _no_rewind),
             (pycurl.OPENSOCKETFUNCTION, lambda purpose, addr: self._open_socket(h, addr)),
+            # Releases the slot as soon as the handshake is done, on the handle's first call
+            # only: every callback takes the GIL inside perform(). A handle whose connection
+            # died reconnects later with the slot held until its call ends (post's finally).
             (pycurl.PREREQFUNCTION, lambda *_: self._connected(h)),
         ):
             c.setopt(opt, value)
@@ -142,7 +146,8 @@ class CurlTransport:
         c.setopt(pycurl.POSTFIELDSIZE, len(body))
         c.setopt(pycurl.READFUNCTION, source.read)
         c.setopt(pycurl.WRITEFUNCTION, chunks.append)
-        c.setopt(pycurl.TIMEOUT_MS, int((self.timeouts.connect + read_s) * 1000))
+        # The answer within read_s; a fresh handle also has its connect (TCP and TLS) ahead.
+        c.setopt(pycurl.TIMEOUT_MS, int(((self.timeouts.connect if h.fresh else 0) + read_s) * 1000))
         h.slot_timed_out = False
         try:
             c.perform()
@@ -164,6 +169,9 @@ class CurlTransport:
         finally:
             self._release(h)
         status = c.getinfo(pycurl.RESPONSE_CODE)
+        if h.fresh:
+            h.fresh = False
+            c.unsetopt(pycurl.PREREQFUNCTION)
         self._keep(h)
         return HttpResponse(status=status, body=b"".join(chunks))
 
