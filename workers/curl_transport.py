@@ -17,7 +17,7 @@ What it keeps of the urllib3 transport's contract (the shared tests in
   :class:`ServiceUnavailable` (refused, connect or handshake timeout, TLS failure). Once it has
   read the body, a lost answer is :class:`AmbiguousOutcome`.
 - **Handshakes are paced**: a new connection waits for one of ``handshakes`` slots from the
-  moment libcurl opens its socket until it is connected (TCP and TLS).
+  moment libcurl opens its socket until it is connected (TCP and TLS) and reads the body.
 - **Verified mutual TLS**: the server's chain against ``server_ca`` only, and its host name;
   TLS 1.2 or newer; the client certificate on every connection.
 - **Keep-alive pool** of at most ``maxsize`` idle handles (one connection each); a handle taken
@@ -86,10 +86,6 @@ class CurlTransport:
             (pycurl.CONNECTTIMEOUT_MS, int(self.timeouts.connect * 1000)),
             (pycurl.SEEKFUNCTION, _no_rewind),
             (pycurl.OPENSOCKETFUNCTION, lambda purpose, addr: self._open_socket(h, addr)),
-            # Releases the slot as soon as the handshake is done, on the handle's first call
-            # only: every callback takes the GIL inside perform(). A handle whose connection
-            # died reconnects later with the slot held until its call ends (post's finally).
-            (pycurl.PREREQFUNCTION, lambda *_: self._connected(h)),
         ):
             c.setopt(opt, value)
         c.unsetopt(pycurl.CAPATH)  # only server_ca: never the system's trust store
@@ -108,9 +104,18 @@ class CurlTransport:
             h.slot = True
         return socket.socket(addr.family, addr.socktype, addr.protocol)  # pycurl keeps a dup
 
-    def _connected(self, h: _Handle) -> int:
-        self._release(h)
-        return pycurl.PREREQFUNC_OK
+    def _body_reader(self, h: _Handle, source: io.BytesIO):
+        """The read callback: libcurl reads the body once connected (TCP and TLS), so the first
+        read also frees the handshake slot. (A separate CURLOPT_PREREQFUNCTION would take the
+        GIL once more inside every perform(); this callback is needed anyway.)"""
+        read = source.read
+
+        def read_body(size: int) -> bytes:
+            if h.slot:
+                self._release(h)
+            return read(size)
+
+        return read_body
 
     def _release(self, h: _Handle) -> None:
         if h.slot:
@@ -144,7 +149,7 @@ class CurlTransport:
         c.setopt(pycurl.URL, url)
         c.setopt(pycurl.HTTPHEADER, headers)
         c.setopt(pycurl.POSTFIELDSIZE, len(body))
-        c.setopt(pycurl.READFUNCTION, source.read)
+        c.setopt(pycurl.READFUNCTION, self._body_reader(h, source))
         c.setopt(pycurl.WRITEFUNCTION, chunks.append)
         # The answer within read_s; a fresh handle also has its connect (TCP and TLS) ahead.
         c.setopt(pycurl.TIMEOUT_MS, int(((self.timeouts.connect if h.fresh else 0) + read_s) * 1000))
@@ -169,9 +174,7 @@ class CurlTransport:
         finally:
             self._release(h)
         status = c.getinfo(pycurl.RESPONSE_CODE)
-        if h.fresh:
-            h.fresh = False
-            c.unsetopt(pycurl.PREREQFUNCTION)
+        h.fresh = False
         self._keep(h)
         return HttpResponse(status=status, body=b"".join(chunks))
 
