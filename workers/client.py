@@ -1,8 +1,10 @@
 """One EESZT client per worker process: sign, send over mutual TLS, read the answer.
 
 It joins the three seams: :class:`~workers.wsse.WsseSigner` (key loaded once),
-:class:`~workers.transport.MtlsTransport` (keep-alive pool, explicit timeouts) and the SOAP
-templates of :mod:`workers.soap`. It does not retry: retry policy belongs to the caller.
+a transport (keep-alive pool, explicit timeouts, paced handshakes): libcurl's
+:class:`~workers.curl_transport.CurlTransport` by default, or urllib3's
+:class:`~workers.transport.MtlsTransport` (``transport="urllib3"``), and the SOAP templates of
+:mod:`workers.soap`. It does not retry: retry policy belongs to the caller.
 """
 
 from __future__ import annotations

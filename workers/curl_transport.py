@@ -37,6 +37,7 @@ import pycurl
 from .errors import AmbiguousOutcome, ServiceUnavailable
 from .transport import HttpResponse, Timeouts, TlsFiles, endpoint
 
+
 def _no_rewind(offset: int, origin: int) -> int:
     return pycurl.SEEKFUNC_FAIL  # a resend on a new connection is refused (module docstring)
 
@@ -95,7 +96,7 @@ class CurlTransport:
     def _open_socket(self, h: _Handle, addr) -> socket.socket:
         # One slot per connection: happy eyeballs may open a socket per address (::1, 127.0.0.1).
         if not h.slot:
-            if not self._slots.acquire(timeout=self.timeouts.connect):
+            if h.slot_timed_out or not self._slots.acquire(timeout=self.timeouts.connect):
                 h.slot_timed_out = True
                 # pycurl takes only a socket: one whose connect() fails at once (an AF_UNIX
                 # socket cannot connect to an IP address), so libcurl gives up: "could not
@@ -192,6 +193,6 @@ class CurlTransport:
         self._closed = True
         while True:
             try:
-                self._idle.get_nowait().curl.close()
+                self._discard(self._idle.get_nowait())
             except queue.Empty:
                 return

@@ -3,6 +3,11 @@
 Threads sharing one pool beat asyncio+httpx at every latency we measured
 (``shared/notes/stack-facts.md``). Every call has an explicit timeout. urllib3 errors are
 translated into :mod:`workers.errors` here and nowhere else.
+
+The gateway's default HTTP client is now libcurl (:mod:`workers.curl_transport`, the same
+contract at about a third of the client CPU per request); this one is ``--transport urllib3``.
+The shared pieces (:class:`TlsFiles`, :class:`Timeouts`, :class:`HttpResponse`,
+:func:`endpoint`) live here.
 """
 
 from __future__ import annotations
