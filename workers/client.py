@@ -69,6 +69,8 @@ class EesztClient:
 
     def __init__(self, *, base_url: str, files: ClientFiles, timeouts: Timeouts = Timeouts(),
                  pool_size: int = 32, handshakes: int = 4, transport: str = "curl") -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport: {transport!r} is not one of {', '.join(TRANSPORTS)}")
         self.signer = WsseSigner(key_pem=files.institution_key.read_bytes(),
                                  cert_pem=files.institution_cert.read_bytes())
         self.transport = TRANSPORTS[transport](

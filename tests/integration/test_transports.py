@@ -238,3 +238,13 @@ def test_a_request_whose_kept_alive_connection_dies_is_ambiguous_and_never_sent_
     finally:
         t.close()
         server.close()
+
+
+def test_an_unknown_transport_name_is_refused_naming_the_field(pki):
+    from workers.client import EesztClient
+
+    with pytest.raises(ValueError) as err:
+        EesztClient(base_url="https://localhost:1", files=ClientFiles.from_pki_dir(pki.directory),
+                    transport="httpx")
+    assert "transport" in str(err.value) and "'httpx'" in str(err.value)
+    assert "curl" in str(err.value) and "urllib3" in str(err.value)
