@@ -100,7 +100,7 @@ class EesztClient:
         return parse_eid_package(resp.status, resp.body)
 
     def send(self, call: SoapCall, assertion: etree._Element | None) -> tuple[int, bytes]:
-        body = self.signer.sign_to_bytes(call.envelope, assertion=assertion)
+        body = self.signer.sign_operation(call.op_xml, assertion=assertion)
         resp = self.transport.post(call.path, body, soap_action=call.soap_action)
         return resp.status, resp.body
 

@@ -35,8 +35,8 @@ from .errors import AmbiguousOutcome, ServiceRejected, ServiceUnavailable, Token
 _PARSERS = threading.local()
 
 
-def _parser() -> etree.XMLParser:
-    """This thread's parser. lxml serialises the threads sharing one parser object on a lock,
+def thread_parser() -> etree.XMLParser:
+    """This thread's parser (no entities, no network). lxml serialises the threads sharing one parser object on a lock,
     and with 64 worker threads that lock hand-off costs more than the parse itself."""
     try:
         return _PARSERS.parser
@@ -99,11 +99,17 @@ def _fields(p) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SoapCall:
-    """A request ready to sign: where it goes and the unsigned envelope."""
+    """A request ready to sign: where it goes and the Body's content, as XML text
+    (:meth:`workers.wsse.WsseSigner.sign_operation` wraps and signs it in one parse)."""
 
     service: Service
     operation: str
-    envelope: etree._Element
+    op_xml: str
+
+    @property
+    def envelope(self) -> etree._Element:
+        """The unsigned envelope as a tree, for :meth:`workers.wsse.WsseSigner.sign`."""
+        return _envelope(self.op_xml)
 
     @property
     def path(self) -> str:
@@ -117,7 +123,7 @@ class SoapCall:
 def _envelope(op_xml: str) -> etree._Element:
     return etree.fromstring(
         f'<soap:Envelope xmlns:soap="{SOAP11_NS}"><soap:Header/><soap:Body>{op_xml}</soap:Body>'
-        f"</soap:Envelope>".encode(), _parser())
+        f"</soap:Envelope>".encode(), thread_parser())
 
 
 def build_call(request: RequestEnvelope) -> SoapCall:
@@ -134,14 +140,14 @@ def build_call(request: RequestEnvelope) -> SoapCall:
     )
     op = (f'<tns:{operation} xmlns:tns="{service.namespace}" xmlns:c="{COMMON_NS}">'
           f"{header}{_fields(request.payload)}</tns:{operation}>")
-    return SoapCall(service=service, operation=operation, envelope=_envelope(op))
+    return SoapCall(service=service, operation=operation, op_xml=op)
 
 
 def build_query(service_name: str, idempotency_key: str) -> SoapCall:
     service = SERVICES[service_name]
     op = (f'<tns:{QUERY_OP} xmlns:tns="{service.namespace}" xmlns:c="{COMMON_NS}">'
           f"<c:idempotencyKey>{escape(idempotency_key)}</c:idempotencyKey></tns:{QUERY_OP}>")
-    return SoapCall(service=service, operation=QUERY_OP, envelope=_envelope(op))
+    return SoapCall(service=service, operation=QUERY_OP, op_xml=op)
 
 
 def build_sts_request(*, method: str, user_id: str | None = None, workstation: str | None = None,
@@ -210,7 +216,7 @@ def _body_child(status: int, data: bytes, service: str) -> etree._Element:
     """The answer's operation element, or the right error for a fault / a non-SOAP answer."""
     child = None
     try:
-        root = etree.fromstring(data, _parser())
+        root = etree.fromstring(data, thread_parser())
     except (etree.XMLSyntaxError, ValueError):
         root = None
     if root is not None and root.tag == _ENVELOPE:

@@ -11,9 +11,12 @@ P processes (multiprocessing, spawn). Each process:
   like-for-like ratio;
 - consumes ``eeszt.batch`` with one pika ``BlockingConnection``, prefetch = threads × 2, and
   hands each delivery through a ``queue.Queue`` to T worker threads, which do:
-  ``json.loads`` → the ``esemenyKezdet`` body from a string template → ``lxml.etree.fromstring``
-  → xmlsec sign (Body + Timestamp, SAML assertion in the header) → POST → ack through
-  ``connection.add_callback_threadsafe``.
+  ``json.loads`` → the ``esemenyKezdet`` element from a string template →
+  ``WsseSigner.sign_operation`` (the envelope and Security header from the signer's string
+  template, one ``lxml.etree.fromstring``, xmlsec signs Body + Timestamp, one ``tostring``, the
+  SAML assertion's bytes put in the header) → POST → ack through
+  ``connection.add_callback_threadsafe``. The signing is the gateway's own, so the two differ
+  only in what the gateway adds around it.
 
 No pydantic, no dramatiq, no replies, no audit: a failed call is counted, logged and requeued
 (``basic_nack``; the simulator dedupes by key). The pool's connections are opened before the
@@ -45,24 +48,23 @@ from xml.sax.saxutils import escape
 log = logging.getLogger("eeszt_gw.bench.bare")
 
 QUEUE = "eeszt.batch"
-_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 _NS = "urn:eeszt-gateway:contract:v1:esemenykatalogus"
 _C = "urn:eeszt-gateway:contract:v1:common"
 PATH = "/services/esemenyKatalogus"
 HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{_NS}/esemenyKezdet"'}
 TEMPLATE = (
-    f'<soap:Envelope xmlns:soap="{_SOAP}"><soap:Header/><soap:Body>'
     f'<tns:esemenyKezdet xmlns:tns="{_NS}" xmlns:c="{_C}">'
     "<tns:header><c:idempotencyKey>{key}</c:idempotencyKey><c:messageId>{mid}</c:messageId>"
     "<c:institution>{inst}</c:institution><c:createdAt>{created}</c:createdAt></tns:header>"
     "<tns:taj>{taj}</tns:taj><tns:eventId>{event_id}</tns:eventId>"
     "<tns:eventType>{event_type}</tns:eventType><tns:startedAt>{started}</tns:startedAt>{bno}"
-    "</tns:esemenyKezdet></soap:Body></soap:Envelope>"
+    "</tns:esemenyKezdet>"
 )
 
 
-def envelope_xml(body: bytes) -> bytes:
-    """The SOAP envelope (unsigned) of one wire-format care event, from the string template."""
+def operation_xml(body: bytes) -> str:
+    """The Body's content (the ``esemenyKezdet`` element) for one wire-format care event, from
+    the string template."""
     d = json.loads(body)
     p = d["payload"]
     bno = p.get("bno")
@@ -71,7 +73,13 @@ def envelope_xml(body: bytes) -> bytes:
         inst=escape(d["institution"]), created=escape(d["created_at"]),
         taj=escape(p["taj"]), event_id=escape(p["event_id"]),
         event_type=escape(p["event_type"]), started=escape(p["started_at"]),
-        bno=f"<tns:bno>{escape(bno)}</tns:bno>" if bno else "").encode()
+        bno=f"<tns:bno>{escape(bno)}</tns:bno>" if bno else "")
+
+
+def signed_request(body: bytes, signer, assertion) -> bytes:
+    """One care event as the signed SOAP request: the template, then the gateway's own
+    ``WsseSigner.sign_operation`` (one lxml parse, xmlsec, one serialization)."""
+    return signer.sign_operation(operation_xml(body), assertion=assertion)
 
 
 def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_dir: str | None,
@@ -79,7 +87,6 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
     import os
 
     import pika
-    from lxml import etree
 
     from workers.client import ClientFiles, EesztClient
     from workers.wsse import WsseSigner
@@ -95,7 +102,6 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
     finally:
         sts.close()
     post, warm = (_curl_post if transport == "curl" else _urllib3_post)(eeszt_url, files, threads)
-    parser = etree.XMLParser(resolve_entities=False, no_network=True)
 
     work: queue.Queue = queue.Queue()
     failures = [0]
@@ -103,8 +109,7 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
     current: list = [None, None]  # the live (connection, channel)
 
     def handle(body: bytes) -> None:
-        envelope = etree.fromstring(envelope_xml(body), parser)
-        status, answer = post(signer.sign_to_bytes(envelope, assertion=assertion))
+        status, answer = post(signed_request(body, signer, assertion))
         if status != 200:
             raise RuntimeError(f"HTTP {status}: {answer[:300]!r}")
 

@@ -9,8 +9,8 @@ thread, it runs N care events through
   WS-Security signing with the SAML assertion, the answer parsed for the EESZT id, the retry and
   deadline logic, metrics and three audit events (into a real audit stream, in a fresh vhost
   deleted at the end, unless ``--audit off``);
-- the **bare** handle of ``eeszt_gw/bench/bare.py``: ``json.loads``, the string template,
-  ``lxml`` parse, the same ``WsseSigner`` and assertion;
+- the **bare** handle of ``eeszt_gw/bench/bare.py``: ``json.loads``, the string template, the
+  same ``WsseSigner.sign_operation`` and assertion;
 
 with the HTTP POST answered by a canned SOAP answer and the STS by a canned assertion, and
 reports CPU µs per event of each (``time.process_time``), interleaved ``--rounds`` times.
@@ -89,11 +89,9 @@ def _handlers(pki_dir: Path, audit_url: str | None) -> tuple[Callable[[bytes], N
             raise RuntimeError(f"the gateway answered {outcome!r}, not 'accepted'")
 
     signer, post = client.signer, client.transport.post
-    parser = etree.XMLParser(resolve_entities=False, no_network=True)
 
     def bare_handle(body: bytes) -> None:  # eeszt_gw/bench/bare.py's handle, the POST canned
-        envelope = etree.fromstring(bare.envelope_xml(body), parser)
-        resp = post(bare.PATH, signer.sign_to_bytes(envelope, assertion=assertion))
+        resp = post(bare.PATH, bare.signed_request(body, signer, assertion))
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}")
 

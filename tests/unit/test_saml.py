@@ -286,3 +286,19 @@ def test_assertion_survives_a_signed_envelope_round_trip(
     )
     # and the caller's assertion element was copied, not moved
     assert assertion.getparent() is None
+
+
+def test_assertion_survives_the_one_parse_signing_path(pki: PkiPaths, issuer: AssertionIssuer) -> None:
+    # Given a worker that signs a service call the way EesztClient does (sign_operation)
+    assertion = doctor_token(issuer, now=datetime.now(timezone.utc))
+    signer = WsseSigner(
+        key_pem=pki.institution_key.read_bytes(), cert_pem=pki.institution_cert.read_bytes()
+    )
+    data = signer.sign_operation('<op xmlns="urn:x">1</op>', assertion=assertion)
+    # When the simulator checks the envelope, then the STS's signature on the assertion
+    message = WsseVerifier(trusted_ca_pems=[pki.qualified_ca_cert.read_bytes()]).verify(
+        etree.fromstring(data))
+    token = AssertionVerifier(cert_pem=pki.sts_cert.read_bytes()).verify(message.assertion)
+    # Then both hold
+    assert message.institution_id == "H100200"
+    assert token.subject == "O12345" and token.institution == "H100200"

@@ -6,6 +6,7 @@ import copy
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import pytest
 from cryptography import x509
@@ -205,6 +206,80 @@ def test_any_body_text_survives_the_round_trip(
     env = envelope()
     env.find(".//{*}note").text = note
     verifier.verify(etree.fromstring(signer.sign_to_bytes(env)))
+
+
+# --- the one-parse path: sign_operation -----------------------------------------------------
+OPERATION = (
+    '<m:receptRogzites xmlns:m="urn:eeszt-gateway:contract:v1:erecept">'
+    "<m:taj>123456788</m:taj><m:note>{note}</m:note></m:receptRogzites>"
+)
+
+
+def saml_assertion(assertion_id: str) -> etree._Element:
+    """An assertion inside an answer that binds other prefixes, as the STS client gets it."""
+    answer = etree.fromstring(
+        f'<r:Answer xmlns:r="urn:answer" xmlns:ds="{DS_NS}"><saml2:Assertion xmlns:saml2='
+        f'"{SAML2_NS}" ID="{assertion_id}"><saml2:Issuer>sts</saml2:Issuer><ds:Signature/>'
+        "</saml2:Assertion></r:Answer>".encode())
+    return answer[0]
+
+
+def layout(env: etree._Element) -> list[tuple[str, list[str]]]:
+    return [(el.tag, sorted(el.attrib)) for el in env.iter(etree.Element)]
+
+
+def test_sign_operation_writes_the_envelope_sign_writes(
+    signer: WsseSigner, verifier: WsseVerifier
+) -> None:
+    # Given the same operation signed both ways at the same moment
+    now = datetime.now(timezone.utc)
+    fast = etree.fromstring(signer.sign_operation(OPERATION.format(note="hi"), now=now))
+    slow = etree.fromstring(signer.sign_to_bytes(envelope("hi"), now=now))
+    # Then the trees match element for element (only Ids and signature values differ)
+    assert layout(fast) == layout(slow)
+    assert security(fast)[0].findtext("wsu:Expires", namespaces=NS) == \
+        security(slow)[0].findtext("wsu:Expires", namespaces=NS)
+    # and the simulator accepts it
+    msg = verifier.verify(fast)
+    assert msg.institution_id == "H100200" and msg.assertion is None
+
+
+def test_sign_operation_puts_the_assertion_before_the_signature_unchanged(
+    signer: WsseSigner, verifier: WsseVerifier
+) -> None:
+    assertion = saml_assertion("_a1")
+    env = etree.fromstring(signer.sign_operation(OPERATION.format(note="x"), assertion=assertion))
+    assert [etree.QName(c).localname for c in security(env)] == [
+        "Timestamp", "BinarySecurityToken", "Assertion", "Signature"]
+    msg = verifier.verify(env)
+    assert etree.tostring(msg.assertion, method="c14n", exclusive=True) == etree.tostring(
+        assertion, method="c14n", exclusive=True)
+    assert assertion.getparent().tag == "{urn:answer}Answer"  # the caller's tree is untouched
+
+
+def test_sign_operation_embeds_each_token_as_itself(signer: WsseSigner) -> None:
+    # the serialized assertion is kept per token: a second token must not get the first's bytes
+    first, second = saml_assertion("_first"), saml_assertion("_second")
+    for token in (first, second, first):
+        env = etree.fromstring(signer.sign_operation(OPERATION.format(note="x"), assertion=token))
+        assert security(env).find("saml2:Assertion", NS).get("ID") == token.get("ID")
+
+
+def test_sign_operation_refuses_an_operation_that_is_not_xml(signer: WsseSigner) -> None:
+    with pytest.raises(ValueError, match="not well-formed"):
+        signer.sign_operation("<m:open xmlns:m='urn:x'>")
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(note=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=200))
+def test_any_body_text_survives_sign_operation(
+    signer: WsseSigner, verifier: WsseVerifier, note: str
+) -> None:
+    env = etree.fromstring(signer.sign_operation(OPERATION.format(note=escape(note))))
+    verifier.verify(env)
+    assert env.findtext(".//{*}note") == note
 
 
 # --- rejections ------------------------------------------------------------------------------
