@@ -3,8 +3,8 @@
 
 Why it exists: posting a signed 4.6 KB event over a kept-alive mutual-TLS connection costs
 about 350 µs of client CPU through urllib3 and ``http.client`` and about 110 µs through libcurl
-(README, "The HTTP client"), and ``pycurl`` gives the GIL back for the whole exchange. Chosen
-with ``EESZT_GW_TRANSPORT=curl`` (``--transport curl``); urllib3 stays the default.
+(README, "The HTTP client"), and ``pycurl`` gives the GIL back for the whole exchange. The
+default; ``EESZT_TRANSPORT=urllib3`` (``--transport urllib3``) chooses the other.
 
 What it keeps of the urllib3 transport's contract (the shared tests in
 ``tests/integration/test_transports.py`` hold both to it):
@@ -28,14 +28,17 @@ What it keeps of the urllib3 transport's contract (the shared tests in
 from __future__ import annotations
 
 import io
-import queue
 import socket
 import threading
+from collections import deque
 
 import pycurl
 
 from .errors import AmbiguousOutcome, ServiceUnavailable
 from .transport import HttpResponse, Timeouts, TlsFiles, endpoint
+
+
+_EMPTY = io.BytesIO()
 
 
 def _no_rewind(offset: int, origin: int) -> int:
@@ -45,13 +48,16 @@ def _no_rewind(offset: int, origin: int) -> int:
 class _Handle:
     """One libcurl easy handle and its connection; used by one thread at a time."""
 
-    __slots__ = ("curl", "slot", "slot_timed_out", "fresh")
+    __slots__ = ("curl", "slot", "slot_timed_out", "fresh", "source", "chunks", "options")
 
     def __init__(self, curl: pycurl.Curl) -> None:
         self.curl = curl
         self.slot = False  # holds a handshake slot now
         self.slot_timed_out = False
         self.fresh = True  # no call has completed on it yet: its first connect is ahead
+        self.source = io.BytesIO()  # this call's body, read by the read callback
+        self.chunks: list[bytes] = []  # this call's answer, written by the write callback
+        self.options: tuple = ()  # (url, soap_action, timeout_ms) last set on the handle
 
 
 class CurlTransport:
@@ -66,7 +72,7 @@ class CurlTransport:
             if not f.is_file():  # libcurl would only say "problem with the local certificate"
                 raise FileNotFoundError(f"TLS file not found: {f}")
         self._slots = threading.BoundedSemaphore(handshakes)
-        self._idle: queue.LifoQueue[_Handle] = queue.LifoQueue()
+        self._idle: deque[_Handle] = deque()  # append and pop are atomic: no lock
         self._maxsize = maxsize
         self._headers: dict[str, list[str]] = {}
         self._closed = False
@@ -87,6 +93,8 @@ class CurlTransport:
             (pycurl.CONNECTTIMEOUT_MS, int(self.timeouts.connect * 1000)),
             (pycurl.SEEKFUNCTION, _no_rewind),
             (pycurl.OPENSOCKETFUNCTION, lambda purpose, addr: self._open_socket(h, addr)),
+            (pycurl.READFUNCTION, self._body_reader(h)),
+            (pycurl.WRITEFUNCTION, lambda chunk: h.chunks.append(chunk)),
         ):
             c.setopt(opt, value)
         c.unsetopt(pycurl.CAPATH)  # only server_ca: never the system's trust store
@@ -105,16 +113,15 @@ class CurlTransport:
             h.slot = True
         return socket.socket(addr.family, addr.socktype, addr.protocol)  # pycurl keeps a dup
 
-    def _body_reader(self, h: _Handle, source: io.BytesIO):
+    def _body_reader(self, h: _Handle):
         """The read callback: libcurl reads the body once connected (TCP and TLS), so the first
         read also frees the handshake slot. (A separate CURLOPT_PREREQFUNCTION would take the
         GIL once more inside every perform(); this callback is needed anyway.)"""
-        read = source.read
 
         def read_body(size: int) -> bytes:
             if h.slot:
                 self._release(h)
-            return read(size)
+            return h.source.read(size)
 
         return read_body
 
@@ -136,24 +143,25 @@ class CurlTransport:
         url = self.base_url + path
         read_s = self.timeouts.read if timeout is None else timeout
         try:
-            h = self._idle.get_nowait()
-        except queue.Empty:
+            h = self._idle.pop()
+        except IndexError:
             h = self._new()
         c = h.curl
-        source = io.BytesIO(body)
-        chunks: list[bytes] = []
-        headers = self._headers.get(soap_action)
-        if headers is None:
-            headers = self._headers[soap_action] = [
-                "Content-Type: text/xml; charset=utf-8", f'SOAPAction: "{soap_action}"',
-                "Expect:"]  # no 100-continue round trip
-        c.setopt(pycurl.URL, url)
-        c.setopt(pycurl.HTTPHEADER, headers)
-        c.setopt(pycurl.POSTFIELDSIZE, len(body))
-        c.setopt(pycurl.READFUNCTION, self._body_reader(h, source))
-        c.setopt(pycurl.WRITEFUNCTION, chunks.append)
+        h.source = source = io.BytesIO(body)
+        h.chunks = chunks = []
         # The answer within read_s; a fresh handle also has its connect (TCP and TLS) ahead.
-        c.setopt(pycurl.TIMEOUT_MS, int(((self.timeouts.connect if h.fresh else 0) + read_s) * 1000))
+        options = (url, soap_action, int(((self.timeouts.connect if h.fresh else 0) + read_s) * 1000))
+        if options != h.options:  # most calls repeat the last one's: no setopt needed
+            headers = self._headers.get(soap_action)
+            if headers is None:
+                headers = self._headers[soap_action] = [
+                    "Content-Type: text/xml; charset=utf-8", f'SOAPAction: "{soap_action}"',
+                    "Expect:"]  # no 100-continue round trip
+            c.setopt(pycurl.URL, url)
+            c.setopt(pycurl.HTTPHEADER, headers)
+            c.setopt(pycurl.TIMEOUT_MS, options[2])
+            h.options = options
+        c.setopt(pycurl.POSTFIELDSIZE, len(body))
         h.slot_timed_out = False
         try:
             c.perform()
@@ -180,10 +188,11 @@ class CurlTransport:
         return HttpResponse(status=status, body=b"".join(chunks))
 
     def _keep(self, h: _Handle) -> None:
-        if self._closed or self._idle.qsize() >= self._maxsize:
+        h.source, h.chunks = _EMPTY, []  # the handle keeps no request or answer while idle
+        if self._closed or len(self._idle) >= self._maxsize:
             self._discard(h)
         else:
-            self._idle.put(h)
+            self._idle.append(h)
 
     @staticmethod
     def _discard(h: _Handle) -> None:
@@ -193,6 +202,6 @@ class CurlTransport:
         self._closed = True
         while True:
             try:
-                self._discard(self._idle.get_nowait())
-            except queue.Empty:
+                self._discard(self._idle.pop())
+            except IndexError:
                 return
