@@ -202,7 +202,8 @@ class WsseSigner:
         now: datetime | None = None,
     ) -> bytes:
         """The signed request whose Body holds ``op_xml`` (XML text), serialized like
-        :meth:`sign_to_bytes`; the same header, at a fraction of the cost per request.
+        :meth:`sign_to_bytes`: the same header, with fewer lxml calls (about 10% less CPU per
+        request, most of what is left being the RSA signature).
 
         The envelope and its Security header come from one string template and one parse: no
         tree is copied or moved, and each lxml call hands the GIL to another thread and must
