@@ -38,7 +38,7 @@ from .errors import AmbiguousOutcome, ServiceUnavailable
 from .transport import HttpResponse, Timeouts, TlsFiles, endpoint
 
 
-_EMPTY = io.BytesIO()
+_EMPTY = io.BytesIO()  # an idle handle's body: nothing (libcurl reads only during perform)
 
 
 def _no_rewind(offset: int, origin: int) -> int:
@@ -55,7 +55,7 @@ class _Handle:
         self.slot = False  # holds a handshake slot now
         self.slot_timed_out = False
         self.fresh = True  # no call has completed on it yet: its first connect is ahead
-        self.source = io.BytesIO()  # this call's body, read by the read callback
+        self.source = _EMPTY  # this call's body, read by the read callback
         self.chunks: list[bytes] = []  # this call's answer, written by the write callback
         self.options: tuple = ()  # (url, soap_action, timeout_ms) last set on the handle
 
@@ -72,7 +72,9 @@ class CurlTransport:
             if not f.is_file():  # libcurl would only say "problem with the local certificate"
                 raise FileNotFoundError(f"TLS file not found: {f}")
         self._slots = threading.BoundedSemaphore(handshakes)
-        self._idle: deque[_Handle] = deque()  # append and pop are atomic: no lock
+        # append and pop are atomic, so no lock; racing returns may leave a handle or two
+        # above maxsize, as urllib3's pool check could
+        self._idle: deque[_Handle] = deque()
         self._maxsize = maxsize
         self._headers: dict[str, list[str]] = {}
         self._closed = False

@@ -187,11 +187,7 @@ class WsseSigner:
         else:
             security = _attach_with_assertion(header, security, assertion)
 
-        ctx = xmlsec.SignatureContext()
-        ctx.key = self._key
-        ctx.register_id(body, "Id", WSU_NS)
-        ctx.register_id(timestamp, "Id", WSU_NS)
-        ctx.sign(signature)
+        self._sign_references(signature, body, timestamp)
         return envelope
 
     def sign_operation(
@@ -223,16 +219,21 @@ class WsseSigner:
         except etree.XMLSyntaxError as exc:
             raise ValueError(f"the operation is not well-formed XML: {exc}") from None
         security, body = envelope[0][0], envelope[1]
-        ctx = xmlsec.SignatureContext()
-        ctx.key = self._key
-        ctx.register_id(body, "Id", WSU_NS)
-        ctx.register_id(security[0], "Id", WSU_NS)
-        ctx.sign(security[2])
+        self._sign_references(security[2], body, security[0])
         data = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
         if assertion is None:
             return data
         at = data.index(b"<ds:Signature")  # the first: the Header (ours) comes before the Body
         return b"".join((data[:at], self._assertion_bytes(assertion), data[at:]))
+
+    def _sign_references(self, signature: etree._Element, body: etree._Element,
+                         timestamp: etree._Element) -> None:
+        """Fill in ``signature`` (digests of the Body and the Timestamp, then the RSA value)."""
+        ctx = xmlsec.SignatureContext()
+        ctx.key = self._key
+        ctx.register_id(body, "Id", WSU_NS)
+        ctx.register_id(timestamp, "Id", WSU_NS)
+        ctx.sign(signature)
 
     def _assertion_bytes(self, assertion: etree._Element) -> bytes:
         """``assertion`` serialized with every namespace it uses, once per token; checked to
