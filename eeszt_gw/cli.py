@@ -259,6 +259,9 @@ def _add_worker(sub) -> None:
     _add(p, "--max-handshakes", E + "MAX_HANDSHAKES", "new TLS connections to EESZT a process "
          "opens at a time; the rest wait their turn, so a cold start does not time out (default: 4)",
          type=int)
+    _add(p, "--warm-connections", E + "WARM_CONNECTIONS", "TLS connections to EESZT a process "
+         "opens at start, paced by --max-handshakes, before it consumes; one that fails is left "
+         "to the first request (default: one per thread; 0: none)", type=int)
     _add(p, "--read-timeout-s", E + "READ_TIMEOUT_S", "answer timeout per call (default: 30)", type=float)
     _add(p, "--transport", E + "TRANSPORT", "HTTP client to EESZT: curl (libcurl through "
          "pycurl: about a third of urllib3's CPU per request) or urllib3 (default: curl)",

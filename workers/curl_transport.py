@@ -22,7 +22,7 @@ What it keeps of the urllib3 transport's contract (the shared tests in
   TLS 1.2 or newer; the client certificate on every connection.
 - **Keep-alive pool** of at most ``maxsize`` idle handles (one connection each); a handle taken
   when none is idle is made, and closed after use if the pool is full (urllib3's
-  ``block=False``).
+  ``block=False``). :meth:`CurlTransport.warm` fills it before the first request.
 """
 
 from __future__ import annotations
@@ -188,6 +188,46 @@ class CurlTransport:
         h.fresh = False
         self._keep(h)
         return HttpResponse(status=status, body=b"".join(chunks))
+
+    def warm(self, count: int, *, path: str = "/", timeout: float | None = None) -> int:
+        """Open up to ``count`` kept-alive connections now, before any request needs one.
+
+        Each is a GET of ``path`` whose answer, of any status, is dropped; the connections are
+        made ``count`` at a time, paced by the handshake slots like any others. Returns how many
+        are now idle in the pool. Never raises: a connection that could not be made is left to
+        the first request that needs it. ``timeout`` (default: twice the connect timeout) bounds
+        each GET, connect included.
+        """
+        count = max(0, min(count, self._maxsize - len(self._idle)))
+        limit_ms = int((timeout or 2 * self.timeouts.connect) * 1000)
+        opened: list[_Handle] = []
+
+        def open_one() -> None:
+            h = self._new()
+            c = h.curl
+            try:
+                c.setopt(pycurl.URL, self.base_url + path)
+                c.setopt(pycurl.HTTPGET, 1)
+                c.setopt(pycurl.TIMEOUT_MS, limit_ms)
+                c.perform()
+                c.setopt(pycurl.POST, 1)  # back to the POSTs it is made for
+            except Exception:  # best effort: the first request that needs it connects again
+                self._discard(h)
+                return
+            finally:
+                self._release(h)  # a GET reads no body, so its slot is still held
+            h.fresh, h.options = False, ()  # connected; the next post sets its own options
+            opened.append(h)
+
+        threads = [threading.Thread(target=open_one, name=f"eeszt-warm-{i}", daemon=True)
+                   for i in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for h in opened:
+            self._keep(h)
+        return len(opened)
 
     def _keep(self, h: _Handle) -> None:
         h.source, h.chunks = _EMPTY, []  # the handle keeps no request or answer while idle

@@ -52,6 +52,9 @@ class WorkerSettings(BaseSettings):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     max_handshakes: int = Field(default=4, ge=1, le=256, description="new TLS connections to "
                                 "EESZT a process opens at a time (the others wait their turn)")
+    warm_connections: int | None = Field(
+        default=None, ge=0, le=512, description="TLS connections to EESZT a worker process "
+        "opens at start, before it consumes (default: one per thread; 0: each opens on first use)")
     read_timeout_s: float = Field(default=30.0, gt=0)
     transport: Literal["urllib3", "curl"] = Field(
         default="curl", description="HTTP client to EESZT: urllib3 (workers/transport.py) or "

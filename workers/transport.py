@@ -152,5 +152,40 @@ class MtlsTransport:
             raise ServiceUnavailable(f"HTTP error talking to {url}: {exc}") from exc
         return HttpResponse(status=resp.status, body=resp.data)
 
+    def warm(self, count: int, *, path: str = "/", timeout: float | None = None) -> int:
+        """Open up to ``count`` kept-alive connections now (see ``CurlTransport.warm``): GETs
+        of ``path``, all held until every one has its answer, so that each makes a connection
+        of its own, then returned to the pool. Returns how many were opened. Never raises."""
+        count = max(0, min(count, self._pool.pool.maxsize if self._pool.pool else 0))
+        limit = timeout or 2 * self.timeouts.connect
+        t = urllib3.Timeout(connect=self.timeouts.connect, read=limit)
+        together = threading.Barrier(max(1, count))
+        opened: list[int] = []
+
+        def open_one() -> None:
+            resp = None
+            try:
+                resp = self._pool.urlopen("GET", self._prefix + path, timeout=t, retries=False,
+                                          preload_content=False, assert_same_host=False)
+            except Exception:  # best effort: the first request that needs it connects again
+                pass
+            try:
+                together.wait(timeout=3 * limit)  # a failed GET still arrives, holding nothing
+            except threading.BrokenBarrierError:
+                pass
+            finally:
+                if resp is not None:
+                    opened.append(1)
+                    resp.read()
+                    resp.release_conn()
+
+        threads = [threading.Thread(target=open_one, name=f"eeszt-warm-{i}", daemon=True)
+                   for i in range(count)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return len(opened)
+
     def close(self) -> None:
         self._pool.close()

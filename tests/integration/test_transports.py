@@ -248,3 +248,93 @@ def test_an_unknown_transport_name_is_refused_naming_the_field(pki):
                     transport="httpx")
     assert "transport" in str(err.value) and "'httpx'" in str(err.value)
     assert "curl" in str(err.value) and "urllib3" in str(err.value)
+
+
+# --- warming the pool ---------------------------------------------------------------------------
+class KeepAlive:
+    """A mutual-TLS HTTP/1.1 server that answers every request on a connection and keeps it;
+    it records (connection number, method, path, body) of each request."""
+
+    def __init__(self, pki) -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.ctx.load_verify_locations(str(pki.waf_ca_cert))
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[tuple[int, str, str, bytes]] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            with self.ctx.wrap_socket(raw, server_side=True) as tls:
+                with self.lock:
+                    self.connections += 1
+                    number = self.connections
+                buf = b""
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        chunk = tls.recv(65536)
+                        if not chunk:
+                            return
+                        buf += chunk
+                    head, buf = buf.split(b"\r\n\r\n", 1)
+                    method, path = head.split(b" ", 2)[:2]
+                    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), 0)
+                    while len(buf) < length:
+                        buf += tls.recv(65536)
+                    with self.lock:
+                        self.requests.append((number, method.decode(), path.decode(), buf[:length]))
+                    buf = buf[length:]
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n"
+                                b"Content-Length: 5\r\n\r\n<ok/>")
+        except (OSError, ssl.SSLError):
+            return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_warm_opens_connections_that_the_requests_then_use(pki, kind):
+    server = KeepAlive(pki)
+    t = transport(pki, server.port, kind=kind)
+    try:
+        assert t.warm(5) == 5
+        assert server.connections == 5
+        assert sorted(r[1:3] for r in server.requests) == [("GET", "/")] * 5
+        for i in range(5):  # one thread: each POST takes an idle, warmed connection
+            resp = t.post("/services/eRecept", f"<e{i}/>".encode(), soap_action="urn:x")
+            assert (resp.status, resp.body) == (200, b"<ok/>")
+        posts = [r for r in server.requests if r[1] == "POST"]
+        assert [r[3] for r in posts] == [f"<e{i}/>".encode() for i in range(5)]
+        assert all(r[2] == "/services/eRecept" for r in posts)
+        assert server.connections == 5, "a request opened a connection of its own"
+    finally:
+        t.close()
+        server.close()
+
+
+def test_warm_against_a_server_that_never_handshakes_gives_up_and_frees_its_slots(pki, kind):
+    listener = SilentListener()
+    t = transport(pki, listener.port, kind=kind, connect_s=0.3, handshakes=2)
+    try:
+        assert t.warm(3, timeout=0.6) == 0  # never raises: the first requests connect again
+        with pytest.raises(ServiceUnavailable) as err:
+            t.post("/services/eRecept", b"<x/>")
+        # the request got a handshake slot and timed out in its own handshake: the warm-up
+        # left no slot taken
+        assert "handshake slot" not in str(err.value) and "timed out" in str(err.value)
+    finally:
+        t.close()
+        listener.close()

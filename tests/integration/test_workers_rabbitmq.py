@@ -126,3 +126,15 @@ def test_prescription_overtakes_a_queued_overnight_batch(broker_url, simulator, 
     assert finals[0]["message_id"] == str(rx.message_id)
     assert events_done < 1_000, events_done
     print(f"prescription accepted after {events_done} of 10,000 queued events")
+
+
+def test_a_worker_process_opens_its_connections_to_eeszt_before_it_consumes(
+        broker_url, simulator, tmp_path):
+    declare(broker_url)
+    pool = start_workers(broker_url=broker_url, sim=simulator, workdir=tmp_path, processes=1,
+                         threads=4, queues="batch", extra=("--warm-connections", "3"))
+    try:
+        log_text = pool.log_path.read_text()  # the heartbeat is written after the warm-up
+    finally:
+        pool.stop()
+    assert "opened 3 of 3 connections to EESZT" in log_text, log_text[-2000:]
