@@ -35,7 +35,7 @@ from collections import deque
 import pycurl
 
 from .errors import AmbiguousOutcome, ServiceUnavailable
-from .transport import HttpResponse, Timeouts, TlsFiles, endpoint
+from .transport import HttpResponse, Timeouts, TlsFiles, endpoint, on_threads
 
 
 _EMPTY = io.BytesIO()  # an idle handle's body: nothing (libcurl reads only during perform)
@@ -219,12 +219,7 @@ class CurlTransport:
             h.fresh, h.options = False, ()  # connected; the next post sets its own options
             opened.append(h)
 
-        threads = [threading.Thread(target=open_one, name=f"eeszt-warm-{i}", daemon=True)
-                   for i in range(count)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        on_threads(open_one, count, name="eeszt-warm")
         for h in opened:
             self._keep(h)
         return len(opened)

@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urlsplit
 from pathlib import Path
 
@@ -99,6 +100,15 @@ def endpoint(base_url: str) -> tuple[str, str, int, str]:
     return url, parts.hostname, parts.port or 443, parts.path.rstrip("/")
 
 
+def on_threads(fn: Callable[[], None], count: int, *, name: str) -> None:
+    """Run ``fn`` on ``count`` threads at once and wait for all of them (a pool's warm-up)."""
+    threads = [threading.Thread(target=fn, name=f"{name}-{i}", daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     status: int
@@ -179,12 +189,7 @@ class MtlsTransport:
                     resp.read()
                     resp.release_conn()
 
-        threads = [threading.Thread(target=open_one, name=f"eeszt-warm-{i}", daemon=True)
-                   for i in range(count)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        on_threads(open_one, count, name="eeszt-warm")
         return len(opened)
 
     def close(self) -> None:

@@ -172,10 +172,28 @@ def test_a_server_certificate_from_another_ca_is_refused_before_anything_is_sent
 
 
 # --- nothing sent twice -----------------------------------------------------------------------
-class HangUpOnSecond:
-    """A mutual-TLS HTTP/1.1 server that answers the first request of each connection, then
-    reads the second one whole and closes the connection without an answer (a server that
-    crashed, or a load balancer that dropped it). It records every request body it read."""
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 5\r\n\r\n<ok/>"
+
+
+def read_request(tls, buf: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """One HTTP/1.1 request from ``tls``, ``buf`` being what was read before it: (head, body,
+    what follows), or None when the client hung up first."""
+    while b"\r\n\r\n" not in buf:
+        chunk = tls.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(buf) < length:
+        buf += tls.recv(65536)
+    return head, buf[:length], buf[length:]
+
+
+class TlsServer:
+    """A mutual-TLS server on loopback (the simulator's server certificate; clients must show an
+    access certificate): a thread per connection runs ``_serve``."""
 
     def __init__(self, pki) -> None:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -184,7 +202,6 @@ class HangUpOnSecond:
         self.ctx.load_verify_locations(str(pki.waf_ca_cert))
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.bodies: list[bytes] = []
         self.connections = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -197,31 +214,36 @@ class HangUpOnSecond:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, raw: socket.socket) -> None:
+        raise NotImplementedError  # each server below says how it answers
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class HangUpOnSecond(TlsServer):
+    """A mutual-TLS HTTP/1.1 server that answers the first request of each connection, then
+    reads the second one whole and closes the connection without an answer (a server that
+    crashed, or a load balancer that dropped it). It records every request body it read."""
+
+    def __init__(self, pki) -> None:
+        self.bodies: list[bytes] = []
+        super().__init__(pki)
+
+    def _serve(self, raw: socket.socket) -> None:
         try:
             with self.ctx.wrap_socket(raw, server_side=True) as tls:
                 self.connections += 1
                 buf = b""
                 for n in (1, 2):
-                    while b"\r\n\r\n" not in buf:
-                        chunk = tls.recv(65536)
-                        if not chunk:
-                            return
-                        buf += chunk
-                    head, buf = buf.split(b"\r\n\r\n", 1)
-                    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length:"))
-                    while len(buf) < length:
-                        buf += tls.recv(65536)
-                    self.bodies.append(buf[:length])
-                    buf = buf[length:]
+                    request = read_request(tls, buf)
+                    if request is None:
+                        return
+                    _head, body, buf = request
+                    self.bodies.append(body)
                     if n == 1:
-                        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n"
-                                    b"Content-Length: 5\r\n\r\n<ok/>")
+                        tls.sendall(OK)
         except (OSError, ssl.SSLError):
             return
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_a_request_whose_kept_alive_connection_dies_is_ambiguous_and_never_sent_again(pki, kind):
@@ -251,29 +273,14 @@ def test_an_unknown_transport_name_is_refused_naming_the_field(pki):
 
 
 # --- warming the pool ---------------------------------------------------------------------------
-class KeepAlive:
+class KeepAlive(TlsServer):
     """A mutual-TLS HTTP/1.1 server that answers every request on a connection and keeps it;
     it records (connection number, method, path, body) of each request."""
 
     def __init__(self, pki) -> None:
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
-        self.ctx.load_verify_locations(str(pki.waf_ca_cert))
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.requests: list[tuple[int, str, str, bytes]] = []
-        self.connections = 0
         self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__(pki)
 
     def _serve(self, raw: socket.socket) -> None:
         try:
@@ -282,28 +289,14 @@ class KeepAlive:
                     self.connections += 1
                     number = self.connections
                 buf = b""
-                while True:
-                    while b"\r\n\r\n" not in buf:
-                        chunk = tls.recv(65536)
-                        if not chunk:
-                            return
-                        buf += chunk
-                    head, buf = buf.split(b"\r\n\r\n", 1)
+                while (request := read_request(tls, buf)) is not None:
+                    head, body, buf = request
                     method, path = head.split(b" ", 2)[:2]
-                    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                                   if line.lower().startswith(b"content-length:")), 0)
-                    while len(buf) < length:
-                        buf += tls.recv(65536)
                     with self.lock:
-                        self.requests.append((number, method.decode(), path.decode(), buf[:length]))
-                    buf = buf[length:]
-                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n"
-                                b"Content-Length: 5\r\n\r\n<ok/>")
+                        self.requests.append((number, method.decode(), path.decode(), body))
+                    tls.sendall(OK)
         except (OSError, ssl.SSLError):
             return
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_warm_opens_connections_that_the_requests_then_use(pki, kind):
