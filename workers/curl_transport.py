@@ -192,9 +192,9 @@ class CurlTransport:
     def warm(self, count: int, *, path: str = "/", timeout: float | None = None) -> int:
         """Open up to ``count`` kept-alive connections now, before any request needs one.
 
-        Each is a GET of ``path`` whose answer, of any status, is dropped; the connections are
-        made ``count`` at a time, paced by the handshake slots like any others. Returns how many
-        are now idle in the pool. Never raises: a connection that could not be made is left to
+        Each is a GET of ``path`` whose answer, of any status, is dropped. ``count`` threads ask
+        at once, and the handshake slots let a few connect at a time, as for any new connection.
+        Returns how many are now idle in the pool. Never raises: a connection that could not be made is left to
         the first request that needs it. ``timeout`` (default: twice the connect timeout) bounds
         each GET, connect included.
         """
