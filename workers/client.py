@@ -78,6 +78,11 @@ class EesztClient:
             tls=TlsFiles(client_cert=files.access_cert, client_key=files.access_key,
                          server_ca=files.server_ca))
 
+    def warm(self, connections: int) -> int:
+        """Open up to ``connections`` connections to EESZT before the first call; returns how
+        many are open (the transport's ``warm``: best effort, never raises)."""
+        return self.transport.warm(connections)
+
     def close(self) -> None:
         self.transport.close()
 

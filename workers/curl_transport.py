@@ -194,9 +194,9 @@ class CurlTransport:
 
         Each is a GET of ``path`` whose answer, of any status, is dropped. ``count`` threads ask
         at once, and the handshake slots let a few connect at a time, as for any new connection.
-        Returns how many are now idle in the pool. Never raises: a connection that could not be made is left to
-        the first request that needs it. ``timeout`` (default: twice the connect timeout) bounds
-        each GET, connect included.
+        Returns how many are now idle in the pool. Never raises: a connection that could not be
+        made is left to the first request that needs it. ``timeout`` (default: twice the
+        connect timeout) bounds each GET, connect included.
         """
         count = max(0, min(count, self._maxsize - len(self._idle)))
         limit_ms = int((timeout or 2 * self.timeouts.connect) * 1000)

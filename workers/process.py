@@ -112,7 +112,7 @@ def worker_main(settings: WorkerSettings, slot: int = 0) -> None:
     warm = settings.threads if settings.warm_connections is None else settings.warm_connections
     if warm:  # a cold pool would pay its TLS handshakes on the first requests (README)
         started = time.monotonic()
-        opened = runtime.client.transport.warm(warm)
+        opened = runtime.client.warm(warm)
         log.info("opened %d of %d connections to EESZT in %.1f s", opened, warm,
                  time.monotonic() - started)
     _freeze_startup_heap()

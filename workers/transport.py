@@ -12,6 +12,7 @@ The shared pieces (:class:`TlsFiles`, :class:`Timeouts`, :class:`HttpResponse`,
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -173,21 +174,19 @@ class MtlsTransport:
         opened: list[int] = []
 
         def open_one() -> None:
-            resp = None
             try:
                 resp = self._pool.urlopen("GET", self._prefix + path, timeout=t, retries=False,
                                           preload_content=False, assert_same_host=False)
             except Exception:  # best effort: the first request that needs it connects again
-                pass
-            try:
-                together.wait(timeout=3 * limit)  # a failed GET still arrives, holding nothing
-            except threading.BrokenBarrierError:
-                pass
-            finally:
-                if resp is not None:
-                    opened.append(1)
-                    resp.read()
-                    resp.release_conn()
+                resp = None
+            # Hold the connection until every GET has its own; a failed GET still arrives,
+            # holding nothing. Broken only by a GET slower than 3 x limit: go on without it.
+            with contextlib.suppress(threading.BrokenBarrierError):
+                together.wait(timeout=3 * limit)
+            if resp is not None:
+                opened.append(1)
+                resp.read()
+                resp.release_conn()
 
         on_threads(open_one, count, name="eeszt-warm")
         return len(opened)

@@ -15,6 +15,7 @@ connection and then reads the next and hangs up, and the simulator.
 
 from __future__ import annotations
 
+import abc
 import socket
 import ssl
 import threading
@@ -191,7 +192,7 @@ def read_request(tls, buf: bytes) -> tuple[bytes, bytes, bytes] | None:
     return head, buf[:length], buf[length:]
 
 
-class TlsServer:
+class TlsServer(abc.ABC):
     """A mutual-TLS server on loopback (the simulator's server certificate; clients must show an
     access certificate): a thread per connection runs ``_serve``."""
 
@@ -213,8 +214,9 @@ class TlsServer:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
+    @abc.abstractmethod
     def _serve(self, raw: socket.socket) -> None:
-        raise NotImplementedError  # each server below says how it answers
+        """Speak to one accepted connection (each server below answers its own way)."""
 
     def close(self) -> None:
         self.sock.close()
