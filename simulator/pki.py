@@ -3,14 +3,20 @@
 **This is a TEST PKI.** Every private key is written as unencrypted PKCS#8 PEM (mode 0600) so
 that tests and the demo can start without a passphrase. Never use these keys or CAs for
 anything real; production keys come from the operator (WAF access certificate) and a qualified
-CA (institution certificate).
+CA (institution certificate). The three qualified CAs are named after the Hungarian qualified
+trust service providers, each clearly marked "(simulated)": they are stand-ins made here, not
+those providers' CAs.
 
 What :func:`init_pki` creates, and which side uses it:
 
 ==========================  ==========================================================
-``waf-ca.pem/.key``         "EESZT WAF access CA": the simulator's mTLS server trusts it
-``access.pem/.key``         the client access certificate (clientAuth) for mutual TLS
-``qualified-ca.pem/.key``   a simulated qualified CA: the WS-Security verifier trusts it
+``waf-ca.pem/.key/.crl``    "EESZT WAF access CA": the simulator's mTLS server trusts it
+``access.pem/.key``         the client access certificate (clientAuth) for mutual TLS;
+                            organizationIdentifier=institution id ties it to the signer
+``qualified-ca.pem/.key``   "NISZ GovCA (simulated)", a qualified CA: the WS-Security
+``qualified-ca.crl``        verifier trusts it; it issues ``institution.pem``
+``netlock-ca.pem/.key/.crl``   "Netlock (simulated)", a second trusted qualified CA
+``microsec-ca.pem/.key/.crl``  "Microsec (simulated)", a third trusted qualified CA
 ``institution.pem/.key``    institution authentication certificate: signs SOAP messages
                             and STS requests; O=name, organizationIdentifier=institution id
 ``sts.pem/.key``            the simulated STS: signs SAML assertions (self-signed)
@@ -25,31 +31,49 @@ What :func:`init_pki` creates, and which side uses it:
                             workers sign card challenges, the card bridge pins the cert
 ==========================  ==========================================================
 
-The building blocks (:func:`new_rsa_key`, :func:`new_ec_key`, :func:`new_ed25519_key`,
-:func:`make_ca`, :func:`issue_certificate`, :func:`issue_card_certificate`, :func:`write_pem`)
-are public so that tests can mint foreign, expired or odd certificates.
-RSA key generation (about 50 ms per key) dominates the cost; :func:`init_pki` takes well under
-two seconds.
+The ``*.crl`` files are each CA's certificate revocation list (DER; see
+:mod:`simulator.revocation`). ``access.pem`` and ``institution.pem`` name the simulator's OCSP
+responder (Authority Information Access) and their CA's CRL (CRL distribution point) under
+``revocation_url``.
+
+The building blocks live in :mod:`simulator.certs` and are re-exported here
+(:func:`new_rsa_key`, :func:`new_ec_key`, :func:`new_ed25519_key`, :func:`make_ca`,
+:func:`issue_certificate`, :func:`issue_card_certificate`, :func:`write_pem`) so that tests can
+mint foreign, expired or odd certificates.
+RSA key generation (about 50 ms per key) dominates the cost; :func:`init_pki` takes about two
+seconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from .certs import (
+    CARD_DAYS,
+    KeyOrCert,
+    PrivateKey,
+    cert_days_left,
+    issue_card_certificate,
+    issue_certificate,
+    make_ca,
+    new_ec_key,
+    new_ed25519_key,
+    new_rsa_key,
+    write_pem,
+)
+from .revocation import CaFiles, build_crl, write_crl
 
 __all__ = [
+    "CARD_DAYS",
+    "DEFAULT_REVOCATION_URL",
+    "QUALIFIED_CAS",
+    "KeyOrCert",
     "PkiPaths",
+    "PrivateKey",
     "cert_days_left",
     "init_pki",
     "issue_card_certificate",
@@ -61,14 +85,15 @@ __all__ = [
     "write_pem",
 ]
 
-#: Backdating of ``notBefore`` so that a peer whose clock lags slightly still accepts a new cert.
-_BACKDATE = timedelta(minutes=5)
-_CA_DAYS = 3650
-
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-KeyOrCert = PrivateKey | x509.Certificate
-#: how long a virtual eSZIG card's certificate is valid
-CARD_DAYS = 3 * 365
+#: where the simulator's OCSP responder and CRLs are served by default (``--ocsp-port``)
+DEFAULT_REVOCATION_URL = "http://127.0.0.1:8446"
+#: the three simulated qualified CAs: (file stem, common name)
+QUALIFIED_CAS: tuple[tuple[str, str], ...] = (
+    ("qualified-ca", "NISZ GovCA (simulated)"),
+    ("netlock-ca", "Netlock (simulated)"),
+    ("microsec-ca", "Microsec (simulated)"),
+)
+WAF_CA_NAME = "EESZT WAF access CA"
 
 
 @dataclass(frozen=True)
@@ -78,10 +103,18 @@ class PkiPaths:
     directory: Path
     waf_ca_cert: Path
     waf_ca_key: Path
+    waf_ca_crl: Path
     access_cert: Path
     access_key: Path
     qualified_ca_cert: Path
     qualified_ca_key: Path
+    qualified_ca_crl: Path
+    netlock_ca_cert: Path
+    netlock_ca_key: Path
+    netlock_ca_crl: Path
+    microsec_ca_cert: Path
+    microsec_ca_key: Path
+    microsec_ca_crl: Path
     institution_cert: Path
     institution_key: Path
     sts_cert: Path
@@ -106,10 +139,18 @@ class PkiPaths:
             directory=d,
             waf_ca_cert=d / "waf-ca.pem",
             waf_ca_key=d / "waf-ca.key",
+            waf_ca_crl=d / "waf-ca.crl",
             access_cert=d / "access.pem",
             access_key=d / "access.key",
             qualified_ca_cert=d / "qualified-ca.pem",
             qualified_ca_key=d / "qualified-ca.key",
+            qualified_ca_crl=d / "qualified-ca.crl",
+            netlock_ca_cert=d / "netlock-ca.pem",
+            netlock_ca_key=d / "netlock-ca.key",
+            netlock_ca_crl=d / "netlock-ca.crl",
+            microsec_ca_cert=d / "microsec-ca.pem",
+            microsec_ca_key=d / "microsec-ca.key",
+            microsec_ca_crl=d / "microsec-ca.crl",
             institution_cert=d / "institution.pem",
             institution_key=d / "institution.key",
             sts_cert=d / "sts.pem",
@@ -137,258 +178,20 @@ class PkiPaths:
         """The private key files (the ones written with mode 0600)."""
         return (p for p in self.files() if p.suffix == ".key")
 
+    def qualified_cas(self) -> list[CaFiles]:
+        """The three simulated qualified CAs (the WS-Security trust anchors)."""
+        d = self.directory
+        return [CaFiles(stem, d / f"{stem}.pem", d / f"{stem}.key", d / f"{stem}.crl")
+                for stem, _ in QUALIFIED_CAS]
+
+    def revoking_cas(self) -> list[CaFiles]:
+        """Every CA with a CRL: the WAF access CA and the three qualified CAs."""
+        return [CaFiles("waf-ca", self.waf_ca_cert, self.waf_ca_key, self.waf_ca_crl),
+                *self.qualified_cas()]
+
     def exists(self) -> bool:
         """True when every file of the PKI is present."""
         return all(p.is_file() for p in self.files())
-
-
-# --- building blocks --------------------------------------------------------------------------
-def new_rsa_key() -> rsa.RSAPrivateKey:
-    """A fresh RSA-2048 key (about 50 ms)."""
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def new_ec_key() -> ec.EllipticCurvePrivateKey:
-    """A fresh ECDSA P-256 key (the eSZIG card's and the eID server's key type)."""
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def new_ed25519_key() -> ed25519.Ed25519PrivateKey:
-    """A fresh Ed25519 key (the gateway's card challenge key)."""
-    return ed25519.Ed25519PrivateKey.generate()
-
-
-def _hash_for(key: PrivateKey) -> hashes.SHA256 | None:
-    """The digest to sign a certificate with: none for EdDSA keys, SHA-256 otherwise."""
-    if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-        return None
-    return hashes.SHA256()
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _name(
-    common_name: str,
-    *,
-    organization: str | None = None,
-    organization_identifier: str | None = None,
-    serial_number: str | None = None,
-) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.COUNTRY_NAME, "HU")]
-    if organization:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
-    if organization_identifier:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_IDENTIFIER, organization_identifier))
-    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-    if serial_number:
-        attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
-    return x509.Name(attrs)
-
-
-def make_ca(
-    common_name: str,
-    *,
-    days: int = _CA_DAYS,
-    not_before: datetime | None = None,
-    key: PrivateKey | None = None,
-    issuer: tuple[PrivateKey, x509.Certificate] | None = None,
-) -> tuple[PrivateKey, x509.Certificate]:
-    """A CA certificate (``cA=TRUE``, keyCertSign + cRLSign), valid ``days`` from ``not_before``.
-
-    Self-signed (a root) unless ``issuer`` = (key, cert) of a parent CA is given, which makes an
-    intermediate CA.
-    """
-    key = key or new_rsa_key()
-    start = not_before or (_utcnow() - _BACKDATE)
-    name = _name(common_name)
-    signing_key, issuer_name = (issuer[0], issuer[1].subject) if issuer else (key, name)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
-            critical=False,
-        )
-        .sign(signing_key, _hash_for(signing_key))
-    )
-    return key, cert
-
-
-def _san_entry(host: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host)
-
-
-def issue_certificate(
-    ca_key: PrivateKey,
-    ca_cert: x509.Certificate | None,
-    *,
-    common_name: str,
-    key: PrivateKey | None = None,
-    days: int = 365,
-    not_before: datetime | None = None,
-    not_after: datetime | None = None,
-    client: bool = True,
-    server_hosts: Sequence[str] = (),
-    organization: str | None = None,
-    organization_identifier: str | None = None,
-    serial_number: str | None = None,
-) -> tuple[PrivateKey, x509.Certificate]:
-    """An end-entity certificate signed by ``ca_key``/``ca_cert``.
-
-    ``ca_cert=None`` makes the certificate self-signed (then ``ca_key`` must be ``key``'s pair,
-    or ``key`` is omitted and ``ca_key`` is used). ``client`` adds the clientAuth EKU and
-    ``server_hosts`` the serverAuth EKU plus a SAN per host (IP addresses become iPAddress
-    entries). ``not_after`` overrides ``days``; a ``not_after`` in the past makes an expired
-    certificate (``not_before`` then defaults to a day earlier). ``serial_number`` adds a
-    subject serialNumber attribute (an eSZIG card's serial). ``key`` may be RSA, EC or Ed25519.
-    """
-    if ca_cert is None:
-        key = key or ca_key
-    key = key or new_rsa_key()
-    if not_after is not None:
-        start = not_before or min(_utcnow() - _BACKDATE, not_after - timedelta(days=1))
-        end = not_after
-    else:
-        start = not_before or (_utcnow() - _BACKDATE)
-        end = start + timedelta(days=days)
-    if end <= start:
-        raise ValueError("not_after must be later than not_before")
-    subject = _name(
-        common_name,
-        organization=organization,
-        organization_identifier=organization_identifier,
-        serial_number=serial_number,
-    )
-    issuer = subject if ca_cert is None else ca_cert.subject
-    signer_public = ca_key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=bool(server_hosts),
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_public), critical=False
-        )
-    )
-    usages = []
-    if client:
-        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-    if server_hosts:
-        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([_san_entry(h) for h in server_hosts]), critical=False
-        )
-    if usages:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    return key, builder.sign(ca_key, _hash_for(ca_key))
-
-
-def issue_card_certificate(
-    ca_key: PrivateKey,
-    ca_cert: x509.Certificate,
-    *,
-    holder_name: str,
-    card_serial: str,
-    key: ec.EllipticCurvePrivateKey | None = None,
-    days: int = CARD_DAYS,
-    not_after: datetime | None = None,
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A virtual eSZIG card's authentication certificate: an EC P-256 key, subject CN = the
-    holder's name and serialNumber = the card serial, digitalSignature + clientAuth."""
-    return issue_certificate(  # type: ignore[return-value]
-        ca_key,
-        ca_cert,
-        common_name=holder_name,
-        key=key or new_ec_key(),
-        days=days,
-        not_after=not_after,
-        client=True,
-        serial_number=card_serial,
-    )
-
-
-def _pem_bytes(key_or_cert: KeyOrCert) -> bytes:
-    if isinstance(key_or_cert, x509.Certificate):
-        return key_or_cert.public_bytes(serialization.Encoding.PEM)
-    return key_or_cert.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def write_pem(path: Path | str, key_or_cert: KeyOrCert) -> Path:
-    """Write a certificate (mode 0644) or a private key (PKCS#8, unencrypted, mode 0600).
-
-    The file is written to a temporary name and renamed, so a reader never sees half a key and
-    a key file is never readable by others, whatever the umask.
-    """
-    path = Path(path)
-    is_key = not isinstance(key_or_cert, x509.Certificate)
-    data = _pem_bytes(key_or_cert)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600 if is_key else 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def cert_days_left(cert_pem: bytes, now: datetime | None = None) -> float:
-    """Days until the certificate's notAfter (negative once expired)."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    now = now or _utcnow()
-    return (cert.not_valid_after_utc - now).total_seconds() / 86400.0
 
 
 # --- the whole PKI ----------------------------------------------------------------------------
@@ -400,8 +203,17 @@ Never use them outside development, tests and demos.
 
 waf-ca.pem / waf-ca.key              "EESZT WAF access CA"; the simulator's mTLS server trusts it
 access.pem / access.key              client access certificate for mutual TLS (clientAuth),
-                                     CN "{institution_id} HIS access", signed by the WAF CA
-qualified-ca.pem / qualified-ca.key  simulated qualified CA; the WS-Security verifier trusts it
+                                     CN "{institution_id} HIS access",
+                                     organizationIdentifier={institution_id}, signed by the WAF CA
+qualified-ca.pem / qualified-ca.key  "NISZ GovCA (simulated)": a simulated qualified CA, the
+                                     WS-Security verifier trusts it; it issued institution.pem
+netlock-ca.pem / netlock-ca.key      "Netlock (simulated)": a second trusted qualified CA
+microsec-ca.pem / microsec-ca.key    "Microsec (simulated)": a third trusted qualified CA
+waf-ca.crl, qualified-ca.crl,        each CA's certificate revocation list (DER, signed by the
+netlock-ca.crl, microsec-ca.crl      CA, next update in 7 days); `eeszt-gw pki revoke CERT`
+                                     adds a certificate; the simulator serves them at
+                                     {revocation_url}/crl/<file> and answers OCSP at
+                                     {revocation_url}/ocsp from them
 institution.pem / institution.key    institution authentication certificate (digitalSignature,
                                      clientAuth), O={institution_name},
                                      organizationIdentifier={institution_id}; signs SOAP
@@ -434,12 +246,14 @@ def init_pki(
     days: int = 365,
     server_hosts: Sequence[str] = ("localhost", "127.0.0.1"),
     overwrite: bool = False,
+    revocation_url: str = DEFAULT_REVOCATION_URL,
 ) -> PkiPaths:
     """Create the complete test PKI in ``directory`` (created if missing) and return its paths.
 
     Raises :class:`FileExistsError` naming the first file that already exists, before writing
     anything, unless ``overwrite`` is true. End-entity certificates are valid ``days`` days; the
-    CAs ten years.
+    CAs ten years. ``revocation_url`` is the base of the OCSP responder (``/ocsp``) and CRL
+    (``/crl/<ca>.crl``) URLs written into the access and institution certificates.
     """
     paths = PkiPaths.in_dir(directory)
     if not overwrite:
@@ -451,15 +265,20 @@ def init_pki(
     paths.directory.mkdir(parents=True, exist_ok=True)
     hosts = tuple(server_hosts)
 
-    waf_key, waf_cert = make_ca("EESZT WAF access CA")
+    base = revocation_url.rstrip("/")
+    waf_key, waf_cert = make_ca(WAF_CA_NAME)
     access_key, access_cert = issue_certificate(
         waf_key,
         waf_cert,
         common_name=f"{institution_id} HIS access",
         organization=institution_name,
+        organization_identifier=institution_id,
         days=days,
+        ocsp_url=f"{base}/ocsp",
+        crl_url=f"{base}/crl/{paths.waf_ca_crl.name}",
     )
-    q_key, q_cert = make_ca("Simulated Qualified CA")
+    qualified = [make_ca(name) for _, name in QUALIFIED_CAS]
+    q_key, q_cert = qualified[0]
     inst_key, inst_cert = issue_certificate(
         q_key,
         q_cert,
@@ -467,6 +286,8 @@ def init_pki(
         organization=institution_name,
         organization_identifier=institution_id,
         days=days,
+        ocsp_url=f"{base}/ocsp",
+        crl_url=f"{base}/crl/{paths.qualified_ca_crl.name}",
     )
     sts_key, sts_cert = issue_certificate(
         new_rsa_key(), None, common_name="EESZT STS (simulated)", client=False, days=days
@@ -500,6 +321,10 @@ def init_pki(
         (paths.access_cert, access_cert),
         (paths.qualified_ca_key, q_key),
         (paths.qualified_ca_cert, q_cert),
+        (paths.netlock_ca_key, qualified[1][0]),
+        (paths.netlock_ca_cert, qualified[1][1]),
+        (paths.microsec_ca_key, qualified[2][0]),
+        (paths.microsec_ca_cert, qualified[2][1]),
         (paths.institution_key, inst_key),
         (paths.institution_cert, inst_cert),
         (paths.sts_key, sts_key),
@@ -516,12 +341,18 @@ def init_pki(
         (paths.challenge_cert, challenge_cert),
     ):
         write_pem(path, obj)
+    for ca_key, ca_cert, crl in ((waf_key, waf_cert, paths.waf_ca_crl),
+                                 (q_key, q_cert, paths.qualified_ca_crl),
+                                 (*qualified[1], paths.netlock_ca_crl),
+                                 (*qualified[2], paths.microsec_ca_crl)):
+        write_crl(crl, build_crl(ca_key, ca_cert, number=1))
     paths.readme.write_text(
         _README.format(
-            generated=_utcnow().strftime("%Y-%m-%d %H:%M:%SZ"),
+            generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
             institution_id=institution_id,
             institution_name=institution_name,
             hosts=", ".join(hosts) or "(none)",
+            revocation_url=base,
         ),
         encoding="utf-8",
     )

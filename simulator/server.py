@@ -1,9 +1,9 @@
-"""Serving the simulator: uvicorn with mutual TLS, plus the admin port and the eID server (HTTPS,
-server-auth only) on threads.
+"""Serving the simulator: uvicorn with mutual TLS, plus the admin port, the eID server (HTTPS,
+server-auth only) and the OCSP responder with the CRLs (plain HTTP, :mod:`simulator.ocsp`) on
+threads.
 
 Why uvicorn: it is a production ASGI server (httptools parser) that handles about 2,400
-verified SOAP requests per second per core on this class of machine
-(``shared/notes/stack-facts.md``), lets us require client certificates through a plain
+verified SOAP requests per second per core on this class of machine, lets us require client certificates through a plain
 ``ssl.SSLContext``, and keeps one process so the fault state and SQLite writer stay simple.
 
 The service port runs on asyncio's own event loop, not uvloop. Saturated by ~100 kept-alive
@@ -25,8 +25,10 @@ from pathlib import Path
 import uvicorn
 
 from .app import AdminApp, EidServerApp, Simulator
+from .ocsp import RevocationApp
 from .faults import FaultConfig, OutageWindow
 from .pki import PkiPaths
+from .rules import Rules
 from .settings import SimulatorSettings
 from .users import UserRegistry
 
@@ -77,7 +79,9 @@ def build_simulator(s: SimulatorSettings) -> Simulator:
     users = UserRegistry.load(users_file) if users_file.exists() else UserRegistry()
     Path(s.db).parent.mkdir(parents=True, exist_ok=True)
     return Simulator(pki=pki, db_path=s.db, users=users, faults=faults_from_settings(s), seed=s.seed,
-                     eid_package_ttl_s=s.eid_package_ttl_s, rid_ttl_s=s.rid_ttl_s)
+                     eid_package_ttl_s=s.eid_package_ttl_s, rid_ttl_s=s.rid_ttl_s,
+                     rules=Rules(require_two_factor=s.require_two_factor,
+                                 max_timestamp_lifetime_s=s.max_timestamp_lifetime_s))
 
 
 def eid_server(sim: Simulator, s: SimulatorSettings) -> uvicorn.Server:
@@ -89,6 +93,34 @@ def eid_server(sim: Simulator, s: SimulatorSettings) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+def revocation_server(sim: Simulator, s: SimulatorSettings) -> uvicorn.Server | None:
+    """The OCSP/CRL port's uvicorn (not started) on HOST:OCSP_PORT, plain HTTP; None when the
+    port is 0. OCSP answers are signed, CRLs are signed: neither needs TLS (RFC 6960, 5280)."""
+    if not s.ocsp_port:
+        return None
+    app = RevocationApp(sim.revocation, {ca.crl.name: ca.crl for ca in sim.pki.revoking_cas()})
+    config = uvicorn.Config(app, host=s.host, port=s.ocsp_port, log_level="warning",
+                            access_log=False, lifespan="off", timeout_keep_alive=s.keep_alive_s)
+    return uvicorn.Server(config)
+
+
+def _start_revocation(sim: Simulator, s: SimulatorSettings) -> uvicorn.Server | None:
+    """Start the OCSP/CRL port on a thread. A port that cannot be bound is logged, not fatal:
+    the service port works without it (clients then see their certificate status unknown)."""
+    server = revocation_server(sim, s)
+    if server is None:
+        return None
+    thread = threading.Thread(target=server.run, name="sim-ocsp", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            log.error("no OCSP responder: cannot listen on %s:%d", s.host, s.ocsp_port)
+            return None
+        time.sleep(0.01)
+    return server
+
+
 def serve(s: SimulatorSettings) -> None:
     """Run until SIGINT/SIGTERM."""
     sim = build_simulator(s)
@@ -96,6 +128,7 @@ def serve(s: SimulatorSettings) -> None:
                                           log_level="warning", access_log=False, lifespan="off"))
     # Not the main thread: uvicorn installs no signal handlers there; the main server owns them.
     threading.Thread(target=admin.run, name="sim-admin", daemon=True).start()
+    ocsp = _start_revocation(sim, s)
     eid = eid_server(sim, s)
     eid_thread = threading.Thread(target=eid.run, name="sim-eid", daemon=True)
     eid_thread.start()
@@ -113,11 +146,14 @@ def serve(s: SimulatorSettings) -> None:
     config.ssl = server_ssl_context(sim.pki)  # our context: CERT_REQUIRED against the WAF CA
     server = uvicorn.Server(config)
     log.info("EESZT simulator on https://%s:%d (admin http://127.0.0.1:%d, eID server "
-             "https://%s:%d), duplicates=%s", s.host, s.port, s.admin_port, s.host, s.eid_port,
+             "https://%s:%d, OCSP and CRLs %s), duplicates=%s", s.host, s.port, s.admin_port,
+             s.host, s.eid_port, f"http://{s.host}:{s.ocsp_port}" if ocsp else "off",
              s.duplicates.value)
     try:
         server.run()
     finally:
         admin.should_exit = True
         eid.should_exit = True
+        if ocsp is not None:
+            ocsp.should_exit = True
         time.sleep(0.2)
