@@ -1,6 +1,6 @@
 """The permission table: which role may do what, per service.
 
-Restated from the EESZT workshop slides (``shared/domain/EESZT.md``). The simulator enforces it;
+Restated from the EESZT workshop slides. The simulator enforces it;
 the workers use it to pick the identity whose token a request needs. Pure data, no I/O.
 
 | service           | write       | read            | list            |
@@ -12,7 +12,9 @@ the workers use it to pick the identity whose token a request needs. Pure data, 
 | eBeutalo          | doctor      | institution     | institution     |
 
 "Query by idempotency key" is how a submitter checks whether its own write landed, so it is
-allowed to whoever may write to that service.
+allowed to whoever may write to that service. Beyond the table, the simulator asks a doctor for
+a two-factor login (MobilToken or eSZIG card, not a password alone) before the doctor writes
+eRecept, eBeutalo or eProfil (``simulator/rules.py``).
 """
 
 from __future__ import annotations

@@ -18,16 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
-from urllib.parse import parse_qs
 
-from pydantic import ValidationError
-
-from schemas.permissions import Access, is_allowed
 from schemas.soap import SERVICES, FaultCode, contract_path
 
 from .eid import EidError, EidKey, EidServer
 from .faults import FaultConfig, FaultInjector, Injection
 from .pki import PkiPaths
+from .rules import Rules, authorize
 from .saml import AssertionIssuer, AssertionVerifier, SamlError
 from .services import QUERY_OP, Caller, ServiceHandler, build_handlers
 from .soapio import SoapFault, envelope_bytes, fault_bytes, operation_element, parse_envelope
@@ -35,6 +32,8 @@ from .store import Store
 from .sts import EID_PACKAGE_TAG, StsHandler
 from .users import UserRegistry
 from .wsse import WsseError, WsseVerifier
+from .channel import ChannelChecks
+from .revocation import CrlStore
 
 log = logging.getLogger("eeszt_gw.simulator")
 
@@ -126,17 +125,27 @@ async def _abort(send: Send) -> None:
     await asyncio.sleep(0)  # let uvicorn see the connection as lost before we return
 
 
+async def json_response(send: Send, status: int, payload: Any) -> None:
+    await _respond(send, status, json.dumps(payload, default=str).encode(), b"application/json")
+
+
 class Simulator:
     """The EESZT service port: ``POST /sts`` and ``POST /services/<name>``."""
 
     def __init__(self, *, pki: PkiPaths, db_path: Path, users: UserRegistry,
                  faults: FaultConfig, seed: int | None = None, eid_package_ttl_s: float = 120,
-                 rid_ttl_s: float = 60) -> None:
+                 rid_ttl_s: float = 60, rules: Rules | None = None) -> None:
         self.pki = pki
         self.db_path = db_path
         self.store = Store(db_path)
-        self.verifier = WsseVerifier(trusted_ca_pems=[pki.qualified_ca_cert.read_bytes()],
-                                     max_skew_seconds=faults.max_skew_s)
+        # the three qualified CAs (a PKI made before them has only qualified-ca.pem); the CRLs
+        # of those and of the WAF access CA, checked on every request
+        self.revocation = CrlStore(pki.revoking_cas())
+        self.channel = ChannelChecks(self.revocation)
+        self.verifier = WsseVerifier(
+            trusted_ca_pems=[ca.cert.read_bytes() for ca in pki.qualified_cas() if ca.cert.is_file()],
+            max_skew_seconds=faults.max_skew_s,
+            revoked_at=lambda cert: self.revocation.status(cert).revoked_at)
         self.saml = AssertionVerifier(cert_pem=pki.sts_cert.read_bytes())
         self.eid = EidServer(key=EidKey.from_pem(pki.eid_key.read_bytes()),
                              card_ca_pem=pki.card_ca_cert.read_bytes(), users=users,
@@ -150,6 +159,8 @@ class Simulator:
         self.handlers: dict[str, ServiceHandler] = build_handlers()
         self.injector = FaultInjector(faults, seed=seed)
         self.counters = Counters()
+        self.start_rules = rules or Rules()
+        self.set_rules(self.start_rules)
 
     # --- run-time configuration (called from the admin thread) ----------------------------------
     @property
@@ -159,6 +170,10 @@ class Simulator:
     def set_faults(self, config: FaultConfig) -> None:
         self.verifier.max_skew_seconds = config.max_skew_s
         self.injector.config = config  # one reference swap: readers see old or new, never a mix
+
+    def set_rules(self, rules: Rules) -> None:
+        self.verifier.max_lifetime_seconds = rules.max_timestamp_lifetime_s
+        self.rules = rules  # one reference swap, as for the faults
 
     # --- ASGI -----------------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -197,6 +212,7 @@ class Simulator:
             await _respond(send, 404, b"not found", b"text/plain")
 
     async def _post(self, path: str, data: bytes, send: Send) -> None:
+        self.channel.enter(send)  # the access certificate, checked in _verify
         is_sts = path == "/sts"
         handler = None if is_sts else self.handlers.get(path.removeprefix("/services/"))
         if not is_sts and handler is None:
@@ -246,11 +262,15 @@ class Simulator:
         await _respond(send, status, body)
 
     def _verify(self, data: bytes):
+        self.channel.check_revoked()  # a revoked access certificate: TLS-001, before parsing
         envelope = parse_envelope(data)
         try:
-            return self.verifier.verify(envelope)
+            verified = self.verifier.verify(envelope)
         except WsseError as exc:
             raise SoapFault(exc.code, str(exc)) from None
+        if verified.institution_id:  # a signer naming none is refused by the caller
+            self.channel.check_signer(verified.institution_id)  # TLS-002
+        return verified
 
     def _sts(self, data: bytes) -> bytes:
         verified = self._verify(data)
@@ -281,9 +301,8 @@ class Simulator:
         key = handler.key_of(op)
         outcome = "error"
         try:
-            if not is_allowed(handler.service.name, Access.WRITE, token.role):
-                raise SoapFault(FaultCode.PERMISSION_DENIED,
-                                f"a {token.role} token may not write to {handler.service.name}")
+            authorize(service=handler.service.name, op_name=op_name, role=token.role,
+                      method=token.method, rules=self.rules)
             handler.validate(op)
             caller = Caller(subject=token.subject, role=token.role, institution=token.institution)
             xml, record = handler.apply(op_name, op, caller=caller, store=self.store,
@@ -295,112 +314,7 @@ class Simulator:
             raise
         finally:
             self.store.attempt(service=handler.service.name, operation=op_name, key=key,
-                               outcome=outcome)
-
-
-class AdminApp:
-    """Loopback-only admin port: stats, run-time faults, records, reset."""
-
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
-        self._store: Store | None = None  # opened lazily on the admin thread
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self._store = Store(self.sim.db_path)
-        return self._store
-
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await _not_http(scope, receive, send)
-            return
-        client = (scope.get("client") or ("",))[0]
-        if client not in ("127.0.0.1", "::1") and not client.startswith("127."):
-            await self._json(send, 403, {"error": "the admin endpoint answers loopback only"})
-            return
-        method, path = scope["method"], scope["path"]
-        query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
-        try:
-            body = await _read_body(receive)
-        except (_Gone, _TooLarge):
-            return
-        if path == "/admin/health":
-            await self._json(send, 200, {"status": "ok"})
-        elif path == "/admin/stats" and method == "GET":
-            stats = self.store.stats()
-            stats.update(self.sim.counters.snapshot())
-            stats["eid"] = self.sim.eid.counters.snapshot()
-            stats["duplicates_mode"] = self.sim.faults.duplicates.value
-            stats["faults_config"] = json.loads(self.sim.faults.model_dump_json())
-            await self._json(send, 200, stats)
-        elif path == "/admin/faults" and method == "GET":
-            await self._json(send, 200, json.loads(self.sim.faults.model_dump_json()))
-        elif path == "/admin/faults" and method in ("PUT", "PATCH", "POST"):
-            try:
-                changes = json.loads(body or b"{}")
-                base = self.sim.faults.model_dump() if method != "PUT" else {}
-                if not isinstance(changes, dict):
-                    raise ValueError("expected a JSON object")
-                config = FaultConfig.model_validate({**base, **changes})
-            except ValidationError as exc:
-                errors = [{"field": ".".join(map(str, e["loc"])), "reason": e["msg"]}
-                          for e in exc.errors()]
-                await self._json(send, 422, {"errors": errors})
-                return
-            except ValueError as exc:
-                await self._json(send, 400, {"error": f"body is not JSON: {exc}"})
-                return
-            self.sim.set_faults(config)
-            await self._json(send, 200, json.loads(config.model_dump_json()))
-        elif path == "/admin/records" and method == "GET":
-            rows = self.store.records(service=query.get("service"), key=query.get("key"),
-                                      limit=int(query.get("limit", "1000")))
-            await self._json(send, 200, {"records": rows})
-        elif path == "/admin/cards" and method == "GET":
-            await self._json(send, 200, {"cards": [c.as_json() for c in self.sim.eid.cards.entries()]})
-        elif path.startswith("/admin/cards/") and method == "PATCH":
-            await self._patch_card(send, path.removeprefix("/admin/cards/"), body)
-        elif path == "/admin/reset" and method == "POST":
-            self.store.reset()
-            self.sim.counters = Counters()
-            self.sim.eid.counters.reset()
-            self.sim.eid.cards.reset()
-            await self._json(send, 200, {"status": "reset"})
-        else:
-            await self._json(send, 404, {"error": f"no admin route {method} {path}"})
-
-    async def _patch_card(self, send: Send, serial: str, body: bytes) -> None:
-        """PATCH /admin/cards/<serial> {"activated": bool}: activate or deactivate a card."""
-        def refuse(status: int, field_name: str, reason: str):
-            return self._json(send, status, {"errors": [{"field": field_name, "reason": reason}]})
-
-        try:
-            changes = json.loads(body or b"{}")
-        except ValueError:
-            await refuse(422, "body", "the body is not JSON")
-            return
-        if not isinstance(changes, dict):
-            await refuse(422, "body", "expected a JSON object")
-            return
-        extra = sorted(set(changes) - {"activated"})
-        if extra:
-            await refuse(422, extra[0], "unknown field; only 'activated' can be changed")
-            return
-        if not isinstance(changes.get("activated"), bool):
-            await refuse(422, "activated", "required, true or false")
-            return
-        entry = self.sim.eid.cards.set_activated(serial, changes["activated"])
-        if entry is None:
-            await refuse(404, "card_serial", f"no registered card {serial!r}")
-            return
-        self.store.set_card_state(serial, entry.activated)
-        log.info("card %s of %s: activated=%s", serial, entry.user_id, entry.activated)
-        await self._json(send, 200, entry.as_json())
-
-    @staticmethod
-    async def _json(send: Send, status: int, payload: Any) -> None:
-        await _respond(send, status, json.dumps(payload, default=str).encode(), b"application/json")
+                               outcome=outcome, institution=token.institution)
 
 
 class EidServerApp:
@@ -409,7 +323,8 @@ class EidServerApp:
 
     ``POST /eid/authenticate`` JSON {"package", "card_certificate" (base64 DER), "signature"
     (base64 DER ECDSA-SHA256 over the raw nonce bytes)} -> 200 {"rid"} or 400/403 {"code",
-    "message"} (codes: :data:`simulator.eid.EID_ERROR_STATUS`). ``GET /eid/health`` -> 200.
+    "message"} (codes: :data:`simulator.eid.EID_ERROR_STATUS`). ``POST /eid/mobiltoken`` JSON
+    {"package", "otp"} (the doctor's MobilToken code) -> the same. ``GET /eid/health`` -> 200.
     """
 
     def __init__(self, sim: Simulator) -> None:
@@ -428,9 +343,9 @@ class EidServerApp:
             return
         method, path = scope["method"], scope["path"]
         if path == "/eid/health" and method == "GET":
-            await AdminApp._json(send, 200, {"status": "ok"})
+            await json_response(send, 200, {"status": "ok"})
             return
-        if path != "/eid/authenticate":
+        if path not in ("/eid/authenticate", "/eid/mobiltoken"):
             await self._error(send, 404, "not_found", f"no eID route {method} {path}")
             return
         if method != "POST":
@@ -453,14 +368,23 @@ class EidServerApp:
             await self._error(send, 400, "bad_request", "the body must be a JSON object")
             return
         try:
-            rid, _ = self.sim.eid.authenticate(package=data.get("package"),
-                                               card_certificate=data.get("card_certificate"),
-                                               signature=data.get("signature"), used=self.store)
+            if path == "/eid/mobiltoken":
+                rid, _ = self.sim.eid.mobiltoken(package=data.get("package"), otp=data.get("otp"),
+                                                 used=self.store)
+            else:
+                rid, _ = self.sim.eid.authenticate(package=data.get("package"),
+                                                   card_certificate=data.get("card_certificate"),
+                                                   signature=data.get("signature"), used=self.store)
         except EidError as exc:
-            await AdminApp._json(send, exc.http_status, exc.as_json())
+            await json_response(send, exc.http_status, exc.as_json())
             return
-        await AdminApp._json(send, 200, {"rid": rid})
+        await json_response(send, 200, {"rid": rid})
 
     @staticmethod
     async def _error(send: Send, status: int, code: str, message: str) -> None:
-        await AdminApp._json(send, status, {"code": code, "message": message})
+        await json_response(send, status, {"code": code, "message": message})
+
+
+from .admin import AdminApp  # noqa: E402  (the admin port; it reuses this module's helpers)
+
+__all__ = ["AdminApp", "Counters", "EidServerApp", "Simulator", "json_response"]

@@ -17,10 +17,11 @@ from schemas.soap import COMMON_NS, SERVICES, FaultCode, Service, contract_path
 from schemas.validators import is_valid_taj
 
 from .faults import DuplicatesMode
+from .rules import QUERY_OP, check_referrer
 from .soapio import SoapFault
 from .store import Record, Store
 
-QUERY_OP = "lekerdezesKulcsAlapjan"
+__all__ = ["QUERY_OP", "Caller", "ServiceHandler", "build_handlers"]
 REFERRAL_MAX_DAYS = 90
 _C = f"{{{COMMON_NS}}}"
 _ELEMENT_IN_ERROR = re.compile(r"Element '(?:\{[^}]*\})?([^']+)'")
@@ -71,7 +72,7 @@ class ServiceHandler:
               duplicates: DuplicatesMode) -> tuple[bytes, Record | None]:
         """Run one validated operation; return the response element's XML and the record."""
         if op_name == QUERY_OP:
-            return self._query(op, store), None
+            return self._query(op, store, caller.institution), None
         ns = f"{{{self.ns}}}"
         key = op.findtext(f"{ns}header/{_C}idempotencyKey")
         message_id = op.findtext(f"{ns}header/{_C}messageId")
@@ -80,8 +81,11 @@ class ServiceHandler:
             raise SoapFault(FaultCode.BUSINESS_RULE,
                             f"header institution {institution} is not the caller's institution",
                             field="institution")
+        if op_name == "beutaloRogzites":
+            check_referrer(op, namespace=self.ns, subject=caller.subject)
         if duplicates is DuplicatesMode.DEDUPE:
-            earlier = store.find_by_key(self.service.name, key)
+            # an idempotency key is the institution's own: another's same key is another request
+            earlier = store.find_by_key(caller.institution, self.service.name, key)
             if earlier:
                 first = earlier[0]
                 return self._result(op_name, first), Record(
@@ -89,7 +93,7 @@ class ServiceHandler:
         taj = op.findtext(f"{ns}taj")
         if taj is not None and not is_valid_taj(taj):
             raise SoapFault(FaultCode.BUSINESS_RULE, "TAJ check digit does not match", field="taj")
-        target_id = self._business_rules(op_name, op, store)
+        target_id = self._business_rules(op_name, op, store, caller)
         version = 1
         if self.service.name == "eProfil" and taj:
             version = store.next_version(self.service.name, taj)
@@ -99,14 +103,21 @@ class ServiceHandler:
                               version=version)
         return self._result(op_name, record), record
 
-    def _business_rules(self, op_name: str, op: etree._Element, store: Store) -> str | None:
+    def _business_rules(self, op_name: str, op: etree._Element, store: Store,
+                        caller: Caller) -> str | None:
         ns = f"{{{self.ns}}}"
         if op_name == "receptVisszavonas":
             target = op.findtext(f"{ns}prescriptionId")
             rows = store.find_by_eeszt_id(target)
-            if not any(r["operation"] == "receptRogzites" for r in rows):
-                raise SoapFault(FaultCode.BUSINESS_RULE, "no prescription has this id",
+            prescribed = [r for r in rows if r["operation"] == "receptRogzites"
+                          and r["service"] == self.service.name]
+            if not prescribed:
+                raise SoapFault(FaultCode.NOT_FOUND, f"no prescription has the id {target}",
                                 field="prescriptionId")
+            if prescribed[0]["institution"] != caller.institution:
+                raise SoapFault(FaultCode.RECORD_OF_ANOTHER_INSTITUTION,
+                                "the prescription was recorded by another institution: only the "
+                                "prescribing institution may revoke it", field="prescriptionId")
             if any(r["operation"] == "receptVisszavonas" for r in rows):
                 raise SoapFault(FaultCode.BUSINESS_RULE, "the prescription is already revoked",
                                 field="prescriptionId")
@@ -136,9 +147,10 @@ class ServiceHandler:
             f"<c:storedAt>{record.stored_at}</c:storedAt></tns:{op_name}Valasz>"
         ).encode()
 
-    def _query(self, op: etree._Element, store: Store) -> bytes:
+    def _query(self, op: etree._Element, store: Store, institution: str) -> bytes:
+        """The caller's own records under the key: another institution's stay invisible."""
         key = op.findtext(f"{_C}idempotencyKey")
-        rows = store.find_by_key(self.service.name, key)
+        rows = store.find_by_key(institution, self.service.name, key)
         recs = "".join(
             f"<c:record><c:eesztId>{escape(r.eeszt_id)}</c:eesztId><c:version>{r.version}</c:version>"
             f"<c:operation>{r.operation}</c:operation><c:storedAt>{r.stored_at}</c:storedAt></c:record>"

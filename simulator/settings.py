@@ -20,6 +20,9 @@ class SimulatorSettings(BaseSettings):
                             description="plain-HTTP admin port, always bound to 127.0.0.1")
     eid_port: int = Field(default=8445, ge=0, le=65535,
                           description="HTTPS port of the eID server (server-auth TLS only), on HOST")
+    ocsp_port: int = Field(default=8446, ge=0, le=65535,
+                           description="plain-HTTP port of the OCSP responder and the CRLs, on "
+                                       "HOST; 0 disables it")
     eid_package_ttl_s: int = Field(default=120, ge=1, description="lifetime of an eID request package")
     rid_ttl_s: int = Field(default=60, ge=1, description="lifetime of an rID package")
     db: Path = Field(default=Path("var/simulator.sqlite"), description="SQLite file of records")
@@ -28,6 +31,10 @@ class SimulatorSettings(BaseSettings):
     duplicates: DuplicatesMode = DuplicatesMode.DEDUPE
     token_lifetime_s: int = Field(default=3600, ge=1)
     max_skew_s: float = Field(default=300.0, ge=0)
+    max_timestamp_lifetime_s: float = Field(
+        default=900.0, gt=0, description="longest WS-Security Timestamp lifetime (Expires - Created)")
+    require_two_factor: bool = Field(
+        default=True, description="doctor tokens from a password login may not write patient data")
     latency_ms: float = Field(default=0.0, ge=0)
     jitter_ms: float = Field(default=0.0, ge=0)
     error_rate: float = Field(default=0.0, ge=0, le=1)

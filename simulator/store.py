@@ -6,6 +6,9 @@ every token the STS issued is one row in ``sts_issues``. ``eid_used`` remembers 
 package and rID (single use across restarts: :meth:`Store.reset` keeps it), and ``card_states``
 the card activations changed on the admin port.
 
+An idempotency key belongs to the institution that sent it: lookups by key, the index and the
+counts of repeated keys are all per (institution, service, key).
+
 Each thread that needs the store opens its own :class:`Store` (the request thread writes, the
 admin thread reads; WAL lets them run side by side). A Store may be created on one thread and
 used on another, but its methods are serialised by a lock.
@@ -36,7 +39,9 @@ CREATE TABLE IF NOT EXISTS records (
     target_id TEXT,
     stored_at TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_key ON records(service, idempotency_key);
+DROP INDEX IF EXISTS records_key;
+CREATE INDEX IF NOT EXISTS records_institution_key
+    ON records(institution, service, idempotency_key);
 CREATE INDEX IF NOT EXISTS records_eeszt_id ON records(eeszt_id);
 CREATE INDEX IF NOT EXISTS records_taj ON records(service, taj);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -45,9 +50,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     operation TEXT NOT NULL,
     idempotency_key TEXT,
     outcome TEXT NOT NULL,
-    at TEXT NOT NULL
+    at TEXT NOT NULL,
+    institution TEXT
 );
-CREATE INDEX IF NOT EXISTS attempts_key ON attempts(service, idempotency_key);
 CREATE TABLE IF NOT EXISTS sts_issues (
     id INTEGER PRIMARY KEY,
     subject TEXT NOT NULL,
@@ -105,24 +110,37 @@ class Store:
         # last transactions, which a simulator may accept.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """A file written before keys were scoped by institution gets the attempts' column."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(attempts)")}
+        if "institution" not in columns:
+            self._db.execute("ALTER TABLE attempts ADD COLUMN institution TEXT")
+        self._db.executescript(
+            "DROP INDEX IF EXISTS attempts_key;"
+            "CREATE INDEX IF NOT EXISTS attempts_institution_key"
+            " ON attempts(institution, service, idempotency_key);")
 
     def close(self) -> None:
         self._db.close()
 
     # --- writes (request thread) ---------------------------------------------------------------
     @_locked
-    def find_by_key(self, service: str, key: str) -> list[Record]:
+    def find_by_key(self, institution: str, service: str, key: str) -> list[Record]:
+        """The records ``institution`` stored under ``key`` at ``service``: an idempotency key
+        belongs to the institution that sent it."""
         rows = self._db.execute(
             "SELECT eeszt_id, version, operation, stored_at, idempotency_key FROM records"
-            " WHERE service=? AND idempotency_key=? ORDER BY id",
-            (service, key),
+            " WHERE institution=? AND service=? AND idempotency_key=? ORDER BY id",
+            (institution, service, key),
         ).fetchall()
         return [Record(*row) for row in rows]
 
     @_locked
     def find_by_eeszt_id(self, eeszt_id: str) -> list[dict[str, Any]]:
         cur = self._db.execute(
-            "SELECT service, operation, idempotency_key, target_id, taj FROM records"
+            "SELECT service, operation, idempotency_key, target_id, taj, institution FROM records"
             " WHERE eeszt_id=? OR target_id=? ORDER BY id",
             (eeszt_id, eeszt_id),
         )
@@ -163,11 +181,12 @@ class Store:
         return Record(eeszt_id, version, operation, stored_at, key)
 
     @_locked
-    def attempt(self, *, service: str, operation: str, key: str | None, outcome: str) -> None:
+    def attempt(self, *, service: str, operation: str, key: str | None, outcome: str,
+                institution: str | None = None) -> None:
         self._db.execute(
-            "INSERT INTO attempts (service, operation, idempotency_key, outcome, at)"
-            " VALUES (?,?,?,?,?)",
-            (service, operation, key, outcome, _now()),
+            "INSERT INTO attempts (service, operation, idempotency_key, outcome, at, institution)"
+            " VALUES (?,?,?,?,?,?)",
+            (service, operation, key, outcome, _now(), institution),
         )
 
     @_locked
@@ -221,13 +240,15 @@ class Store:
         ):
             records.setdefault(service, {})[operation] = n
         (total,) = db.execute("SELECT COUNT(*) FROM records").fetchone()
+        by_institution = dict(db.execute(
+            "SELECT institution, COUNT(*) FROM records GROUP BY institution").fetchall())
         (repeated,) = db.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM records GROUP BY service, idempotency_key"
-            " HAVING COUNT(*) > 1)"
+            "SELECT COUNT(*) FROM (SELECT 1 FROM records"
+            " GROUP BY institution, service, idempotency_key HAVING COUNT(*) > 1)"
         ).fetchone()
         (extra_rows,) = db.execute(
             "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM records"
-            " GROUP BY service, idempotency_key HAVING COUNT(*) > 1)"
+            " GROUP BY institution, service, idempotency_key HAVING COUNT(*) > 1)"
         ).fetchone()
         sts = dict(db.execute("SELECT method, COUNT(*) FROM sts_issues GROUP BY method").fetchall())
         sts_subjects = dict(
@@ -238,16 +259,17 @@ class Store:
         )
         (keys_multi,) = db.execute(
             "SELECT COUNT(*) FROM (SELECT 1 FROM attempts WHERE idempotency_key IS NOT NULL"
-            " GROUP BY service, idempotency_key HAVING COUNT(*) > 1)"
+            " GROUP BY institution, service, idempotency_key HAVING COUNT(*) > 1)"
         ).fetchone()
         (rejected_multi,) = db.execute(
             "SELECT COUNT(*) FROM (SELECT 1 FROM attempts WHERE idempotency_key IS NOT NULL"
             " AND outcome NOT IN ('accepted', 'repeated')"
-            " GROUP BY service, idempotency_key HAVING COUNT(*) > 1)"
+            " GROUP BY institution, service, idempotency_key HAVING COUNT(*) > 1)"
         ).fetchone()
         return {
             "records": records,
             "total_records": total,
+            "records_by_institution": by_institution,
             "repeated_keys": repeated,
             "extra_records_from_repeats": extra_rows,
             "sts_issues": sts,
@@ -261,7 +283,7 @@ class Store:
 
     @_locked
     def records(self, *, service: str | None = None, key: str | None = None,
-                limit: int = 1000) -> list[dict[str, Any]]:
+                institution: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         sql = ("SELECT service, operation, idempotency_key, message_id, eeszt_id, version,"
                " subject, institution, target_id, stored_at FROM records WHERE 1=1")
         args: list[Any] = []
@@ -271,6 +293,9 @@ class Store:
         if key:
             sql += " AND idempotency_key=?"
             args.append(key)
+        if institution:
+            sql += " AND institution=?"
+            args.append(institution)
         sql += " ORDER BY id LIMIT ?"
         args.append(limit)
         cur = self._db.execute(sql, args)

@@ -6,22 +6,26 @@ checks before the RSA operation), and raises :class:`WsseError` with a stable
 
 1. one ``wsse:Security`` header ............................ SECURITY_HEADER_MISSING
 2. a ``wsu:Timestamp`` with Created and Expires ............ TIMESTAMP_MISSING
-3. now <= Expires + skew and Created <= now + skew ......... TIMESTAMP_STALE
+3. now <= Expires + skew and Created <= now + skew, and
+   Expires - Created at most the maximum lifetime (15 min) .. TIMESTAMP_STALE
 4. one ``ds:Signature`` in the Security header ............. SIGNATURE_MISSING
 5. the signed references resolve, each to exactly one
    element, and cover the Envelope's own soap:Body and the
    header's Timestamp; only exc-c14n transforms ............. SIGNATURE_SCOPE
 6. the BinarySecurityToken chains to a trusted CA .......... CERT_UNTRUSTED
 7. the certificate is within its validity period ........... CERT_EXPIRED
+   and not on its CA's CRL (``revoked_at``) ................ CERT_REVOKED
 8. xmlsec verifies SignedInfo and every digest ............. SIGNATURE_INVALID
 
-Step 5 is the defence against XML signature wrapping: the verifier resolves every Reference
-itself and only then lets xmlsec resolve the same Ids (it registers exactly those nodes), so
-"the signed element" and "the element the service reads" cannot differ.
+Step 5 is the defence against XML signature wrapping (:mod:`simulator.wsse_scope`): the
+verifier resolves every Reference itself and only then lets xmlsec resolve the same Ids (it
+registers exactly those nodes), so "the signed element" and "the element the service reads"
+cannot differ.
 
 Each distinct certificate is parsed and chain-checked once; the result (certificate, xmlsec
 key, institution id) is kept in a bounded LRU cache keyed by the SHA-256 of its DER bytes.
-The validity period is checked on every call. Failed certificates are not cached.
+The validity period and the revocation status (``revoked_at``, which reads the CRLs) are
+checked on every call, cache hit or not. Failed certificates are not cached.
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
-from schemas.soap import DS_NS, EXC_C14N, SAML2_NS, SOAP11_NS, WSSE_NS, WSU_NS, FaultCode
+from schemas.soap import DS_NS, SAML2_NS, SOAP11_NS, WSSE_NS, WSU_NS, FaultCode
+
+from .wsse_scope import WsseError, check_scope, split_clark as _split
 
 __all__ = ["VerifiedMessage", "WsseError", "WsseVerifier", "utcnow"]
 
@@ -57,23 +63,8 @@ _CREATED = f"{{{WSU_NS}}}Created"
 _EXPIRES = f"{{{WSU_NS}}}Expires"
 _WSU_ID = f"{{{WSU_NS}}}Id"
 _SIGNATURE = f"{{{DS_NS}}}Signature"
-_SIGNED_INFO = f"{{{DS_NS}}}SignedInfo"
-_C14N_METHOD = f"{{{DS_NS}}}CanonicalizationMethod"
-_SIGNATURE_METHOD = f"{{{DS_NS}}}SignatureMethod"
-_REFERENCE = f"{{{DS_NS}}}Reference"
-_TRANSFORMS = f"{{{DS_NS}}}Transforms"
-_TRANSFORM = f"{{{DS_NS}}}Transform"
-_DIGEST_METHOD = f"{{{DS_NS}}}DigestMethod"
 _ASSERTION = f"{{{SAML2_NS}}}Assertion"
 
-_RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
-_DIGESTS = frozenset(
-    {
-        "http://www.w3.org/2001/04/xmlenc#sha256",
-        "http://www.w3.org/2001/04/xmldsig-more#sha384",
-        "http://www.w3.org/2001/04/xmlenc#sha512",
-    }
-)
 _C = xmlsec.constants
 # xmlsec counts digest methods as reference transforms once the list is explicit.
 _REFERENCE_TRANSFORMS = (
@@ -85,25 +76,10 @@ _REFERENCE_TRANSFORMS = (
 _CACHE_SIZE = 1024
 _MAX_CHAIN = 5
 
-#: Every attribute that XML signature processors treat as an Id (wsu:Id, Id, ID, xml:id).
-_ID_ATTRIBUTES = etree.XPath("//@*[local-name()='Id' or local-name()='ID' or local-name()='id']")
-
 
 def utcnow() -> datetime:
     """The current time, timezone-aware (UTC). The default clock of the verifiers."""
     return datetime.now(timezone.utc)
-
-
-class WsseError(Exception):
-    """A message failed WS-Security checks. ``code`` is the fault code to return."""
-
-    def __init__(self, code: FaultCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.code.name}, {self.message!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +154,8 @@ class WsseVerifier:
 
     Built once per server process. ``trusted_ca_pems`` are the trust anchors (PEM, one or more
     certificates each); ``intermediate_pems`` optional CA certificates that may sit between an
-    anchor and the signer. ``clock`` returns an aware datetime. Thread-safe.
+    anchor and the signer. ``clock`` returns an aware datetime. ``revoked_at`` (optional) returns
+    when a certificate was revoked, or None when it is not. Thread-safe.
     """
 
     def __init__(
@@ -189,7 +166,9 @@ class WsseVerifier:
         clock: Callable[[], datetime] = utcnow,
         intermediate_pems: Sequence[bytes] = (),
         cache_size: int = _CACHE_SIZE,
+        revoked_at: Callable[[x509.Certificate], datetime | None] | None = None,
     ) -> None:
+        self._revoked_at = revoked_at
         self._anchors = _load_pems(trusted_ca_pems)
         if not self._anchors:
             raise ValueError("at least one trusted CA certificate is required")
@@ -208,6 +187,19 @@ class WsseVerifier:
     @max_skew_seconds.setter
     def max_skew_seconds(self, seconds: float) -> None:
         self._skew = timedelta(seconds=seconds)
+
+    #: the longest Timestamp lifetime (Expires - Created) accepted: a message signed to stay
+    #: valid for hours could be replayed for hours
+    _max_lifetime = timedelta(minutes=15)
+
+    @property
+    def max_lifetime_seconds(self) -> float:
+        """Longest accepted Timestamp lifetime; the simulator's rules set it."""
+        return self._max_lifetime.total_seconds()
+
+    @max_lifetime_seconds.setter
+    def max_lifetime_seconds(self, seconds: float) -> None:
+        self._max_lifetime = timedelta(seconds=seconds)
 
     # --- public -------------------------------------------------------------------------------
     def verify(self, envelope: etree._Element) -> VerifiedMessage:
@@ -303,6 +295,12 @@ class WsseVerifier:
         now = self._clock()
         if expires < created:
             raise WsseError(FaultCode.TIMESTAMP_STALE, "the Timestamp expires before it is created")
+        if expires - created > self._max_lifetime:
+            raise WsseError(
+                FaultCode.TIMESTAMP_STALE,
+                f"the Timestamp lives {(expires - created).total_seconds():.0f} s from Created to "
+                f"Expires, longer than the {self._max_lifetime.total_seconds():.0f} s allowed",
+            )
         if created > now + self._skew:
             raise WsseError(
                 FaultCode.TIMESTAMP_STALE,
@@ -315,68 +313,15 @@ class WsseVerifier:
                 f"the Timestamp expired at {expires.isoformat()} (now {now.isoformat()})",
             )
 
+    @staticmethod
     def _check_scope(
-        self,
         envelope: etree._Element,
         signature: etree._Element,
         body: etree._Element,
         timestamp: etree._Element,
     ) -> list[tuple[etree._Element, str]]:
-        """Resolve every Reference; return (element, Id attribute name) for each target."""
-        signed_info = signature.find(_SIGNED_INFO)
-        if signed_info is None:
-            raise WsseError(FaultCode.SIGNATURE_INVALID, "ds:Signature has no SignedInfo")
-        c14n = signed_info.find(_C14N_METHOD)
-        method = signed_info.find(_SIGNATURE_METHOD)
-        if c14n is None or c14n.get("Algorithm") != EXC_C14N:
-            raise WsseError(FaultCode.SIGNATURE_INVALID, "SignedInfo must use exc-c14n")
-        if method is None or method.get("Algorithm") != _RSA_SHA256:
-            raise WsseError(FaultCode.SIGNATURE_INVALID, "the signature method must be rsa-sha256")
-
-        ids: dict[str, list[tuple[etree._Element, str]]] = {}
-        for attr in _ID_ATTRIBUTES(envelope):
-            ids.setdefault(str(attr), []).append((attr.getparent(), attr.attrname))
-
-        targets: list[tuple[etree._Element, str]] = []
-        for ref in signed_info.iterfind(_REFERENCE):
-            uri = ref.get("URI") or ""
-            if not uri.startswith("#") or len(uri) < 2:
-                raise WsseError(
-                    FaultCode.SIGNATURE_SCOPE,
-                    f"only same-document #id references are accepted: {uri!r}",
-                )
-            holders = ids.get(uri[1:], [])
-            if len(holders) != 1:
-                raise WsseError(
-                    FaultCode.SIGNATURE_SCOPE,
-                    f"reference {uri!r} matches {len(holders)} elements (must be exactly one)",
-                )
-            transforms = ref.find(_TRANSFORMS)
-            algorithms = (
-                [t.get("Algorithm") for t in transforms.iterfind(_TRANSFORM)]
-                if transforms is not None
-                else []
-            )
-            if any(a != EXC_C14N for a in algorithms):
-                raise WsseError(
-                    FaultCode.SIGNATURE_SCOPE,
-                    f"reference {uri!r}: only exc-c14n transforms are accepted",
-                )
-            digest = ref.find(_DIGEST_METHOD)
-            if digest is None or digest.get("Algorithm") not in _DIGESTS:
-                raise WsseError(
-                    FaultCode.SIGNATURE_INVALID, f"reference {uri!r}: unsupported digest"
-                )
-            if holders[0] in targets:
-                raise WsseError(FaultCode.SIGNATURE_SCOPE, f"reference {uri!r} is listed twice")
-            targets.append(holders[0])
-
-        signed = [element for element, _ in targets]
-        if not any(e is body for e in signed):
-            raise WsseError(FaultCode.SIGNATURE_SCOPE, "the signature does not cover the soap:Body")
-        if not any(e is timestamp for e in signed):
-            raise WsseError(FaultCode.SIGNATURE_SCOPE, "the signature does not cover the Timestamp")
-        return targets
+        """Resolve every Reference (:func:`simulator.wsse_scope.check_scope`)."""
+        return check_scope(envelope, signature, body, timestamp)
 
     def _certificate(self, security: etree._Element, signature: etree._Element) -> _TrustedCert:
         tokens = security.findall(_BST)
@@ -404,6 +349,13 @@ class WsseVerifier:
                 FaultCode.CERT_EXPIRED,
                 f"the signing certificate is valid from {trusted.not_before.isoformat()} to "
                 f"{trusted.not_after.isoformat()}",
+            )
+        revoked = self._revoked_at(trusted.cert) if self._revoked_at is not None else None
+        if revoked is not None:
+            raise WsseError(
+                FaultCode.CERT_REVOKED,
+                f"the signing certificate (serial {trusted.cert.serial_number:x}) was revoked by "
+                f"its CA at {revoked.isoformat()}",
             )
         return trusted
 
@@ -470,10 +422,3 @@ class WsseVerifier:
             else:
                 return False
         return False
-
-
-def _split(clark: str) -> tuple[str, str | None]:
-    if clark.startswith("{"):
-        ns, _, local = clark[1:].partition("}")
-        return local, ns
-    return clark, None

@@ -67,14 +67,17 @@ class Outbox(Protocol):
     def release_parked(self, service: str, queue: str, *, rate_per_s: float) -> int:
         """Move the parked requests of ``service`` back to ``queue``, at most ``rate_per_s``."""
 
-    def key_lock(self, service: str, key: str) -> ContextManager[bool]:
-        """Yield True while this thread is the one copy of request ``key`` allowed to ask
-        ``service`` and send; False when another copy holds it (across worker processes)."""
+    def key_lock(self, institution: str, service: str, key: str) -> ContextManager[bool]:
+        """Yield True while this thread is the one copy of ``institution``'s request ``key``
+        allowed to ask ``service`` and send; False when another copy holds it (across worker
+        processes). Another institution's request with the same key is another request."""
 
 
-def key_lock_queue(service: str, key: str) -> str:
-    """The exclusive queue that is the lock of one request (keys can be long: hashed)."""
-    return f"eeszt.lock.key.{service}.{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+def key_lock_queue(institution: str, service: str, key: str) -> str:
+    """The exclusive queue that is the lock of one institution's request. The key can be long
+    and the institution is hashed with it, so that no choice of either can reach another's."""
+    digest = hashlib.sha256(f"{institution}\0{service}\0{key}".encode()).hexdigest()[:32]
+    return f"eeszt.lock.key.{institution[:16]}.{service}.{digest}"
 
 
 def plain_user(params: pika.ConnectionParameters) -> str | None:
@@ -259,10 +262,10 @@ class RabbitOutbox:
                 conn.close()
 
     @contextlib.contextmanager
-    def key_lock(self, service: str, key: str) -> Iterator[bool]:
+    def key_lock(self, institution: str, service: str, key: str) -> Iterator[bool]:
         """An exclusive queue declared on this thread's connection: RabbitMQ lets one
         connection hold it, and drops it with the connection, so a crashed holder frees it."""
-        name = key_lock_queue(service, key)
+        name = key_lock_queue(institution, service, key)
         lock_channel = None
 
         def take() -> None:
@@ -305,19 +308,20 @@ class MemoryOutbox:
     on_reply: Callable[[str, Reply], None] | None = None
     on_retry: Callable[[str, bytes, dict[str, Any], float, str | None], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _held: set[tuple[str, str]] = field(default_factory=set)
+    _held: set[tuple[str, str, str]] = field(default_factory=set)
 
     @contextlib.contextmanager
-    def key_lock(self, service: str, key: str) -> Iterator[bool]:
+    def key_lock(self, institution: str, service: str, key: str) -> Iterator[bool]:
+        lock = (institution, service, key)
         with self._lock:
-            held = (service, key) not in self._held
-            self._held.add((service, key))
+            held = lock not in self._held
+            self._held.add(lock)
         try:
             yield held
         finally:
             if held:
                 with self._lock:
-                    self._held.discard((service, key))
+                    self._held.discard(lock)
 
     def reply(self, routing_key: str, reply: Reply) -> None:
         with self._lock:

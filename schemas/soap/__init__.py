@@ -110,7 +110,11 @@ class FaultCode(str, enum.Enum):
     CERT_UNTRUSTED = "WSSE-005"  # signing certificate not from the qualified CA
     CERT_EXPIRED = "WSSE-006"
     TIMESTAMP_MISSING = "WSSE-007"
-    TIMESTAMP_STALE = "WSSE-008"  # outside the allowed clock skew, or expired
+    TIMESTAMP_STALE = "WSSE-008"  # outside the allowed clock skew, expired, or too long-lived
+    CERT_REVOKED = "WSSE-009"  # the signing certificate is on its CA's revocation list
+    # channel: the mutual-TLS access certificate (client)
+    ACCESS_CERT_REVOKED = "TLS-001"
+    ACCESS_CERT_INSTITUTION_MISMATCH = "TLS-002"  # access certificate of another institution
     # tokens (client; a client refreshes its token once on these)
     TOKEN_MISSING = "SAML-001"
     TOKEN_INVALID = "SAML-002"  # bad STS signature, malformed
@@ -121,10 +125,13 @@ class FaultCode(str, enum.Enum):
     AUTH_METHOD_UNSUPPORTED = "STS-002"
     # authorisation and content (client)
     PERMISSION_DENIED = "AUTHZ-001"
+    TWO_FACTOR_REQUIRED = "AUTHZ-002"  # a doctor token without two factors writes patient data
+    RECORD_OF_ANOTHER_INSTITUTION = "AUTHZ-003"  # e.g. revoking another institution's prescription
+    REFERRER_NOT_TOKEN_DOCTOR = "AUTHZ-004"  # a referral's referrer stamp is not the token's doctor
     SCHEMA_INVALID = "SCHEMA-001"
     UNKNOWN_OPERATION = "SCHEMA-002"
     BUSINESS_RULE = "BIZ-001"
-    NOT_FOUND = "BIZ-002"
+    NOT_FOUND = "BIZ-002"  # the record a request refers to does not exist
     # server side (retryable)
     SERVICE_UNAVAILABLE = "SRV-001"  # outage window / maintenance
     INTERNAL_ERROR = "SRV-002"

@@ -45,6 +45,8 @@ class RealSide:
 
     def mode(self, duplicates: str) -> None:
         self.sim.reset(duplicates=duplicates)
+        # the fake has no two-factor rule; the simulator's is tested in test_eeszt_rules_business
+        self.sim.admin("PATCH", "/admin/rules", {"require_two_factor": False})
 
     def expired_doctor_token(self):
         issuer = AssertionIssuer(key_pem=self.pki.sts_key.read_bytes(),

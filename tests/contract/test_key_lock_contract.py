@@ -38,7 +38,7 @@ def in_thread(fn):
 def other_copy_holds(outbox, key) -> bool:
     def attempt():
         try:
-            with outbox.key_lock("eRecept", key) as held:
+            with outbox.key_lock("H100200", "eRecept", key) as held:
                 return held
         finally:
             getattr(outbox, "close", lambda: None)()  # RabbitMQ: this thread's connection
@@ -47,16 +47,16 @@ def other_copy_holds(outbox, key) -> bool:
 
 def test_one_copy_holds_the_lock_and_frees_it(outbox):
     key = f"k-{uuid.uuid4()}"
-    with outbox.key_lock("eRecept", key) as held:
+    with outbox.key_lock("H100200", "eRecept", key) as held:
         assert held
         assert other_copy_holds(outbox, key) is False
-        with outbox.key_lock("eBeutalo", key) as other_service:
+        with outbox.key_lock("H100200", "eBeutalo", key) as other_service:
             assert other_service  # the lock is per service and key
     assert other_copy_holds(outbox, key) is True
 
 
 def test_different_requests_do_not_block_each_other(outbox):
-    with outbox.key_lock("eRecept", f"k-{uuid.uuid4()}") as held:
+    with outbox.key_lock("H100200", "eRecept", f"k-{uuid.uuid4()}") as held:
         assert held
         assert other_copy_holds(outbox, f"k-{uuid.uuid4()}") is True
 
@@ -67,7 +67,7 @@ def test_a_holder_whose_connection_dies_frees_the_lock(broker_url):
     key = f"k-{uuid.uuid4()}"
     holder, other = (RabbitOutbox(url=broker_url, attempts=2, backoff_s=0.05) for _ in range(2))
     try:
-        lock = holder.key_lock("eRecept", key)
+        lock = holder.key_lock("H100200", "eRecept", key)
         assert lock.__enter__()
         assert other_copy_holds(other, key) is False
         holder._drop()  # the worker process's connection is gone (crash, network)
@@ -79,7 +79,27 @@ def test_a_holder_whose_connection_dies_frees_the_lock(broker_url):
 
 def test_lock_names_are_bounded_and_distinct():
     long_key = "x" * 400
-    name = key_lock_queue("esemenyKatalogus", long_key)
+    name = key_lock_queue("H100200", "esemenyKatalogus", long_key)
     assert len(name.encode()) <= 255
-    assert name != key_lock_queue("esemenyKatalogus", long_key + "y")
-    assert name != key_lock_queue("eht", long_key)
+    assert name != key_lock_queue("H100200", "esemenyKatalogus", long_key + "y")
+    assert name != key_lock_queue("H100200", "eht", long_key)
+
+
+def test_the_same_key_of_another_institution_is_another_lock(outbox):
+    # Given institution H100200 holds the lock of its request under a key,
+    key = f"k-{uuid.uuid4()}"
+    with outbox.key_lock("H100200", "eRecept", key) as held:
+        assert held
+        # When H100300 sends a request with the same key to the same service,
+        with outbox.key_lock("H100300", "eRecept", key) as other_institution:
+            # Then it is not blocked: the key belongs to each institution separately
+            assert other_institution
+        assert other_copy_holds(outbox, key) is False
+
+
+def test_lock_names_name_the_institution_and_differ_per_institution():
+    name = key_lock_queue("H100200", "eRecept", "same-key")
+    assert ".H100200." in name
+    assert name != key_lock_queue("H100300", "eRecept", "same-key")
+    # the institution and the key cannot be shifted into each other
+    assert key_lock_queue("H1", "eRecept", "00200") != key_lock_queue("H100200", "eRecept", "")

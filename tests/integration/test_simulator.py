@@ -1,4 +1,4 @@
-"""The simulator over real HTTPS with mutual TLS: every check of issue 2, end to end.
+"""The simulator over real HTTPS with mutual TLS: every check it makes, end to end.
 
 Given a real `eeszt-gw simulator` subprocess and a fresh test PKI, when the gateway's own client
 (signer + mTLS transport + SOAP templates) talks to it, then each refusal carries its own code.
@@ -34,6 +34,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture()
 def sim(simulator):
     simulator.reset(duplicates="naive")
+    # These tests write patient data with password tokens; the two-factor rule that refuses
+    # them by default is tested in test_eeszt_rules.py.
+    simulator.admin("PATCH", "/admin/rules", {"require_two_factor": False})
     return simulator
 
 
