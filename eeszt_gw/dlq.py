@@ -14,11 +14,18 @@ asks EESZT whether it already landed before sending, so a replay never makes a s
 The dead letter is removed only after the broker confirmed the republish. Replays and purges go
 to the audit trail (``eeszt.audit``) with the operator's name and reason. TAJs are masked in
 everything printed.
+
+Every command survives any message in the queue (it exists for the ones nothing else could
+read): a body that is not UTF-8, not JSON, nested too deep or huge is listed with its size and
+``unreadable: <why>``; a message without any id is named by ``sha256:<first 16 hex digits of
+its body>``, which ``show``, ``replay`` and ``purge`` accept too; control characters in
+headers are shown escaped and long values cut.
 """
 from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
 import json
 import os
 import time
@@ -36,6 +43,7 @@ from schemas.audit import AuditEvent, AuditKind, mask_text
 from schemas.connection import BrokerTLS, broker_parameters, open_connection
 from schemas.envelope import RequestEnvelope
 from schemas.soap import OPERATION_OF
+from schemas.strict_json import read_object
 from schemas.wire import (DEAD_LETTER_QUEUE, H_AMBIGUOUS, H_CODE, H_IDEMPOTENCY_KEY, H_KIND,
                           H_MESSAGE_ID, H_REASON, H_TYPE, REQUESTS_EXCHANGE)
 
@@ -48,6 +56,19 @@ from schemas.wire import H_REPLAYED, H_REPLAYED_AT  # noqa: E402  (kept importab
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f) if c not in (0x0a,)}
+#: longest header value and body text ``show`` prints (the size is always given)
+SHOW_HEADER_CHARS = 500
+SHOW_BODY_CHARS = 20_000
+
+
+def _printable(text: str, limit: int) -> str:
+    """``text`` with control characters escaped (no terminal escapes from a message), cut."""
+    cut = text[:limit].translate(_CONTROL)
+    return cut + (f"… ({len(text)} characters)" if len(text) > limit else "")
+
 
 @dataclass
 class DeadLetter:
@@ -64,20 +85,39 @@ class DeadLetter:
 
     @property
     def message_id(self) -> str:
-        return self.header(H_MESSAGE_ID) or self.props.message_id or ""
+        given = self.headers.get(H_MESSAGE_ID)  # a header of another type is no id
+        return (_text(given) if isinstance(given, (str, bytes)) else "") or \
+            _text(self.props.message_id or "")
+
+    @property
+    def ref(self) -> str:
+        """How commands name it: its message id, else ``sha256:`` and 16 hex digits of the body."""
+        return self.message_id or self.digest
+
+    @property
+    def digest(self) -> str:
+        return f"sha256:{hashlib.sha256(self.body).hexdigest()[:16]}"
 
     @property
     def dead_at(self) -> datetime | None:
         ts = self.props.timestamp
-        return datetime.fromtimestamp(ts, timezone.utc) if ts is not None else None
+        try:
+            return datetime.fromtimestamp(ts, timezone.utc) if ts is not None else None
+        except (TypeError, ValueError, OverflowError, OSError):  # a timestamp no clock has
+            return None
 
     @cached_property
+    def _read(self) -> tuple[dict[str, Any] | None, str]:
+        return read_object(self.body)
+
+    @property
     def payload(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.body)
-        except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
+        return self._read[0] or {}
+
+    @property
+    def unreadable(self) -> str:
+        """Why the body is not a JSON object ("" when it is)."""
+        return self._read[1]
 
     @property
     def message_type(self) -> str:
@@ -124,7 +164,7 @@ class Selector:
                                            self.until))
 
     def matches(self, dl: DeadLetter) -> bool:
-        if self.ids and dl.message_id not in self.ids and dl.props.message_id not in self.ids:
+        if self.ids and not {dl.ref, dl.digest, _text(dl.props.message_id or "")} & set(self.ids):
             return False
         if self.service and dl.service.lower() != self.service.lower():
             return False
@@ -230,9 +270,15 @@ def _age(at: datetime | None, now: datetime) -> str:
 def summary(dl: DeadLetter, now: datetime) -> dict[str, Any]:
     """What ``list`` shows of one dead letter, TAJ-masked."""
     at = dl.dead_at
-    return {"message_id": dl.message_id, "service": dl.service, "type": dl.message_type,
-            "code": dl.header(H_CODE), "reason": mask_text(dl.header(H_REASON)),
-            "dead_lettered_at": at.isoformat() if at else None, "age": _age(at, now)}
+    row = {"message_id": dl.ref, "service": dl.service, "type": dl.message_type,
+           "code": dl.header(H_CODE), "reason": dl.header(H_REASON),
+           "dead_lettered_at": at.isoformat() if at else None, "age": _age(at, now),
+           "size": len(dl.body), "body": f"unreadable: {dl.unreadable}" if dl.unreadable else "ok"}
+    for k, v in row.items():
+        if isinstance(v, str):  # header text may hold a TAJ; the id is kept: the operator
+            v = _printable(v, SHOW_HEADER_CHARS)  # acts on it
+            row[k] = v if k == "message_id" else mask_text(v)
+    return row
 
 
 def _shorten(value: Any) -> Any:
@@ -248,18 +294,20 @@ def _shorten(value: Any) -> Any:
 def render(dl: DeadLetter, now: datetime) -> str:
     """``show``: properties, headers and the body, pretty-printed and TAJ-masked."""
     at = dl.dead_at
-    lines = [f"message {dl.message_id or '(no id)'}",
+    lines = [f"message {dl.ref}",
              f"  dead-lettered: {at.isoformat() if at else '?'} ({_age(at, now)} ago)",
              f"  service: {dl.service or '?'}   type: {dl.message_type or '?'}",
-             f"  properties: message_id={dl.props.message_id} "
-             f"content_type={dl.props.content_type} delivery_mode={dl.props.delivery_mode}",
+             f"  properties: message_id={_text(dl.props.message_id)} "
+             f"content_type={_text(dl.props.content_type)} delivery_mode={dl.props.delivery_mode}",
              "headers:"]
-    lines += [f"  {k}: {_text(v)}" for k, v in sorted(dl.headers.items())]
-    try:
-        body = json.dumps(_shorten(json.loads(dl.body)), indent=2, ensure_ascii=False)
-    except ValueError:
-        body = _text(dl.body)[:4000]
-    lines += [f"body ({len(dl.body)} bytes):", body]
+    lines += [f"  {_printable(_text(k), 100)}: {_printable(_text(v), SHOW_HEADER_CHARS)}"
+              for k, v in sorted(dl.headers.items(), key=lambda kv: _text(kv[0]))]
+    if dl.unreadable:
+        lines += [f"body ({len(dl.body)} bytes): unreadable: {dl.unreadable}; as text:",
+                  _printable(_text(dl.body), 2000)]
+    else:
+        pretty = json.dumps(_shorten(dl.payload), indent=2, ensure_ascii=False)
+        lines += [f"body ({len(dl.body)} bytes):", _printable(pretty, SHOW_BODY_CHARS)]
     return mask_text("\n".join(lines))
 
 
@@ -275,7 +323,7 @@ def replay_problem(dl: DeadLetter, now: datetime) -> str | None:
     if dl.message_type not in OPERATION_OF:
         return f"unknown message type {dl.message_type!r}"
     try:
-        RequestEnvelope.model_validate_json(dl.body)
+        RequestEnvelope.from_json(dl.body)
     except ValidationError as exc:
         return f"its body is not a valid request ({exc.error_count()} errors): it would be rejected again"
     # A past deadline is no obstacle: a replayed request gets a day from the replay (the
@@ -313,11 +361,11 @@ def cmd_list(ns: argparse.Namespace) -> int:
         console.print("no dead letters match")
         return 0
     table = Table(title=f"{DEAD_LETTER_QUEUE}: {len(rows)} matching dead letters")
-    for col in ("message id", "service", "type", "code", "reason", "age"):
-        table.add_column(col, no_wrap=col != "reason", overflow="fold")
+    for col in ("message id", "service", "type", "code", "reason", "age", "size", "body"):
+        table.add_column(col, no_wrap=col not in ("reason", "body"), overflow="fold")
     for r in rows:
         table.add_row(*(Text(str(r[k])) for k in ("message_id", "service", "type", "code",
-                                                   "reason", "age")))
+                                                   "reason", "age", "size", "body")))
     console.print(table)
     return 0
 
@@ -327,7 +375,7 @@ def cmd_show(ns: argparse.Namespace) -> int:
     with DeadLetterQueue(broker_url(ns), broker_tls(ns)) as dlq:
         found = dlq.browse(Selector.from_args(ns))
     if not found:
-        print(f"no dead letter {ns.message_id} in {DEAD_LETTER_QUEUE}", file=sys.stderr)
+        print(mask_text(f"no dead letter {ns.message_id} in {DEAD_LETTER_QUEUE}"), file=sys.stderr)
         return 1
     print("\n\n".join(render(dl, now) for dl in found))
     return 0
@@ -360,7 +408,7 @@ def _act(ns: argparse.Namespace, kind: AuditKind) -> int:
         try:
             found = dlq.browse(sel)
             for dl in found:
-                label = f"{dl.message_id or '(no id)'} ({dl.message_type or 'no type'})"
+                label = mask_text(f"{dl.ref} ({dl.message_type or 'no type'})")
                 problem = replay_problem(dl, now) if kind is AuditKind.REPLAYED else None
                 if problem or ns.dry_run:
                     kept += bool(problem)
@@ -390,7 +438,8 @@ def _act(ns: argparse.Namespace, kind: AuditKind) -> int:
     finally:
         if audit is not None:
             audit.close()
-    missing = [i for i in sel.ids if not any(i in (d.message_id, d.props.message_id) for d in found)]
+    missing = [i for i in sel.ids if not any(i in (d.ref, d.digest, _text(d.props.message_id or ""))
+                                             for d in found)]
     print("".join(f"not found {mid}\n" for mid in missing), end="")
     print(f"{'dry run: ' if ns.dry_run else ''}{len(done)} {verb}, {kept} kept in "
           f"{DEAD_LETTER_QUEUE}{f', {len(missing)} not found' if missing else ''} "

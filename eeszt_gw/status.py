@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import pika.exceptions
 
+from schemas.audit import mask_text
 from schemas.connection import BrokerTLS
 from schemas.soap import SERVICES
 from schemas.wire import (
@@ -47,7 +48,7 @@ from .status_broker import (
     rabbitmqctl_queue_names,
     safe_url,
 )
-from .status_certs import check_certificates
+from .status_certs import BAD_STATES, check_certificates
 
 WAIT_PREFIX = login_wait_queue("")
 COUNTERS = ("queued", "in_flight", "over_time_limit", "retrying", "parked", "waiting_login",
@@ -149,7 +150,7 @@ class _Tally:
         for service, age, code in self.browse(DEAD_LETTER_QUEUE, total, None):
             self.row(service)["dead_letters"] += 1
             by_service[service] += 1
-            by_code[code or UNKNOWN] += 1
+            by_code[mask_text(code) if code else UNKNOWN] += 1  # any header text: no TAJ out
             if age is not None:
                 oldest = max(oldest or 0.0, age)
         return {"total": total, "by_service": dict(by_service), "by_code": dict(by_code),
@@ -290,8 +291,10 @@ def attention(report: dict[str, Any]) -> list[str]:
                    + (f" for up to {longest:.0f}s" if longest is not None else "")
                    + f": its requests are parked (see {parked_queue(service)})")
     for c in report["certificates"]:
-        if c["state"] in ("expiring", "expired", "unreadable"):
-            left = f"{c['days_left']:.1f} days left" if c.get("days_left") is not None else c["state"]
+        if c["state"] in BAD_STATES:
+            left = (f"since {c['revoked_at']}" if c["state"] == "revoked"
+                    else f"{c['days_left']:.1f} days left" if c.get("days_left") is not None
+                    else c["state"])
             out.append(f"certificate {c['file']}: {c['state']} ({left})")
     return out
 

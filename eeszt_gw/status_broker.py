@@ -24,6 +24,7 @@ import pika.exceptions
 
 from schemas.connection import BrokerTLS, broker_parameters, open_connection
 from schemas.soap import OPERATION_OF
+from schemas.strict_json import read_object
 from schemas.wire import H_CODE, H_FIRST_SEEN, H_TYPE
 from workers.control import CONTROL_EXCHANGE, STATUS_OP
 
@@ -62,23 +63,25 @@ def _text(value: Any) -> str | None:
 
 
 def message_facts(props: Any, body: bytes, now: float) -> tuple[str, float | None, str | None]:
-    """(service, age in seconds, eeszt-code) of a browsed message; never raises.
+    """(service, age in seconds, eeszt-code) of a browsed message; never raises, whatever the
+    body (not UTF-8, too deep, huge) or the headers (any type) hold.
 
     The age counts from ``eeszt-first-seen`` (epoch ms), else the AMQP timestamp, else the
     envelope's ``created_at``. The service comes from ``eeszt-type``, else the body's type.
     """
     headers = getattr(props, "headers", None) or {}
+    if not isinstance(headers, dict):
+        headers = {}
     mtype, age = _text(headers.get(H_TYPE)), None
     first_seen = headers.get(H_FIRST_SEEN)
     if isinstance(first_seen, (int, float)) and not isinstance(first_seen, bool):
         age = now - first_seen / 1000
     elif isinstance(getattr(props, "timestamp", None), int):
         age = now - props.timestamp
+    if age is not None and not -1e12 < age < 1e12:  # no clock gives such a time
+        age = None
     if mtype is None or age is None:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
+        data, _why = read_object(body)
         if isinstance(data, dict):
             payload = data.get("payload")
             if mtype is None and isinstance(payload, dict):
@@ -87,7 +90,7 @@ def message_facts(props: Any, body: bytes, now: float) -> tuple[str, float | Non
                 try:
                     created = datetime.fromisoformat(data["created_at"].replace("Z", "+00:00"))
                     age = now - created.timestamp()
-                except ValueError:
+                except (ValueError, OverflowError, OSError):
                     pass
     service = OPERATION_OF[mtype][0].name if mtype in OPERATION_OF else UNKNOWN
     return service, (max(0.0, age) if age is not None else None), _text(headers.get(H_CODE))

@@ -7,7 +7,10 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from .status_certs import BAD_STATES
 
 COLUMNS = (("queued", "\nqueued"), ("in_flight", "in\nflight"), ("over_time_limit", "over\nlimit"),
            ("retrying", "retry-\ning"), ("parked", "\nparked"), ("waiting_login", "login\nwait"),
@@ -80,7 +83,8 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
     if dead["total"]:
         console.print(f"[bold red]dead letters: {dead['total']}[/] (oldest {age(dead['oldest_s'])}; "
                       + ", ".join(f"{k} {v}" for k, v in sorted(dead["by_service"].items()))
-                      + "; codes " + ", ".join(f"{k} {v}" for k, v in sorted(dead["by_code"].items()))
+                      + "; codes " + ", ".join(f"{escape(k)} {v}"  # header text: no markup
+                                               for k, v in sorted(dead["by_code"].items()))
                       + ")")
     else:
         console.print("dead letters: 0")
@@ -126,7 +130,7 @@ def _certificates(console: Console, report: dict[str, Any]) -> None:
     for head in ("file", "for", "days left", "not after", "state"):
         table.add_column(head, justify="right" if head == "days left" else "left")
     for c in certs:
-        bad = c["state"] in ("expiring", "expired", "unreadable")
+        bad = c["state"] in BAD_STATES
         table.add_row(c["file"], c["role"],
                       f"{c['days_left']:.1f}" if c["days_left"] is not None else "—",
                       (c["not_after"] or "—")[:10],

@@ -3,7 +3,10 @@
 A HIS publishes one :class:`RequestEnvelope` per business action. The envelope is frozen and
 forbids unknown fields. :meth:`RequestEnvelope.from_json` is the one place where bytes from the
 broker become a typed request; it raises ``pydantic.ValidationError`` with a ``loc`` per problem
-(see :func:`schemas.replies.describe_validation_error` for turning that into a reply).
+(see :func:`schemas.replies.describe_validation_error` for turning that into a reply). It
+refuses what one JSON reader could read differently from another (``schemas.strict_json``:
+nesting deeper than ``MAX_DEPTH``, a key twice in one object) and a ``created_at`` more than
+:data:`MAX_CLOCK_SKEW` ahead of the reader's clock.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from schemas.payloads import Payload, require_tag
+from schemas.strict_json import MAX_DEPTH, DuplicateKey, duplicate_key, too_deep
 from schemas.validators import (
     DoctorUserId,
     IdempotencyKey,
@@ -34,6 +39,7 @@ from schemas.validators import (
 __all__ = [
     "DEFAULT_LIFETIME",
     "IDENTITY_KINDS",
+    "MAX_CLOCK_SKEW",
     "DoctorIdentity",
     "Identity",
     "InstitutionIdentity",
@@ -42,6 +48,9 @@ __all__ = [
 
 #: How long a request may wait for EESZT when the HIS gives no deadline.
 DEFAULT_LIFETIME: Final = timedelta(hours=24)
+#: How far ahead of the gateway's clock a ``created_at`` may be (HIS clocks drift); beyond it
+#: the request is refused, instead of getting a deadline that far away.
+MAX_CLOCK_SKEW: Final = timedelta(minutes=5)
 
 
 def _utcnow() -> datetime:
@@ -118,6 +127,21 @@ class RequestEnvelope(BaseModel):
     )
     payload: Payload
 
+    @field_validator("created_at")
+    @classmethod
+    def _not_in_the_future(cls, created_at: datetime, info: ValidationInfo) -> datetime:
+        # The reader's clock (the worker's, in tests a fake one) comes as context "now".
+        now = (info.context or {}).get("now") or _utcnow()
+        if created_at > now + MAX_CLOCK_SKEW:
+            raise PydanticCustomError(
+                "created_at_in_future",
+                "created_at ({created_at}) is more than {skew} minutes ahead of the gateway's "
+                "clock ({now}); check the HIS's clock",
+                {"created_at": created_at.isoformat(), "now": now.isoformat(timespec="seconds"),
+                 "skew": int(MAX_CLOCK_SKEW.total_seconds() // 60)},
+            )
+        return created_at
+
     @field_validator("deadline", mode="before")
     @classmethod
     def _default_deadline(cls, value: Any, info: ValidationInfo) -> Any:
@@ -150,11 +174,44 @@ class RequestEnvelope(BaseModel):
         return self.model_dump_json().encode()
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> RequestEnvelope:
-        """Parse a message body.
+    def from_json(cls, data: bytes | str, *, now: datetime | None = None) -> RequestEnvelope:
+        """Parse a message body strictly; ``now`` is the reader's clock (default: the system's).
+
+        Refused, each with its own error: a body that is not UTF-8 (``loc`` ``body``), nested
+        deeper than ``MAX_DEPTH`` (``body``), with a key twice in one object (the key's path,
+        e.g. ``payload.taj``), that the standard library cannot read as JSON although pydantic
+        can (``body``), and every field problem of the model.
 
         Raises:
             pydantic.ValidationError: not JSON, or not a valid request; each error's ``loc``
                 names the field.
         """
-        return cls.model_validate_json(data)
+        if isinstance(data, bytes):
+            try:
+                data = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _refusal("body_not_utf8", "body is not UTF-8 ({detail} at byte {at})",
+                               ("body",), detail=exc.reason, at=exc.start) from None
+        if too_deep(data):
+            raise _refusal("json_too_deep", "JSON nested deeper than {limit} levels; a request "
+                           "needs far fewer", ("body",), limit=MAX_DEPTH)
+        unreadable = ""
+        try:
+            duplicate_key(data)
+        except DuplicateKey as exc:
+            raise _refusal("json_duplicate_key", "key '{key}' appears more than once in one "
+                           "object; each key may appear once", exc.loc, key=exc.key) from None
+        except ValueError as exc:
+            unreadable = str(exc)[:200]  # pydantic's parser names the problem below
+        request = cls.model_validate_json(data, context=None if now is None else {"now": now})
+        if unreadable:  # the two parsers disagree: refuse rather than pick one
+            raise _refusal("json_invalid", "body is not JSON that every reader accepts: "
+                           "{detail}", ("body",), detail=unreadable)
+        return request
+
+
+def _refusal(kind: str, template: str, loc: tuple[str | int, ...], **ctx: Any) -> ValidationError:
+    return ValidationError.from_exception_data(
+        RequestEnvelope.__name__,
+        [{"type": PydanticCustomError(kind, template, ctx), "loc": loc, "input": None}],
+        hide_input=True)

@@ -41,7 +41,8 @@ QUEUE_CLASSES: Final[dict[str, str]] = {"interactive": INTERACTIVE_QUEUE, "batch
 RETRY_TIERS_S: Final[tuple[int, ...]] = (1, 5, 30, 120, 600, 3600)
 
 # --- headers (all optional for a HIS; the gateway sets them on what it republishes) ----------
-H_TYPE: Final = "eeszt-type"  # the payload type; wins over the routing key
+#: the payload type; if set, it must equal the body's payload.type (workers/intake.py)
+H_TYPE: Final = "eeszt-type"
 H_ATTEMPT: Final = "eeszt-attempt"  # how many times the gateway has tried to deliver it
 H_FIRST_SEEN: Final = "eeszt-first-seen"  # epoch ms when a worker first saw it
 H_AMBIGUOUS: Final = "eeszt-ambiguous"  # a previous attempt may have landed: query first

@@ -80,11 +80,12 @@ def consumer_alive(consumer_id: int | None) -> bool:
 def wrap_delivery(*, queue: str, body: bytes, routing_key: str | None = None,
                   headers: dict[str, Any] | None = None, redelivered: bool = False,
                   message_id: str | None = None, consumer: int | None = None,
-                  user_id: str | None = None) -> dramatiq.Message:
+                  user_id: str | None = None, exchange: str | None = None) -> dramatiq.Message:
     """A dramatiq message for one raw delivery. Never fails, whatever the body holds.
 
     ``user_id`` is the delivery's AMQP user_id (RabbitMQ validated it against the publisher's
-    connection): the tenant check of ``workers/tenants.py`` trusts it.
+    connection): the tenant check of ``workers/tenants.py`` trusts it. ``exchange`` and
+    ``routing_key`` travel along for the checks of ``workers/intake.py``.
     """
     plain = _plain_headers(headers)
     mtype = plain.get(H_TYPE) or routing_key or ""
@@ -93,7 +94,8 @@ def wrap_delivery(*, queue: str, body: bytes, routing_key: str | None = None,
     else:
         actor = ACTOR_OF_FAMILY.get(str(mtype).split(".", 1)[0], UNROUTABLE_ACTOR)
     meta = {"queue": queue, "type": mtype or None, "redelivered": bool(redelivered),
-            "headers": plain, "message_id": message_id, "consumer": consumer, "user_id": user_id}
+            "headers": plain, "message_id": message_id, "consumer": consumer, "user_id": user_id,
+            "exchange": exchange, "routing_key": routing_key}
     return dramatiq.Message(
         queue_name=queue, actor_name=actor,
         args=(base64.b64encode(body).decode("ascii"), meta), kwargs={}, options={},
@@ -187,7 +189,8 @@ class _GatewayConsumer(_RabbitmqConsumer):
         message = wrap_delivery(queue=self.queue_name.removesuffix(".DQ"), body=body,
                                 routing_key=method.routing_key, headers=properties.headers,
                                 redelivered=method.redelivered, message_id=properties.message_id,
-                                consumer=id(self), user_id=properties.user_id)
+                                consumer=id(self), user_id=properties.user_id,
+                                exchange=method.exchange)
         self.known_tags.add(method.delivery_tag)
         return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
 
