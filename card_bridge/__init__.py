@@ -1,7 +1,9 @@
 """The workstation daemon: answers eSZIG and MobilToken login challenges for one workstation.
 
 It consumes only its own workstation's queue, accepts only challenges signed by the gateway's
-pinned challenge key, asks the doctor for the PIN (or the MobilToken code) on the workstation,
-drives the card through PC/SC, gets an rID from the eID server and answers on the broker. The
-PIN never leaves this process.
+pinned challenge key, and logs the doctor in the way this workstation is set up
+(``--login-method``): the eSZIG card (the doctor types the PIN, the card signs the eID package's
+nonce through PC/SC) or MobilToken (the doctor types the code of the MobilToken app). Either way
+the eID server answers with an rID, and the bridge answers on the broker with that rID. The PIN
+and the code never leave this process except to the card and to the eID server.
 """

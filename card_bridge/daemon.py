@@ -24,8 +24,7 @@ from schemas.card import (
     CARD_EXCHANGE,
     CardAnswer,
     CardChallenge,
-    CardErrorCode,
-    ChallengeKind,
+    LoginMethod,
     workstation_queue,
 )
 from schemas.connection import BrokerTLS, BrokerTLSError, broker_parameters, open_connection
@@ -33,7 +32,7 @@ from schemas.wire import LOGIN_ANSWER_KEY, LOGIN_EXCHANGE
 
 from .challenge import ChallengeVerifier, ForgedChallenge
 from .errors import CardError, ChallengeRefused
-from .login import CardClient, ask, info_of
+from .login import CardClient
 from .metrics import BridgeMetrics
 from .presence import PresenceMonitor
 from .prompt import Prompt
@@ -42,15 +41,20 @@ log = logging.getLogger("eeszt_gw.card_bridge")
 
 
 class Bridge:
+    """Answers challenges with ``card_client``: the eSZIG card (:class:`LocalCardClient`) or
+    MobilToken (:class:`MobilTokenClient`), as the workstation is set up (``method``)."""
+
     def __init__(self, *, workstation: str, verifier: ChallengeVerifier, card_client: CardClient,
                  prompt: Prompt, prompt_timeout_s: float = 120.0,
-                 metrics: BridgeMetrics | None = None) -> None:
+                 metrics: BridgeMetrics | None = None,
+                 method: LoginMethod = LoginMethod.ESZIG) -> None:
         self.workstation = workstation
         self.verifier = verifier
         self.card_client = card_client
         self.prompt = prompt
         self.prompt_timeout_s = prompt_timeout_s
         self.metrics = metrics
+        self.method = LoginMethod(method)
         self.handled = 0
 
     def handle(self, body: bytes) -> CardAnswer | None:
@@ -76,21 +80,14 @@ class Bridge:
             return self._answer(challenge, "error", error=exc.code, message=exc.message)
         self.handled += 1
         log.info("login challenge %s for %s (%s)", challenge.challenge_id, challenge.user_id,
-                 challenge.kind.value)
+                 self.method.value)
         try:
-            if challenge.kind is ChallengeKind.MOBILTOKEN:
-                code = ask(self.prompt, "otp", info_of(challenge), tries_left=None,
-                           timeout_s=self.prompt_timeout_s)
-                if len(code) != 6 or not code.isdigit():
-                    return self._answer(challenge, "error", error=CardErrorCode.CARD_ERROR,
-                                        message="a MobilToken code has 6 digits")
-                return self._answer(challenge, "otp", otp=code)
             rid = self.card_client.login(challenge, self.prompt)
         except CardError as exc:
             log.info("login %s for %s: %s", challenge.challenge_id, challenge.user_id, exc.code.value)
             return self._answer(challenge, "error", error=exc.code, tries_left=exc.tries_left,
                                 message=exc.message)
-        return self._answer(challenge, "rid", rid_package=rid)
+        return self._answer(challenge, "rid", rid_package=rid, method=self.method)
 
     def _answer(self, challenge: CardChallenge, outcome: str, **fields) -> CardAnswer:
         return CardAnswer(challenge_id=challenge.challenge_id, user_id=challenge.user_id,
@@ -106,6 +103,8 @@ class BridgeService:
         self.bridge = bridge
         self.params = broker_parameters(url, tls)  # amqps://: verified TLS
         self.params.heartbeat = 30
+        creds = self.params.credentials
+        self.broker_user = creds.username if isinstance(creds, pika.PlainCredentials) else None
         self.queue = workstation_queue(bridge.workstation)
         self.heartbeat = heartbeat_dir / f"bridge-{bridge.workstation}.json"
         self.presence = presence
@@ -156,10 +155,13 @@ class BridgeService:
                     continue
                 answer = self._handle_pumping(conn, body)
                 if answer is not None:
+                    # user_id: RabbitMQ checks it is this connection's user, so the workers
+                    # know which bridge answered (deploy/rabbitmq/add-bridge-user: bridge-<WS>).
                     ch.basic_publish(LOGIN_EXCHANGE, LOGIN_ANSWER_KEY,
                                      answer.model_dump_json().encode(),
                                      pika.BasicProperties(delivery_mode=2,
-                                                          content_type="application/json"),
+                                                          content_type="application/json",
+                                                          user_id=self.broker_user),
                                      mandatory=True)
                 ch.basic_ack(method.delivery_tag)
             ch.cancel()

@@ -1,4 +1,6 @@
-"""The eID server client: card certificate + signature over the nonce in, rID package out."""
+"""The eID server client: the card's certificate and signature over the nonce (or the doctor's
+MobilToken code) in, an rID package out. The code goes from the prompt to the eID server over
+HTTPS and nowhere else."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 import urllib3
 from urllib3.exceptions import HTTPError
 
-from .errors import CardError, CardNotActivated, EidUnreachable
+from .errors import CardError, CardNotActivated, EidUnreachable, MobilTokenNotEnrolled, WrongCode
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +43,19 @@ class EidServer:
 
     def authenticate(self, *, package: str, certificate_der: bytes, signature: bytes) -> str:
         """The rID package. Raises CardNotActivated, EidUnreachable or CardError."""
-        body = json.dumps({"package": package,
-                           "card_certificate": base64.b64encode(certificate_der).decode(),
-                           "signature": base64.b64encode(signature).decode()}).encode()
+        return self._post("/eid/authenticate", {
+            "package": package, "card_certificate": base64.b64encode(certificate_der).decode(),
+            "signature": base64.b64encode(signature).decode()})
+
+    def mobiltoken(self, *, package: str, otp: str) -> str:
+        """The rID package for a MobilToken login. Raises WrongCode, MobilTokenNotEnrolled,
+        EidUnreachable or CardError."""
+        return self._post("/eid/mobiltoken", {"package": package, "otp": otp})
+
+    def _post(self, path: str, payload: dict[str, str]) -> str:
+        body = json.dumps(payload).encode()
         try:
-            resp = self._pool.request("POST", f"{self.url}/eid/authenticate", body=body,
+            resp = self._pool.request("POST", f"{self.url}{path}", body=body,
                                       headers={"Content-Type": "application/json"})
         except HTTPError as exc:
             raise EidUnreachable(f"the eID server at {self.url} did not answer: {exc}") from None
@@ -61,4 +71,8 @@ class EidServer:
         message = answer.get("message", "")
         if code in ("card_not_activated", "card_not_registered"):
             raise CardNotActivated(f"{code}: {message}")
-        raise CardError(f"the eID server refused the card: {code}: {message}")
+        if code == "otp_invalid":
+            raise WrongCode(f"{code}: {message}")
+        if code == "mobiltoken_not_enrolled":
+            raise MobilTokenNotEnrolled(f"{code}: {message}")
+        raise CardError(f"the eID server refused the login: {code}: {message}")

@@ -9,6 +9,8 @@
     ├── CanRequired         two wrong PINs: the CAN is needed before the last try
     ├── PinBlocked          three wrong PINs: unblock with the PUK
     ├── CardNotActivated    the eID server does not know this card as the user's, activated
+    ├── WrongCode           the eID server refused the MobilToken code (wrong, used, too old)
+    ├── MobilTokenNotEnrolled  the doctor has no MobilToken registered
     ├── EidUnreachable      the eID server did not answer
     ├── Cancelled           the doctor cancelled the prompt
     ├── TimedOut            nobody answered the prompt, or no card came, in time
@@ -53,6 +55,14 @@ class PinBlocked(CardError):
 
 class CardNotActivated(CardError):
     code = CardErrorCode.CARD_NOT_ACTIVATED
+
+
+class WrongCode(CardError):
+    code = CardErrorCode.WRONG_CODE
+
+
+class MobilTokenNotEnrolled(CardError):
+    code = CardErrorCode.MOBILTOKEN_NOT_ENROLLED
 
 
 class EidUnreachable(CardError):

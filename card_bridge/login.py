@@ -1,6 +1,10 @@
 """The card client seam: a challenge and a prompt in, an rID package out (or a CardError).
 
 :class:`LocalCardClient` is the bridge's own implementation: PC/SC card + the eID server.
+:class:`MobilTokenClient` is the same seam for a doctor without a card: the doctor types the
+code of the MobilToken app, and the bridge posts package and code to the eID server itself
+(the code never goes to the broker nor to the gateway). The bridge setting ``login_method``
+picks one of the two.
 The official **eSzemélyi client** is the second implementation this seam is shaped for: it
 drives the card and talks to the eID server itself, so an ``ESzemelyiClient`` would hand it the
 challenge's eID package and return the rID package it produces, mapping its error codes onto
@@ -16,7 +20,7 @@ from schemas.card import CardChallenge
 
 from .card import CardReader, EszigCard
 from .eid import EidPackage, EidServer
-from .errors import CanRequired, Cancelled, CardError, ChallengeRefused, TimedOut
+from .errors import CanRequired, Cancelled, CardError, ChallengeRefused, TimedOut, WrongCode
 from .prompt import Kind, Prompt, PromptInfo
 
 
@@ -42,6 +46,32 @@ def ask(prompt: Prompt, kind: Kind, info: PromptInfo, *, tries_left: int | None,
     return value
 
 
+def _package_for(challenge: CardChallenge) -> EidPackage:
+    try:
+        package = EidPackage.parse(challenge.eid_package or "")
+    except (ValueError, KeyError) as exc:
+        raise ChallengeRefused(f"the eID package is malformed ({type(exc).__name__})") from None
+    if package.user_id != challenge.user_id:
+        raise ChallengeRefused("the eID package names another user than the challenge")
+    return package
+
+
+class MobilTokenClient:
+    """MobilToken login: the doctor's code and the package go straight to the eID server."""
+
+    def __init__(self, *, eid: EidServer, prompt_timeout_s: float = 120.0) -> None:
+        self.eid = eid
+        self.prompt_timeout_s = prompt_timeout_s
+
+    def login(self, challenge: CardChallenge, prompt: Prompt) -> str:
+        package = _package_for(challenge)
+        code = ask(prompt, "otp", info_of(challenge), tries_left=None,
+                   timeout_s=self.prompt_timeout_s).strip()
+        if len(code) != 6 or not code.isdigit():
+            raise WrongCode("a MobilToken code has 6 digits")
+        return self.eid.mobiltoken(package=package.raw, otp=code)
+
+
 class LocalCardClient:
     def __init__(self, *, reader: CardReader, eid: EidServer, card_wait_s: float = 30.0,
                  prompt_timeout_s: float = 120.0) -> None:
@@ -51,12 +81,7 @@ class LocalCardClient:
         self.prompt_timeout_s = prompt_timeout_s
 
     def login(self, challenge: CardChallenge, prompt: Prompt) -> str:
-        try:
-            package = EidPackage.parse(challenge.eid_package or "")
-        except (ValueError, KeyError) as exc:
-            raise ChallengeRefused(f"the eID package is malformed ({type(exc).__name__})") from None
-        if package.user_id != challenge.user_id:
-            raise ChallengeRefused("the eID package names another user than the challenge")
+        package = _package_for(challenge)
         info = info_of(challenge)
         channel = self.reader.connect(timeout_s=self.card_wait_s)
         try:
@@ -79,4 +104,4 @@ class LocalCardClient:
                                      signature=signature)
 
 
-__all__ = ["CardClient", "LocalCardClient", "ask", "info_of", "CardError"]
+__all__ = ["CardClient", "LocalCardClient", "MobilTokenClient", "ask", "info_of", "CardError"]

@@ -1,8 +1,9 @@
 """Prometheus metrics of a card bridge: logins answered, card and pcscd presence.
 
-- ``eeszt_bridge_logins_total{workstation,outcome}`` counter; outcome: ``rid`` (card login
-  done), ``otp`` (MobilToken code typed), the code of an error answer (``wrong_pin``,
-  ``no_card``, ``refused``, ...), or ``dropped`` (not answered at all: forged or unreadable)
+- ``eeszt_bridge_logins_total{workstation,outcome}`` counter; outcome: ``rid`` (login done,
+  by card or MobilToken: the eID server gave an rID), the code of an error answer
+  (``wrong_pin``, ``wrong_code``, ``no_card``, ``refused``, ...), or ``dropped`` (not answered
+  at all: forged or unreadable)
 - ``eeszt_bridge_card_present`` gauge: 1 while a card is in the watched reader
 - ``eeszt_bridge_pcscd_up`` gauge: 1 while pcscd answers
 
@@ -54,10 +55,10 @@ class BridgeMetrics:
                  presence: PresenceMonitor | Any | None = None) -> None:
         self.workstation = workstation
         self._logins = Counter("eeszt_bridge_logins", "Login challenges handled by this card "
-                               "bridge, by outcome (rid, otp, an error code, or dropped)",
+                               "bridge, by outcome (rid, an error code, or dropped)",
                                ("workstation", "outcome"), registry=registry)
         self._by_outcome = {o: self._logins.labels(workstation=workstation, outcome=o)
-                            for o in ("rid", "otp", *(c.value for c in CardErrorCode), DROPPED)}
+                            for o in ("rid", *(c.value for c in CardErrorCode), DROPPED)}
         self._presence = PresenceCollector(presence)
         registry.register(self._presence)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,10 @@ class BridgeSettings(BaseSettings):
     eid_url: str = Field(default="https://localhost:8445", description="the eID server")
     eid_ca: Path | None = Field(default=Path("pki/server-ca.pem"),
                                 description="CA of the eID server's certificate")
+    login_method: Literal["eszig", "mobiltoken"] = Field(
+        default="eszig", description="how doctors log in at this workstation: eszig (eSZIG card "
+        "and PIN) or mobiltoken (the doctor types the code of the MobilToken app; the bridge "
+        "posts it straight to the eID server, never to the broker)")
     reader: str | None = Field(default=None, description="use the first reader whose name contains this")
     card_wait_s: float = Field(default=30.0, gt=0, description="how long to wait for a card")
     prompt_timeout_s: float = Field(default=120.0, gt=0, description="how long to wait for the PIN")
@@ -39,8 +44,15 @@ class BridgeSettings(BaseSettings):
     metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535,
                               description="Prometheus /metrics port on 127.0.0.1; 0 disables it")
     heartbeat_dir: Path = Field(default=Path("/tmp/eeszt-gw-bridge"))
+    used_challenges: Path | None = Field(
+        default=None, description="file of the challenge ids this bridge has used, kept until "
+        "they expire so that a replay is refused after a restart too (0600; default: "
+        "HEARTBEAT_DIR/used-challenges-WORKSTATION.json)")
     log_level: str = "info"
 
     def broker_tls(self) -> BrokerTLS | None:
         """The broker TLS files, or None when none is set. Raises BrokerConfigError."""
         return BrokerTLS.from_paths(self.broker_ca, self.broker_cert, self.broker_key)
+
+    def used_challenges_file(self) -> Path:
+        return self.used_challenges or self.heartbeat_dir / f"used-challenges-{self.workstation}.json"

@@ -56,28 +56,74 @@ def _pki_init(ns: argparse.Namespace) -> int:
     directory = Path(ns.dir)
     try:
         init_pki(directory, institution_id=ns.institution, institution_name=ns.name,
-                 days=ns.days, server_hosts=tuple(ns.host), overwrite=ns.force)
+                 days=ns.days, server_hosts=tuple(ns.host), overwrite=ns.force,
+                 revocation_url=ns.revocation_url)
     except FileExistsError as exc:
         print(f"error: {exc} (use --force to replace the PKI)", file=sys.stderr)
         return 2
     users = directory / "users.json"
     write_demo_users(users, institution=ns.institution, count=ns.doctors)
     print(f"test PKI written to {directory} (institution {ns.institution}); see {directory}/README.txt")
-    print(f"{ns.doctors} demo doctors with random passwords and MobilToken secrets: {users}")
+    print(f"{ns.doctors} demo doctors for the simulator (passwords, MobilToken secrets, virtual "
+          f"cards; the workers never read them): {users}")
     print("This is a TEST PKI: the private keys are unencrypted. Never use it in production.")
     return 0
 
 
+#: RFC 5280 CRLReason names (simulator.revocation.REASONS; listed here to keep --help fast)
+REVOCATION_REASONS = ("unspecified", "key_compromise", "ca_compromise", "affiliation_changed",
+                      "superseded", "cessation_of_operation", "certificate_hold",
+                      "privilege_withdrawn", "aa_compromise")
+
+
+def _pki_revoke(ns: argparse.Namespace) -> int:
+    import os
+
+    from cryptography import x509
+
+    from simulator.pki import PkiPaths
+    from simulator.revocation import REASONS, AlreadyRevoked, UnknownIssuer, revoke_certificate
+
+    directory = Path(getattr(ns, "pki_dir", None) or os.environ.get("EESZT_PKI_DIR") or "pki")
+    if not directory.is_dir():
+        print(f"error: --pki-dir: no folder {directory}", file=sys.stderr)
+        return 2
+    try:
+        cert = x509.load_pem_x509_certificate(Path(ns.cert).read_bytes())
+    except OSError as exc:
+        print(f"error: CERT: cannot read {ns.cert}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: CERT: {ns.cert} is not a PEM certificate ({exc})", file=sys.stderr)
+        return 2
+    try:
+        done = revoke_certificate(PkiPaths.in_dir(directory).revoking_cas(), cert,
+                                  reason=REASONS[ns.reason])
+    except UnknownIssuer as exc:
+        print(f"error: CERT: {exc}", file=sys.stderr)
+        return 2
+    except AlreadyRevoked as exc:
+        print(f"error: CERT: {ns.cert} is already revoked: {exc}", file=sys.stderr)
+        return 1
+    print(f"revoked {done.subject} (serial {done.serial:x}, reason {done.reason.name}) on "
+          f"{done.ca.crl}: CRL number {done.crl_number}, {done.entries} revoked, next update "
+          f"{done.next_update.isoformat()}")
+    return 0
+
+
 def _add_pki(sub) -> None:
-    p = sub.add_parser("pki", help="create a test PKI", description="Create a test PKI.")
+    p = sub.add_parser("pki", help="create a test PKI, revoke its certificates",
+                       description="Create a test PKI; revoke its certificates.")
     psub = p.add_subparsers(dest="sub", required=True, metavar="COMMAND")
     init = psub.add_parser(
         "init",
         help="write a test PKI into DIR",
         description=(
             "Write a test PKI into DIR with `cryptography` (RSA-2048, SHA-256): the WAF access CA "
-            "and a client access certificate (mutual TLS), a qualified CA and an institution "
-            "authentication certificate (WS-Security signing and STS x509 login), the STS signing "
+            "and a client access certificate carrying the institution id (mutual TLS), three "
+            "simulated qualified CAs (NISZ GovCA, Netlock, Microsec; the first issues the "
+            "institution authentication certificate for WS-Security signing and STS x509 login), "
+            "a CRL per revoking CA (*.crl, DER), the STS signing "
             "key, the simulator's server certificate and its CA, a card CA for eSZIG, and "
             "users.json with demo doctors. Private keys are written unencrypted with mode 0600."
         ),
@@ -95,7 +141,28 @@ def _add_pki(sub) -> None:
     init.add_argument("--doctors", type=int, default=10,
                       help="demo doctors to write into users.json (default: %(default)s)")
     init.add_argument("--force", action="store_true", help="replace files that exist")
+    init.add_argument("--revocation-url", default="http://127.0.0.1:8446",
+                      help="base URL of the simulator's OCSP responder and CRLs, written into "
+                           "the access and institution certificates as <URL>/ocsp and "
+                           "<URL>/crl/<ca>.crl (default: %(default)s)")
     init.set_defaults(func=lambda ns: _pki_init(_default_hosts(ns)))
+    revoke = psub.add_parser(
+        "revoke",
+        help="revoke a certificate of the test PKI",
+        description=(
+            "Put CERT (a PEM certificate file) on the revocation list of the CA in --pki-dir that "
+            "issued it: the WAF access CA (waf-ca.crl) or one of the three qualified CAs "
+            "(qualified-ca.crl, netlock-ca.crl, microsec-ca.crl). The CRL is re-signed with the "
+            "next CRL number and a next update 7 days ahead. A running simulator reads the "
+            "changed CRL on its next request: its WS-Security check refuses a revoked signing "
+            "certificate (WSSE-009), its mutual-TLS check a revoked access certificate (TLS-001), "
+            "and its OCSP responder answers revoked."),
+    )
+    revoke.add_argument("cert", metavar="CERT", help="PEM certificate file to revoke")
+    _add(revoke, "--pki-dir", "EESZT_PKI_DIR", "folder written by `eeszt-gw pki init` (default: pki)")
+    revoke.add_argument("--reason", default="unspecified", choices=REVOCATION_REASONS,
+                        help="RFC 5280 revocation reason (default: %(default)s)")
+    revoke.set_defaults(func=_pki_revoke)
 
 
 def _default_hosts(ns: argparse.Namespace) -> argparse.Namespace:
@@ -160,14 +227,19 @@ def _add_simulator(sub) -> None:
             "Serve the EESZT simulator: the STS at /sts and the business services at "
             "/services/<name> over HTTPS that requires a client certificate from the WAF access "
             "CA, and a JSON admin API on 127.0.0.1 (GET /admin/stats, GET|PATCH|PUT /admin/faults, "
-            "GET /admin/records, POST /admin/reset). Fault flags are the start values; PATCH "
-            "/admin/faults changes them at run time. " + ENV_NOTE),
+            "GET /admin/records, GET|PATCH /admin/rules, POST /admin/reset). Fault and rule flags are "
+            "the start values; PATCH /admin/faults and /admin/rules change them at run time. "
+            + ENV_NOTE),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     E = "EESZT_SIM_"
     _add(p, "--pki-dir", E + "PKI_DIR", "folder written by `eeszt-gw pki init` (default: pki)")
     _add(p, "--host", E + "HOST", "address of the HTTPS service port (default: 127.0.0.1)")
     _add(p, "--port", E + "PORT", "HTTPS service port (default: 8443)", type=int)
     _add(p, "--admin-port", E + "ADMIN_PORT", "admin port, bound to 127.0.0.1 only (default: 8444)", type=int)
+    _add(p, "--ocsp-port", E + "OCSP_PORT",
+         "plain-HTTP port of the OCSP responder (POST /ocsp, GET /ocsp/<base64>) and the CRLs "
+         "(GET /crl/<ca>.crl), bound to --host; answers from the CRL files in --pki-dir, re-read "
+         "when they change; 0 disables it (default: 8446)", type=int)
     _add(p, "--eid-port", E + "EID_PORT",
          "HTTPS port of the eID server (POST /eid/authenticate, GET /eid/health), bound to "
          "--host, server-auth TLS only: no client certificate (default: 8445)", type=int)
@@ -181,6 +253,14 @@ def _add_simulator(sub) -> None:
          "stores a second record (default: dedupe)", choices=["dedupe", "naive"])
     _add(p, "--token-lifetime-s", E + "TOKEN_LIFETIME_S", "SAML token lifetime in seconds (default: 3600)", type=int)
     _add(p, "--max-skew-s", E + "MAX_SKEW_S", "allowed WS-Security Timestamp clock skew in seconds (default: 300)", type=float)
+    _add(p, "--max-timestamp-lifetime-s", E + "MAX_TIMESTAMP_LIFETIME_S",
+         "longest WS-Security Timestamp lifetime (Expires - Created) accepted, in seconds; a longer "
+         "one is refused WSSE-008 (default: 900)", type=float)
+    _add(p, "--require-two-factor", E + "REQUIRE_TWO_FACTOR",
+         "refuse, with AUTHZ-002, doctor tokens from a password login that write patient data to "
+         "eRecept, eBeutalo or eProfil (decree 39/2016 EMMI asks a multi-factor login); "
+         "--no-require-two-factor turns the rule off (default: on)",
+         action=argparse.BooleanOptionalAction)
     _add(p, "--latency-ms", E + "LATENCY_MS", "added latency per call (default: 0)", type=float)
     _add(p, "--jitter-ms", E + "JITTER_MS", "uniform random jitter on top of the latency (default: 0)", type=float)
     _add(p, "--error-rate", E + "ERROR_RATE", "share of calls answered HTTP 500, fault SRV-002, nothing stored (default: 0)", type=float)
@@ -245,8 +325,6 @@ def _add_worker(sub) -> None:
     _add(p, "--eeszt-url", E + "EESZT_URL", "EESZT base URL (default: https://localhost:8443)")
     _add(p, "--pki-dir", E + "PKI_DIR", "folder with access.pem/.key (mutual TLS), server-ca.pem, "
          "institution.pem/.key (signing) (default: pki)")
-    _add(p, "--credentials-file", E + "CREDENTIALS_FILE",
-         "JSON of doctors' login routes: password or MobilToken secret (default: PKI_DIR/users.json)")
     _add(p, "--processes", E + "PROCESSES", "worker processes (default: 2)", type=int)
     _add(p, "--threads", E + "THREADS", "threads per process; in flight per process, so it hides "
          "EESZT's latency (default: 16)", type=int)
@@ -274,6 +352,10 @@ def _add_worker(sub) -> None:
     _add(p, "--login-window-s", E + "LOGIN_WINDOW_S", "how long a doctor has to complete a card or "
          "MobilToken login before the HIS is told (default: 120)", type=float)
     _add(p, "--challenge-ttl-s", E + "CHALLENGE_TTL_S", "lifetime of one login challenge (default: 120)", type=float)
+    p.add_argument("--bridge-users", action="store_true", default=argparse.SUPPRESS,
+                   help="accept a doctor's login answer only from the workstation's own broker "
+                        "user bridge-<WS> (deploy/rabbitmq/add-bridge-user); without it the "
+                        "answer's workstation must be the challenge's [env: EESZT_BRIDGE_USERS]")
     _add(p, "--breaker-failures", E + "BREAKER_FAILURES", "transient failures in a row that open "
          "a service's circuit: its requests are then parked in the broker (default: 5)", type=int)
     _add(p, "--probe-interval-s", E + "PROBE_INTERVAL_S", "while a circuit is open, one probe per "
@@ -295,6 +377,11 @@ def _add_worker(sub) -> None:
          "use N consecutive ports; 0 disables metrics (default: 12100)", type=int)
     _add(p, "--metrics-host", E + "METRICS_HOST", "address the /metrics endpoints listen on; "
          "0.0.0.0 in a container or Kubernetes pod (default: 127.0.0.1)")
+    _add(p, "--ocsp-url", E + "OCSP_URL", "OCSP responder asked about institution.pem and "
+         "access.pem at start and every --cert-check-interval-s; an unreachable responder makes "
+         "the status unknown, never stops the worker (default: each certificate's AIA URL)")
+    _add(p, "--cert-check-interval-s", E + "CERT_CHECK_INTERVAL_S",
+         "seconds between OCSP checks of the worker's certificates (default: 3600)", type=float)
     _add(p, "--heartbeat-dir", E + "HEARTBEAT_DIR", "where processes write heartbeats for --check (default: /tmp/eeszt-gw-worker)")
     _add(p, "--log-level", E + "LOG_LEVEL", "debug, info, warning or error (default: info)")
     p.add_argument("--check", action="store_true",
@@ -353,7 +440,7 @@ def _card_bridge(ns: argparse.Namespace) -> int:
     from card_bridge.challenge import ChallengeVerifier, load_pinned_key
     from card_bridge.daemon import Bridge, BridgeService, check
     from card_bridge.eid import EidServer
-    from card_bridge.login import LocalCardClient
+    from card_bridge.login import LocalCardClient, MobilTokenClient
     from card_bridge.metrics import BridgeMetrics
     from card_bridge.presence import PresenceMonitor
     from card_bridge.prompt import TerminalPrompt
@@ -386,17 +473,20 @@ def _card_bridge(ns: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: challenge_key: {exc}", file=sys.stderr)
         return 2
-    reader = PcscReader(settings.reader)
-    client = LocalCardClient(reader=reader, card_wait_s=settings.card_wait_s,
-                             prompt_timeout_s=settings.prompt_timeout_s,
-                             eid=EidServer(url=settings.eid_url, ca_file=settings.eid_ca,
-                                           timeout_s=settings.eid_timeout_s))
+    eid = EidServer(url=settings.eid_url, ca_file=settings.eid_ca, timeout_s=settings.eid_timeout_s)
+    if settings.login_method == "mobiltoken":
+        client = MobilTokenClient(eid=eid, prompt_timeout_s=settings.prompt_timeout_s)
+    else:
+        client = LocalCardClient(reader=PcscReader(settings.reader), eid=eid,
+                                 card_wait_s=settings.card_wait_s,
+                                 prompt_timeout_s=settings.prompt_timeout_s)
     presence = PresenceMonitor(reader=settings.reader).start()
     registry = CollectorRegistry()
     metrics = BridgeMetrics(registry, workstation=settings.workstation, presence=presence)
     bridge = Bridge(workstation=settings.workstation, verifier=ChallengeVerifier(
-        key=key, workstation=settings.workstation), card_client=client, prompt=TerminalPrompt(),
-        prompt_timeout_s=settings.prompt_timeout_s, metrics=metrics)
+        key=key, workstation=settings.workstation, used_file=settings.used_challenges_file()),
+        card_client=client, prompt=TerminalPrompt(), prompt_timeout_s=settings.prompt_timeout_s,
+        metrics=metrics, method=settings.login_method)
     server = serve_quietly(settings.metrics_port, registry, what="card bridge")
     service = BridgeService(bridge=bridge, url=settings.broker_url, tls=broker_tls,
                             heartbeat_dir=settings.heartbeat_dir, presence=presence)
@@ -419,9 +509,11 @@ def _add_card_bridge(sub) -> None:
         description=(
             "Run the card bridge of one workstation. It consumes only this workstation's queue "
             "(eeszt.card.<WS>), accepts only challenges signed by the gateway's pinned challenge "
-            "key, shows who asks and why, prompts for the PIN (or a MobilToken code), drives the "
-            "eSZIG card through PC/SC, gets an rID from the eID server and answers on the "
-            "broker. The PIN never leaves this process. " + ENV_NOTE))
+            "key, shows who asks and why, and logs the doctor in the way this workstation is set "
+            "up (--login-method): the PIN, and the eSZIG card through PC/SC; or the code of the "
+            "MobilToken app, posted straight to the eID server. It answers on the broker with "
+            "the eID server's rID: the PIN and the code never leave this process except to the "
+            "card and the eID server. " + ENV_NOTE))
     E = "EESZT_BRIDGE_"
     _add(p, "--workstation", E + "WORKSTATION", "this workstation's id, as HIS requests name it (required)")
     _add(p, "--broker-url", E + "BROKER_URL", "RabbitMQ URL; in production a user that may read "
@@ -432,12 +524,18 @@ def _add_card_bridge(sub) -> None:
          "certificate, pinned (default: pki/challenge.pem)")
     _add(p, "--eid-url", E + "EID_URL", "the eID server (default: https://localhost:8445)")
     _add(p, "--eid-ca", E + "EID_CA", "CA file of the eID server's certificate (default: pki/server-ca.pem)")
+    _add(p, "--login-method", E + "LOGIN_METHOD", "how doctors log in here: eszig (card and "
+         "PIN) or mobiltoken (the code of the MobilToken app) (default: eszig)",
+         choices=("eszig", "mobiltoken"))
     _add(p, "--reader", E + "READER", "use the first PC/SC reader whose name contains this (default: the first)")
     _add(p, "--card-wait-s", E + "CARD_WAIT_S", "how long to wait for a card (default: 30)", type=float)
     _add(p, "--prompt-timeout-s", E + "PROMPT_TIMEOUT_S", "how long to wait for the PIN (default: 120)", type=float)
     _add(p, "--metrics-port", E + "METRICS_PORT", "Prometheus /metrics port on 127.0.0.1: logins "
          "by outcome, card present, pcscd up; 0 disables it (default: 12099)", type=int)
     _add(p, "--heartbeat-dir", E + "HEARTBEAT_DIR", "heartbeat for --check (default: /tmp/eeszt-gw-bridge)")
+    _add(p, "--used-challenges", E + "USED_CHALLENGES", "file of the challenge ids already used, "
+         "kept until they expire so that a replay is refused after a restart too (default: "
+         "HEARTBEAT_DIR/used-challenges-WORKSTATION.json)")
     _add(p, "--log-level", E + "LOG_LEVEL", "debug, info, warning or error (default: info)")
     p.add_argument("--check", action="store_true",
                    help="health probe: exit 0 if this workstation's bridge beat within 30 s and "

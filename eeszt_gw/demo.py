@@ -129,21 +129,24 @@ def _run(workdir: Path, *, broker_url: str | None, threads: int, latency_ms: flo
     sim, servers, base_url, eid_url = _start_simulator(pki_dir, workdir, latency_ms)
     console.print(f"EESZT simulator on {base_url} (mutual TLS, {latency_ms:g} ms latency, naive "
                   f"duplicates), eID server on {eid_url}")
-    # The first doctor logs in with the eSZIG card at the workstation; the others by password.
+    # Doctors log in only at their workstations, through in-process card bridges: at odd
+    # workstations with the eSZIG card (a virtual card; the doctor types the PIN), at even ones
+    # with MobilToken (the doctor types the code off the phone). The workers get no secret.
     users = json.loads((pki_dir / "users.json").read_text())["users"]
-    card_doctor = users[0]["user_id"]
-    creds = [{"user_id": u["user_id"], "workstation": u["workstation"], "login": "eszig"}
-             if u["user_id"] == card_doctor else u for u in users]
-    (workdir / "credentials.json").write_text(json.dumps({"users": creds}))
+    mobiltoken = frozenset(u["workstation"] for i, u in enumerate(users) if i % 2 == 1)
     settings = WorkerSettings(pki_dir=pki_dir, eeszt_url=base_url, threads=threads,
-                              retry_base_s=0.5, credentials_file=workdir / "credentials.json")
+                              retry_base_s=0.5)
     tally = Tally()
     if broker_url:
-        gateway = RabbitGateway(broker_url, settings, reply_key=REPLY_KEY, eid_url=eid_url)
+        gateway = RabbitGateway(broker_url, settings, reply_key=REPLY_KEY, eid_url=eid_url,
+                                mobiltoken=mobiltoken)
     else:
-        gateway = EmbeddedGateway(settings, reply_key=REPLY_KEY, eid_url=eid_url)
-    console.print(f"workers: {threads} threads on {gateway.description}; {card_doctor} logs in "
-                  "with an eSZIG card (in-process virtual card) at the workstation")
+        gateway = EmbeddedGateway(settings, reply_key=REPLY_KEY, eid_url=eid_url,
+                                  mobiltoken=mobiltoken)
+    console.print(f"workers: {threads} threads on {gateway.description}; {len(users)} doctors "
+                  f"log in at their workstations' card bridges: {len(users) - len(mobiltoken)} "
+                  f"with an eSZIG card (in-process virtual card), {len(mobiltoken)} with "
+                  "MobilToken; the workers hold no doctor's secret")
 
     lines = list(generate(doctors=doctors, reply_to=REPLY_KEY, seed=seed, **counts))
     requests = [RequestEnvelope.from_json(line) for line in lines]
@@ -186,17 +189,22 @@ def _run(workdir: Path, *, broker_url: str | None, threads: int, latency_ms: flo
     _print_table(tally, gateway.logins_by_service())
     ws = gateway.workstations
     if ws is not None:
-        console.print(f"eSZIG card login of {card_doctor}: {ws.challenges} challenge(s), "
-                      f"{ws.pin_prompts} PIN prompt(s), STS eszig issues: "
-                      f"{stats['sts_issues'].get('eszig', 0)}; the doctor's waiting requests "
-                      f"got one 'waiting_for_login' status each "
-                      f"({tally.statuses.get('waiting_for_login', 0)} in all)")
+        console.print(f"doctors' logins at their workstations: {ws.challenges} challenge(s), "
+                      f"{ws.pin_prompts} PIN prompt(s), {ws.code_prompts} MobilToken code "
+                      f"prompt(s); the doctors' waiting requests got one 'waiting_for_login' "
+                      f"status each ({tally.statuses.get('waiting_for_login', 0)} in all)")
+    issues = stats["sts_issues"]
+    console.print("STS issues by method: " + ", ".join(
+        f"{method} {issues[method]}" for method in sorted(issues)))
     console.print(f"simulator: {stats['total_records']} records stored, "
                   f"{stats['repeated_keys']} idempotency keys stored more than once, "
                   f"STS issues {json.dumps(stats['sts_issues'])}")
     missing = len(requests) - tally.finals
     if missing:
         console.print(f"[red]{missing} requests got no final reply within {timeout_s:.0f}s")
+        return 1
+    if issues.get("password"):
+        console.print("[red]a doctor logged in with a password: the gateway must hold none")
         return 1
     return 0
 

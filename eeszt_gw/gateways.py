@@ -21,9 +21,9 @@ from card_bridge.card import InProcessReader
 from card_bridge.challenge import ChallengeVerifier, load_pinned_key
 from card_bridge.daemon import Bridge
 from card_bridge.eid import EidServer
-from card_bridge.login import LocalCardClient
+from card_bridge.login import LocalCardClient, MobilTokenClient
 from card_bridge.prompt import ScriptedPrompt
-from schemas.card import LOGIN_ANSWERS_QUEUE, CardChallenge
+from schemas.card import LOGIN_ANSWERS_QUEUE, CardChallenge, LoginMethod
 from schemas.envelope import RequestEnvelope
 from schemas.wire import INTERACTIVE_QUEUE, LOGIN_ANSWER_KEY, LOGIN_EXCHANGE, queue_for_type
 from simulator.card import InProcessCard
@@ -35,13 +35,32 @@ from workers.runtime import build_runtime
 from workers.settings import WorkerSettings
 
 
+class DemoPhone:
+    """The doctors' phones in the demo: the MobilToken app's current code, computed from the
+    doctor's secret in the simulator's users file (which only the simulator and, here, the
+    doctor's phone know; the workers never read it)."""
+
+    def __init__(self, users_file: Path) -> None:
+        self.users_file = users_file
+
+    def code(self, user_id: str) -> str | None:
+        import pyotp
+
+        users = json.loads(self.users_file.read_text()).get("users", [])
+        secret = next((u.get("totp_secret") for u in users if u.get("user_id") == user_id), None)
+        return pyotp.TOTP(secret).now() if secret else None
+
+
 @dataclass
 class Workstations:
-    """Doctors' workstations in this process: a card bridge with the doctor's virtual card in
-    an in-process reader, and a doctor who types the card's PIN when asked.
+    """Doctors' workstations in this process, one card bridge each, answering as a doctor would.
 
-    The PIN comes from the virtual card's own file (``cards/<user>.json``), standing in for
-    the doctor's memory; it goes from the prompt to the card, as on a real workstation.
+    A card workstation has the doctor's virtual card in an in-process reader, and the doctor
+    types the card's PIN (from the card's own file, ``cards/<user>.json``, standing in for the
+    doctor's memory; it goes from the prompt to the card, as on a real workstation). A
+    MobilToken workstation (``mobiltoken``: workstation ids) asks the doctor for the code, and
+    the doctor reads it off the phone (:class:`DemoPhone`); the bridge posts it to the eID
+    server. Either way the answer carries only the eID server's rID.
     """
 
     cards_dir: Path
@@ -49,9 +68,13 @@ class Workstations:
     eid_ca: Path
     challenge_cert: Path
     answer: Callable[[bytes], None]
+    mobiltoken: frozenset[str] = frozenset()
+    phone: DemoPhone | None = None
     challenges: int = 0
     pin_prompts: int = 0
+    code_prompts: int = 0
     _cards: dict[str, InProcessCard] = field(default_factory=dict)
+    _verifiers: dict[str, ChallengeVerifier] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def card(self, user_id: str) -> InProcessCard:
@@ -60,26 +83,46 @@ class Workstations:
                 self._cards[user_id] = InProcessCard(load_card(self.cards_dir, user_id))
             return self._cards[user_id]
 
-    def deliver(self, challenge: CardChallenge) -> bool:
+    def _verifier(self, workstation: str) -> ChallengeVerifier:
+        with self._lock:
+            if workstation not in self._verifiers:
+                self._verifiers[workstation] = ChallengeVerifier(
+                    key=load_pinned_key(self.challenge_cert), workstation=workstation)
+            return self._verifiers[workstation]
+
+    def _bridge(self, challenge: CardChallenge) -> tuple[Bridge, ScriptedPrompt] | None:
+        eid = EidServer(url=self.eid_url, ca_file=self.eid_ca)
+        user, ws = challenge.user_id, challenge.workstation
+        if ws in self.mobiltoken:
+            if self.phone is None:
+                return None
+            prompt = ScriptedPrompt([lambda _kind: self.phone.code(user)])
+            return Bridge(workstation=ws, verifier=self._verifier(ws), prompt=prompt,
+                          card_client=MobilTokenClient(eid=eid),
+                          method=LoginMethod.MOBILTOKEN), prompt
         try:
-            card = self.card(challenge.user_id)
-        except (FileNotFoundError, ValueError):
-            return False  # no such workstation/card here
-        pin = json.loads((self.cards_dir / f"{challenge.user_id}.json").read_text())["pin"]
+            card = self.card(user)
+            pin = json.loads((self.cards_dir / f"{user}.json").read_text())["pin"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None  # no such workstation (no card for this doctor) here
         prompt = ScriptedPrompt([pin])
-        bridge = Bridge(workstation=challenge.workstation,
-                        verifier=ChallengeVerifier(key=load_pinned_key(self.challenge_cert),
-                                                   workstation=challenge.workstation),
-                        card_client=LocalCardClient(
-                            reader=InProcessReader(card), card_wait_s=5,
-                            eid=EidServer(url=self.eid_url, ca_file=self.eid_ca)),
-                        prompt=prompt)
+        return Bridge(workstation=ws, verifier=self._verifier(ws), prompt=prompt,
+                      card_client=LocalCardClient(reader=InProcessReader(card), card_wait_s=5,
+                                                  eid=eid)), prompt
+
+    def deliver(self, challenge: CardChallenge) -> bool:
+        """Hand ``challenge`` to its workstation's bridge; False when none listens here."""
+        built = self._bridge(challenge)
+        if built is None:
+            return False
+        bridge, prompt = built
 
         def run() -> None:
             answer = bridge.handle(challenge.model_dump_json().encode())
             with self._lock:
                 self.challenges += 1
                 self.pin_prompts += prompt.count("pin")
+                self.code_prompts += prompt.count("otp")
             if answer is not None:
                 self.answer(answer.model_dump_json().encode())
 
@@ -93,7 +136,7 @@ class EmbeddedGateway:
     description = "the embedded in-memory broker"
 
     def __init__(self, settings: WorkerSettings, *, reply_key: str,
-                 eid_url: str | None = None) -> None:
+                 eid_url: str | None = None, mobiltoken: frozenset[str] = frozenset()) -> None:
         from producers.memory import MemoryPublisher, MemoryReplies
 
         self.broker = stub_broker()
@@ -110,7 +153,8 @@ class EmbeddedGateway:
             pki = Path(settings.pki_dir)
             self.workstations = Workstations(
                 cards_dir=pki / "cards", eid_url=eid_url, eid_ca=pki / "server-ca.pem",
-                challenge_cert=pki / "challenge.pem", answer=self._login_event)
+                challenge_cert=pki / "challenge.pem", answer=self._login_event,
+                mobiltoken=mobiltoken, phone=DemoPhone(pki / "users.json"))
             login_backend = MemoryLoginBackend(
                 requeue=lambda queue, body, headers, mid: self.broker.enqueue(
                     wrap_delivery(queue=queue, body=body, headers=headers, message_id=mid)),
@@ -158,7 +202,7 @@ class RabbitGateway:
     """The same workers, in this process, on a real RabbitMQ; the HIS uses the real producers."""
 
     def __init__(self, url: str, settings: WorkerSettings, *, reply_key: str,
-                 eid_url: str | None = None) -> None:
+                 eid_url: str | None = None, mobiltoken: frozenset[str] = frozenset()) -> None:
         from producers.publisher import BatchPublisher, Publisher
         from producers.replies import ReplyListener
         from workers.process import declare_topology
@@ -177,7 +221,8 @@ class RabbitGateway:
             self._answers = Publisher(url=url, declare_topology=False, exchange=LOGIN_EXCHANGE)
             self.workstations = Workstations(
                 cards_dir=pki / "cards", eid_url=eid_url, eid_ca=pki / "server-ca.pem",
-                challenge_cert=pki / "challenge.pem", answer=self._answer)
+                challenge_cert=pki / "challenge.pem", answer=self._answer,
+                mobiltoken=mobiltoken, phone=DemoPhone(pki / "users.json"))
             login_backend = _RabbitWithLocalWorkstations(
                 outbox=outbox, window_s=settings.login_window_s,
                 challenge_ttl_s=settings.challenge_ttl_s, workstations=self.workstations)

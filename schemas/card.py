@@ -81,14 +81,19 @@ def workstation_queue(workstation: str) -> str:
     return f"{CARD_EXCHANGE}.{workstation}"
 
 
-class ChallengeKind(str, enum.Enum):
-    ESZIG = "eszig"  # card + PIN through the eID server
-    MOBILTOKEN = "mobiltoken"  # a 6-digit one-time code typed by the doctor
+class LoginMethod(str, enum.Enum):
+    """How a doctor logs in at the workstation: the bridge's setting (``--login-method``), not
+    the gateway's. Either way the eID server hands the bridge an rID that records the method."""
+
+    ESZIG = "eszig"  # card + PIN: the card signs the package's nonce (POST /eid/authenticate)
+    MOBILTOKEN = "mobiltoken"  # the doctor types the phone's code (POST /eid/mobiltoken)
 
 
 class CardChallenge(BaseModel):
     """Sent by a worker to one workstation's queue, signed with the gateway's challenge key.
 
+    Every doctor login is one challenge with EESZT's eID request package; the workstation
+    decides how the doctor proves who they are (card or MobilToken) and answers with an rID.
     ``signature`` is Ed25519 over :meth:`signing_bytes` (every other field). The bridge pins the
     gateway's public key and refuses anything else, expired, or seen before.
     """
@@ -96,12 +101,11 @@ class CardChallenge(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     challenge_id: UUID
-    kind: ChallengeKind
     user_id: str
     workstation: str
     institution: str
     purpose: str = Field(description="shown to the doctor: who asks and why")
-    eid_package: str | None = Field(default=None, description="EESZT's eID request package")
+    eid_package: str = Field(description="EESZT's eID request package (opaque to the gateway)")
     created_at: AwareDatetime
     expires_at: AwareDatetime
     signature: str = ""
@@ -117,6 +121,8 @@ class CardErrorCode(str, enum.Enum):
     CAN_REQUIRED = "can_required"
     PIN_BLOCKED = "pin_blocked"
     CARD_NOT_ACTIVATED = "card_not_activated"
+    WRONG_CODE = "wrong_code"  # the eID server refused the MobilToken code (wrong, used, late)
+    MOBILTOKEN_NOT_ENROLLED = "mobiltoken_not_enrolled"  # the doctor has no MobilToken
     EID_UNREACHABLE = "eid_unreachable"
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
@@ -125,16 +131,21 @@ class CardErrorCode(str, enum.Enum):
 
 
 class CardAnswer(BaseModel):
-    """A bridge's answer to one challenge. Never carries a PIN, CAN, PUK or key."""
+    """A bridge's answer to one challenge: an rID, or an error.
+
+    Never carries a PIN, CAN, PUK, MobilToken code or key (``extra="forbid"``: an answer with
+    any other field is refused). ``method`` is informational (what the workstation did); the
+    STS takes the method from the rID the eID server signed.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     challenge_id: UUID
     user_id: str
     workstation: str
-    outcome: Literal["rid", "otp", "error"]
+    outcome: Literal["rid", "error"]
     rid_package: str | None = None
-    otp: str | None = Field(default=None, pattern=r"^[0-9]{6}$")
+    method: LoginMethod | None = None
     error: CardErrorCode | None = None
     tries_left: int | None = None
     message: str = ""

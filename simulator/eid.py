@@ -7,8 +7,13 @@ The two-factor (eSZIG) login, as the project models it (the real formats are not
 2. The card client has the card sign the package's nonce (ECDSA P-256, SHA-256, DER) and posts
    package, card certificate and signature to the eID server (``POST /eid/authenticate``). The
    eID server checks them (:meth:`EidServer.authenticate`) and answers with an **rID package**.
+   With MobilToken instead of a card, the bridge posts the package and the code the doctor
+   typed from the phone (``POST /eid/mobiltoken``); the eID server checks the code against the
+   user's MobilToken secret, which only the simulator's users file holds (single use), and
+   answers with an rID as well (:meth:`EidServer.mobiltoken`).
 3. The STS exchanges the rID for a SAML token (``Issue`` with method ``eszig``;
-   :meth:`EidServer.redeem_rid`).
+   :meth:`EidServer.redeem_rid`). The rID records the method (``eszig`` or ``mobiltoken``); the
+   STS writes it into the assertion's AuthnContext (Smartcard or TimeSyncToken).
 
 Both packages are ``base64url(JSON) + "." + base64url(signature)``: the signature is ECDSA P-256
 with SHA-256 (DER ``ECDSA-Sig-Value``) by the eID server key (``pki/eid.key``) over the JSON bytes
@@ -17,7 +22,8 @@ with SHA-256 (DER ``ECDSA-Sig-Value``) by the eID server key (``pki/eid.key``) o
 
 Package JSON: ``typ, package_id, user_id, institution, workstation, nonce`` (standard base64 of 32
 random bytes), ``issued_at, expires_at`` (ISO-8601 UTC). rID JSON: ``typ, rid_id, user_id,
-institution, package_id, card_serial, workstation, issued_at, expires_at``.
+institution, package_id, workstation, method, issued_at, expires_at`` and, for ``eszig``,
+``card_serial``.
 
 Single use: a package is spent by the first *successful* authentication, an rID by the first
 successful redemption; both are recorded in SQLite (:class:`UsedSet`, the simulator's
@@ -30,29 +36,41 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import os
-import re
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from cryptography.x509.oid import NameOID
 
+from .eid_tokens import (
+    _ECDSA,
+    MAX_TOKEN_CHARS,
+    NONCE_BYTES,
+    PACKAGE_TYP,
+    RID_TYP,
+    EidKey,
+    EidPackage,
+    RidClaims,
+    TokenInvalid,
+    _utcnow,
+    b64url_decode,
+    b64url_encode,
+    card_serial_of,
+)
 from .users import User, UserRegistry
 
 __all__ = [
     "EID_ERROR_STATUS",
+    "MAX_TOKEN_CHARS",
     "CardEntry",
     "CardRegistry",
     "EidCounters",
@@ -71,13 +89,6 @@ __all__ = [
 
 log = logging.getLogger("eeszt_gw.simulator.eid")
 
-NONCE_BYTES = 32
-PACKAGE_TYP = "eid-package"
-RID_TYP = "rid"
-MAX_TOKEN_CHARS = 8192
-_ECDSA = ec.ECDSA(hashes.SHA256())
-_B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
-
 #: eID server error code -> HTTP status. Stable: the card bridge maps them to its own errors.
 EID_ERROR_STATUS: dict[str, int] = {
     "bad_request": 400,  # not JSON, a field missing or of the wrong type
@@ -88,182 +99,9 @@ EID_ERROR_STATUS: dict[str, int] = {
     "bad_signature": 403,  # the signature over the nonce does not verify with the card's key
     "card_not_registered": 403,  # the card is unknown, or registered to another user
     "card_not_activated": 403,  # the user's card, but not activated for EESZT
+    "otp_invalid": 403,  # the MobilToken code is wrong, already used, or out of its time step
+    "mobiltoken_not_enrolled": 403,  # the user has no MobilToken (or is unknown)
 }
-
-
-# --- encoding and signing -------------------------------------------------------------------------
-def b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(text: str) -> bytes:
-    """Unpadded or padded base64url. Raises ValueError on anything else."""
-    if not isinstance(text, str) or not _B64URL.fullmatch(text):
-        raise ValueError("not base64url")
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64url") from None
-
-
-def _iso(moment: datetime) -> str:
-    moment = moment.astimezone(timezone.utc)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
-
-
-def _parse_time(value: Any, name: str) -> datetime:
-    if not isinstance(value, str):
-        raise TokenInvalid(f"{name} is missing")
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise TokenInvalid(f"{name} is not an ISO-8601 time") from None
-    if moment.tzinfo is None:
-        raise TokenInvalid(f"{name} has no time zone")
-    return moment.astimezone(timezone.utc)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class TokenInvalid(ValueError):
-    """A package or rID that is malformed, of the wrong type, or not signed by the eID key."""
-
-
-class EidKey:
-    """The eID server's ECDSA P-256 key: signs and verifies packages and rIDs. Thread-safe."""
-
-    __slots__ = ("_key", "_public")
-
-    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-            raise ValueError("the eID server key must be an ECDSA P-256 key")
-        self._key = key
-        self._public = key.public_key()
-
-    @classmethod
-    def from_pem(cls, key_pem: bytes) -> "EidKey":
-        try:
-            key = load_pem_private_key(key_pem, password=None)
-        except (ValueError, TypeError):
-            raise ValueError("cannot load the eID server key (expected an unencrypted PEM key)") from None
-        return cls(key)  # type: ignore[arg-type]
-
-    def __repr__(self) -> str:
-        return "EidKey(ECDSA P-256)"
-
-    def sign(self, claims: dict[str, Any]) -> str:
-        """``base64url(JSON) + "." + base64url(DER signature over the JSON bytes)``."""
-        body = json.dumps(claims, separators=(",", ":"), sort_keys=True).encode()
-        return f"{b64url_encode(body)}.{b64url_encode(self._key.sign(body, _ECDSA))}"
-
-    def verify(self, token: str, *, typ: str) -> dict[str, Any]:
-        """The claims of a token signed by this key with ``"typ": typ``. Raises TokenInvalid."""
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
-            raise TokenInvalid("not a signed package")
-        parts = token.strip().split(".")
-        if len(parts) != 2:
-            raise TokenInvalid("not a signed package (expected two base64url parts)")
-        try:
-            body, signature = b64url_decode(parts[0]), b64url_decode(parts[1])
-        except ValueError:
-            raise TokenInvalid("not a signed package (not base64url)") from None
-        try:
-            self._public.verify(signature, body, _ECDSA)
-        except InvalidSignature:
-            raise TokenInvalid("the signature is not the eID server's") from None
-        try:
-            claims = json.loads(body)
-        except ValueError:
-            raise TokenInvalid("the signed part is not JSON") from None
-        if not isinstance(claims, dict) or claims.get("typ") != typ:
-            raise TokenInvalid(f"not an {typ} package")
-        return claims
-
-
-def _str(claims: dict[str, Any], name: str) -> str:
-    value = claims.get(name)
-    if not isinstance(value, str) or not value:
-        raise TokenInvalid(f"{name} is missing")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class EidPackage:
-    """The claims of an eID request package. ``nonce`` is a secret: not in repr."""
-
-    package_id: str
-    user_id: str
-    institution: str
-    workstation: str
-    nonce: bytes
-    issued_at: datetime
-    expires_at: datetime
-
-    def __repr__(self) -> str:
-        return (f"EidPackage(package_id={self.package_id!r}, user_id={self.user_id!r}, "
-                f"institution={self.institution!r}, workstation={self.workstation!r}, "
-                f"expires_at={self.expires_at.isoformat()})")
-
-    def claims(self) -> dict[str, Any]:
-        return {"typ": PACKAGE_TYP, "package_id": self.package_id, "user_id": self.user_id,
-                "institution": self.institution, "workstation": self.workstation,
-                "nonce": base64.b64encode(self.nonce).decode("ascii"),
-                "issued_at": _iso(self.issued_at), "expires_at": _iso(self.expires_at)}
-
-    @classmethod
-    def from_claims(cls, claims: dict[str, Any]) -> "EidPackage":
-        try:
-            nonce = base64.b64decode(_str(claims, "nonce"), validate=True)
-        except (binascii.Error, ValueError):
-            raise TokenInvalid("nonce is not base64") from None
-        if len(nonce) != NONCE_BYTES:
-            raise TokenInvalid(f"nonce is not {NONCE_BYTES} bytes")
-        return cls(package_id=_str(claims, "package_id"), user_id=_str(claims, "user_id"),
-                   institution=_str(claims, "institution"),
-                   workstation=_str(claims, "workstation"), nonce=nonce,
-                   issued_at=_parse_time(claims.get("issued_at"), "issued_at"),
-                   expires_at=_parse_time(claims.get("expires_at"), "expires_at"))
-
-
-@dataclass(frozen=True, slots=True)
-class RidClaims:
-    """The claims of an rID package."""
-
-    rid_id: str
-    user_id: str
-    institution: str
-    package_id: str
-    card_serial: str
-    workstation: str
-    issued_at: datetime
-    expires_at: datetime
-
-    def claims(self) -> dict[str, Any]:
-        return {"typ": RID_TYP, "rid_id": self.rid_id, "user_id": self.user_id,
-                "institution": self.institution, "package_id": self.package_id,
-                "card_serial": self.card_serial, "workstation": self.workstation,
-                "issued_at": _iso(self.issued_at), "expires_at": _iso(self.expires_at)}
-
-    @classmethod
-    def from_claims(cls, claims: dict[str, Any]) -> "RidClaims":
-        return cls(rid_id=_str(claims, "rid_id"), user_id=_str(claims, "user_id"),
-                   institution=_str(claims, "institution"),
-                   package_id=_str(claims, "package_id"),
-                   card_serial=_str(claims, "card_serial"),
-                   workstation=_str(claims, "workstation"),
-                   issued_at=_parse_time(claims.get("issued_at"), "issued_at"),
-                   expires_at=_parse_time(claims.get("expires_at"), "expires_at"))
-
-
-def card_serial_of(cert: x509.Certificate) -> str | None:
-    """The card serial: the certificate subject's serialNumber attribute."""
-    attrs = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
-    if not attrs:
-        return None
-    value = attrs[0].value
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
 # --- errors -----------------------------------------------------------------------------------------
@@ -468,15 +306,7 @@ class EidServer:
                             ("signature", sig_b64)):
             if not isinstance(value, str) or not value:
                 raise EidError("bad_request", f"{name} must be a non-empty string")
-        try:
-            package = EidPackage.from_claims(self.key.verify(package_text, typ=PACKAGE_TYP))
-        except TokenInvalid as exc:
-            raise EidError("package_invalid", f"the eID package is invalid: {exc}") from None
-        if now >= package.expires_at:
-            raise EidError("package_expired", "the eID package has expired")
-        if used.is_used("package", package.package_id):
-            raise EidError("package_used", "the eID package was already used")
-
+        package = self._valid_package(package_text, used, now)
         cert = self._trusted_card(cert_b64, now)
         serial = card_serial_of(cert)
         if not serial:
@@ -523,6 +353,56 @@ class EidServer:
         if not (cert.not_valid_before_utc <= now < cert.not_valid_after_utc):
             raise EidError("card_untrusted", "the card certificate is outside its validity")
         return cert
+
+    # --- step 2, MobilToken instead of a card (eID server, POST /eid/mobiltoken) -------------
+    def mobiltoken(self, *, package: Any, otp: Any, used: UsedSet,
+                   now: datetime | None = None) -> tuple[str, RidClaims]:
+        """Check the package and the doctor's one-time code; return an rID for ``mobiltoken``.
+
+        The code is checked against the user's MobilToken secret (RFC 6238, single use).
+        Raises :class:`EidError`: bad_request, package_*, mobiltoken_not_enrolled, otp_invalid.
+        """
+        try:
+            rid, claims = self._mobiltoken(package, otp, used, now or self.clock())
+        except EidError as exc:
+            self.counters.auth_failed(exc.code)
+            log.info("eID MobilToken authentication refused: %s", exc.code)
+            raise
+        self.counters.add("auth_ok")
+        log.info("eID MobilToken authentication ok for %s", claims.user_id)
+        return rid, claims
+
+    def _mobiltoken(self, package_text: Any, otp: Any, used: UsedSet,
+                    now: datetime) -> tuple[str, RidClaims]:
+        if not isinstance(package_text, str) or not package_text:
+            raise EidError("bad_request", "package must be a non-empty string")
+        if not isinstance(otp, str) or len(otp) != 6 or not otp.isdigit():
+            raise EidError("bad_request", "otp must be a string of 6 digits")
+        package = self._valid_package(package_text, used, now)
+        user = self.users.get(package.user_id)
+        if user is None or not user.totp_secret:
+            raise EidError("mobiltoken_not_enrolled",
+                           f"{package.user_id} has no MobilToken registered")
+        if not user.check_totp(otp, at=time.time()):
+            raise EidError("otp_invalid", "the MobilToken code is wrong, already used or too old")
+        if not used.mark_used("package", package.package_id):
+            raise EidError("package_used", "the eID package was already used")
+        rid = RidClaims(rid_id=str(uuid.uuid4()), user_id=package.user_id,
+                        institution=package.institution, package_id=package.package_id,
+                        card_serial=None, workstation=package.workstation, issued_at=now,
+                        expires_at=now + self.rid_ttl, method="mobiltoken")
+        return self.key.sign(rid.claims()), rid
+
+    def _valid_package(self, package_text: str, used: UsedSet, now: datetime) -> EidPackage:
+        try:
+            package = EidPackage.from_claims(self.key.verify(package_text, typ=PACKAGE_TYP))
+        except TokenInvalid as exc:
+            raise EidError("package_invalid", f"the eID package is invalid: {exc}") from None
+        if now >= package.expires_at:
+            raise EidError("package_expired", "the eID package has expired")
+        if used.is_used("package", package.package_id):
+            raise EidError("package_used", "the eID package was already used")
+        return package
 
     # --- step 3: the rID (STS, Issue with method eszig) -----------------------------------------
     def redeem_rid(self, rid_text: str, *, user_id: str, institution: str, used: UsedSet,

@@ -7,7 +7,13 @@ identifies itself first. The authentication method then says whose token is aske
 - ``password``: a sector user of that institution, by user id and password
 - ``mobiltoken``: a sector user, by user id and a MobilToken one-time code (TOTP, RFC 6238)
 - ``eszig``: a sector user, by user id and an rID package from the eID server (``RidPackage``:
-  base64 of the rID string's UTF-8 bytes; :meth:`simulator.eid.EidServer.redeem_rid`)
+  base64 of the rID string's UTF-8 bytes; :meth:`simulator.eid.EidServer.redeem_rid`). The rID
+  records how the doctor proved who they are at the workstation: the card (``eszig``) or a
+  MobilToken code checked by the eID server (``mobiltoken``); the assertion's AuthnContext and
+  the issue statistics take that method (Smartcard or TimeSyncToken)
+
+The ``password`` and ``mobiltoken`` routes serve the simulator's own tests and tools: the
+gateway's workers log doctors in only through the workstation's card bridge (an rID).
 
 ``EidPackageRequest`` (same signing) asks, in the name of a sector user of the signer's
 institution, for an eID authentication request package: the first step of the eSZIG login.
@@ -129,6 +135,7 @@ class StsHandler:
                 raise SoapFault(FaultCode.AUTH_FAILED, exc.message, field="RidPackage") from None
             user = self.users.get(claims.user_id)
             subject, role, workstation = claims.user_id, user.role, claims.workstation
+            method = claims.method  # eszig (card) or mobiltoken (code checked by the eID server)
         else:
             raise SoapFault(FaultCode.AUTH_METHOD_UNSUPPORTED,
                             f"authentication method {method!r} is not served by this STS yet",

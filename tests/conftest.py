@@ -51,6 +51,7 @@ class SimulatorProcess:
     pki: PkiPaths
     log_path: Path
     eid_url: str = ""
+    ocsp_url: str = ""  # the OCSP responder (POST); CRLs at its /crl/<ca>.crl
 
     def admin(self, method: str, path: str, payload: Any | None = None) -> Any:
         data = None if payload is None else json.dumps(payload).encode()
@@ -72,17 +73,19 @@ class SimulatorProcess:
 
 
 def start_simulator(pki: PkiPaths, workdir: Path, *extra: str) -> SimulatorProcess:
-    port, admin_port, eid_port = free_port(), free_port(), free_port()
+    port, admin_port, eid_port, ocsp_port = free_port(), free_port(), free_port(), free_port()
     run_id = uuid.uuid4().hex[:8]  # not the port: the kernel reuses ports, and the files stay
     log_path = workdir / f"simulator-{run_id}.log"
     cmd = [sys.executable, "-m", "eeszt_gw.cli", "simulator", "--pki-dir", str(pki.directory),
            "--port", str(port), "--admin-port", str(admin_port), "--eid-port", str(eid_port),
+           "--ocsp-port", str(ocsp_port),
            "--db", str(workdir / f"sim-{run_id}.sqlite"), "--log-level", "warning", *extra]
     log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     sim = SimulatorProcess(proc, f"https://localhost:{port}", f"http://127.0.0.1:{admin_port}",
-                           pki, log_path, eid_url=f"https://localhost:{eid_port}")
+                           pki, log_path, eid_url=f"https://localhost:{eid_port}",
+                           ocsp_url=f"http://127.0.0.1:{ocsp_port}/ocsp")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -137,13 +140,44 @@ def broker_url(rabbit_vhost: str) -> str:
     return f"amqp://guest:guest@{RABBIT_HOST}/{rabbit_vhost}"
 
 
+def forget_logins(broker_url: str) -> list[str]:
+    """Delete every doctor's login marker and wait queue, and every workstation's challenge queue,
+    in ``broker_url``'s vhost; return the names deleted.
+
+    A scenario that kills worker processes mid-login leaves a marker behind (by design it lives
+    for the login window), and stopped bridges leave their challenges queued: a later test on the
+    same vhost would wait for that window or answer a stale challenge first.
+    """
+    import urllib.parse
+
+    import pika
+
+    vhost = urllib.parse.unquote(broker_url.rsplit("/", 1)[1]) or "/"
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name"],
+                            check=True, capture_output=True, text=True, timeout=60).stdout
+    names = [n.strip() for n in listed.splitlines()
+             if n.strip().startswith(("eeszt.login.pending.", "eeszt.login.wait.", "eeszt.card."))]
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        for name in names:
+            conn.channel().queue_delete(name)
+    finally:
+        conn.close()
+    return names
+
+
 @dataclass
 class WorkerPool:
     proc: subprocess.Popen
     log_path: Path
     heartbeat_dir: Path
+    #: the doctors' workstations (tests.bridges.WorkstationBridges), or None
+    bridges: Any = None
 
     def stop(self) -> None:
+        if self.bridges is not None:
+            self.bridges.stop()
+            self.bridges = None
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -154,9 +188,32 @@ class WorkerPool:
 
 
 def start_workers(*, broker_url: str, sim: SimulatorProcess, workdir: Path, processes: int = 1,
-                  threads: int = 8, queues: str = "interactive,batch", extra: tuple[str, ...] = ()
-                  ) -> WorkerPool:
-    """`eeszt-gw worker` as a subprocess; returns once a process has beaten."""
+                  threads: int = 8, queues: str = "interactive,batch", extra: tuple[str, ...] = (),
+                  workstations: dict[str, str] | None = None) -> WorkerPool:
+    """`eeszt-gw worker` as a subprocess; returns once a process has beaten.
+
+    Doctors log in only at their workstations: card bridges run in this process for
+    ``workstations`` (``{workstation: "eszig" | "mobiltoken"}``; default: the demo doctors'
+    workstations, by card; ``{}``: none), stopped with the pool (tests/bridges.py).
+    """
+    from tests.bridges import WorkstationBridges, demo_workstations
+
+    if workstations is None:
+        users = json.loads((sim.pki.directory / "users.json").read_text())["users"]
+        workstations = demo_workstations(users)
+    bridges = None
+    if workstations:
+        from schemas.connection import BrokerTLS
+
+        def flag(name: str) -> str | None:
+            return extra[extra.index(name) + 1] if name in extra else None
+
+        tls = BrokerTLS.from_paths(*(Path(v) if (v := flag(f)) else None
+                                     for f in ("--broker-ca", "--broker-cert", "--broker-key")))
+        bridges = WorkstationBridges(broker_url=broker_url, pki_dir=sim.pki.directory,
+                                     eid_url=sim.eid_url, workstations=workstations,
+                                     state_dir=workdir / f"bridges-{time.monotonic_ns()}",
+                                     queue_type=flag("--queue-type") or "classic", tls=tls)
     hb = workdir / f"hb-{time.monotonic_ns()}"
     log_path = workdir / f"worker-{time.monotonic_ns()}.log"
     cmd = [sys.executable, "-m", "eeszt_gw.cli", "worker", "--broker-url", broker_url,
@@ -164,10 +221,11 @@ def start_workers(*, broker_url: str, sim: SimulatorProcess, workdir: Path, proc
            "--processes", str(processes), "--threads", str(threads), "--queues", queues,
            "--heartbeat-dir", str(hb), "--retry-base-s", "0.5", *extra]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
-    pool = WorkerPool(proc, log_path, hb)
+    pool = WorkerPool(proc, log_path, hb, bridges)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            pool.stop()
             raise RuntimeError(f"worker exited with {proc.returncode}:\n{log_path.read_text()}")
         if len(list(hb.glob("worker-*.json"))) >= processes:
             return pool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -30,10 +31,14 @@ WAIT_QUEUE_IDLE_MS = 8 * 24 * 3600 * 1000  # an unused wait queue disappears aft
 class RabbitLoginBackend:
     """Login state kept in RabbitMQ itself, so that every worker process sees the same."""
 
-    def __init__(self, *, outbox: RabbitOutbox, window_s: float, challenge_ttl_s: float) -> None:
+    def __init__(self, *, outbox: RabbitOutbox, window_s: float, challenge_ttl_s: float,
+                 bridge_grace_s: float = 3.0) -> None:
         self.outbox = outbox  # its per-thread confirmed channels are reused here
         self.window_ms = int(window_s * 1000)
         self.challenge_ttl_ms = int(challenge_ttl_s * 1000)
+        #: how long a workstation queue may go without a consumer before "no card bridge
+        #: listens" (a bridge reconnects within 2 s after losing the broker)
+        self.bridge_grace_s = bridge_grace_s
         self._declared: set[str] = set()
         self._lock = threading.Lock()
 
@@ -91,6 +96,22 @@ class RabbitLoginBackend:
         except pika.exceptions.ChannelClosedByBroker:
             self.outbox._drop()
 
+    def _listened(self, queue: str) -> bool:
+        """Whether a consumer (the workstation's bridge) reads ``queue``, within the grace."""
+        deadline = time.monotonic() + self.bridge_grace_s
+        while True:
+            try:
+                ok = self._ch().queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                self.outbox._drop()
+                self._declared.discard(queue)
+                return False
+            if ok.method.consumer_count > 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.25)
+
     def send_challenge(self, challenge: CardChallenge) -> bool:
         # The workstation's queue exists before its first challenge, so that a bridge started
         # later still finds it; a bridge's own broker user may only read it.
@@ -110,6 +131,8 @@ class RabbitLoginBackend:
                     ch = self._ch()
                 ch.queue_bind(queue, CARD_EXCHANGE, routing_key=challenge.workstation)
                 self._declared.add(queue)
+        if not self._listened(queue):
+            return False  # no card bridge: a challenge would only wait there, unanswered
         props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
                                      message_id=str(challenge.challenge_id),
                                      expiration=str(self.challenge_ttl_ms))
@@ -137,6 +160,30 @@ class RabbitLoginBackend:
         if last is not None:
             ch.basic_nack(last, multiple=True, requeue=True)
         return out
+
+    def take(self, user_id: str, select: Callable[[bytes], bool],
+             handle: Callable[[bytes, dict[str, Any]], None]) -> int:
+        """Take the waiting requests ``select`` picks: ``handle`` each (it answers them,
+        confirmed), then acknowledge it. The others stay waiting."""
+        ch = self._ch()
+        taken, kept = 0, []
+        try:
+            while True:
+                method, props, body = ch.basic_get(login_wait_queue(user_id), auto_ack=False)
+                if method is None:
+                    break
+                if select(body):
+                    handle(body, dict(props.headers or {}))
+                    ch.basic_ack(method.delivery_tag)
+                    taken += 1
+                else:
+                    kept.append(method.delivery_tag)
+        except pika.exceptions.ChannelClosedByBroker:
+            self.outbox._drop()
+            return taken
+        for tag in kept:
+            ch.basic_nack(tag, requeue=True)
+        return taken
 
     def release(self, user_id: str) -> int:
         """Move every waiting request of ``user_id`` back to its work queue (confirmed)."""
@@ -239,6 +286,17 @@ class MemoryLoginBackend:
     def waiting(self, user_id: str) -> list[tuple[bytes, dict[str, Any]]]:
         with self._lock:
             return [(body, headers) for _, body, headers, _, _ in self._waiting.get(user_id, [])]
+
+    def take(self, user_id: str, select: Callable[[bytes], bool],
+             handle: Callable[[bytes, dict[str, Any]], None]) -> int:
+        with self._lock:
+            items = self._waiting.get(user_id, [])
+            chosen = [item for item in items if select(item[1])]
+            self._waiting[user_id] = [item for item in items if item not in chosen]
+        for _queue, body, headers, _mid, timer in chosen:
+            timer.cancel()
+            handle(body, dict(headers))
+        return len(chosen)
 
     def release(self, user_id: str) -> int:
         with self._lock:

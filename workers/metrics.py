@@ -18,11 +18,16 @@ endpoint. The metric names are fixed: a Grafana dashboard uses exactly these.
 - ``eeszt_parked_total{service}`` counter: requests parked while the service's circuit is open
 - ``eeszt_dead_lettered_total{service}`` counter: messages this worker put in ``eeszt.dlq``
   (failed, invalid without a reply address, rejected without a reply address)
-- ``eeszt_sts_calls_total{method}`` counter: STS logins by method (x509, password, mobiltoken,
-  eszig), from ``TokenManager.stats``; ``eeszt_token_cache_hits_total`` counter
+- ``eeszt_sts_calls_total{method}`` counter: STS logins by method (x509: the institution;
+  eszig and mobiltoken: a doctor at the workstation, by card or MobilToken), from
+  ``TokenManager.stats``; ``eeszt_token_cache_hits_total`` counter
 - ``eeszt_circuit_open{service}`` gauge: 1 while the circuit is open, else 0
 - ``eeszt_certificate_days_left{certificate}`` gauge, per file in PKI_DIR: days to
   ``notAfter``, negative once expired
+- ``eeszt_certificate_revoked{certificate}`` gauge, institution.pem and access.pem: 1 when the
+  CA's OCSP responder says revoked, else 0 (:mod:`workers.cert_status`, at start and hourly)
+- ``eeszt_certificate_ocsp_status{certificate,status}`` gauge: 1 for the last OCSP outcome
+  (good, revoked or unknown), 0 for the others: alert on ``status="unknown"`` too
 
 A message whose service cannot be read (an invalid message of an unknown type) is counted under
 ``service="unknown"``.
@@ -49,6 +54,8 @@ from schemas.soap import SERVICES
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+    from .cert_status import CertificateWatch
+
     from schemas.envelope import RequestEnvelope
 
     from .breaker import Breakers
@@ -63,7 +70,7 @@ UNKNOWN_SERVICE = "unknown"
 #: 5 ms (a hot token, a fast EESZT) up to 10 min (retries, a short outage); longer is +Inf.
 DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                                        10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-STS_METHODS: tuple[str, ...] = ("x509", "password", "mobiltoken", "eszig")
+STS_METHODS: tuple[str, ...] = ("x509", "mobiltoken", "eszig")
 #: the certificates whose expiry is exposed, when present in PKI_DIR
 CERTIFICATE_FILES: tuple[str, ...] = ("access.pem", "institution.pem", "server-ca.pem", "sts.pem")
 _BY_METHOD = "logins_by_method:"
@@ -142,10 +149,9 @@ class MetricsObserver:
 class TokenCollector(Collector):
     """STS logins by method and cache hits, read from ``TokenManager.stats`` at scrape time.
 
-    Every ``logins_by_method:<m>`` key is reported; the four methods always are (0 when absent).
-    Interactive logins (card, typed MobilToken code) reach the token manager through
-    ``TokenManager.put`` without a method, so ``eszig`` stays 0 until that path counts
-    ``logins_by_method:eszig``.
+    Every ``logins_by_method:<m>`` key is reported; the three methods always are (0 when
+    absent). A doctor's login at the workstation is counted by the login coordinator under the
+    method the bridge reports (``eszig``: card, ``mobiltoken``: a code typed there).
     """
 
     def __init__(self, tokens: TokenManager) -> None:
@@ -242,6 +248,34 @@ class CertificateCollector(Collector):
             not_after = None
         self._cache[name] = (key, not_after)
         return not_after
+
+
+class CertificateStatusCollector(Collector):
+    """The revocation status of the worker's own certificates, from a
+    :class:`~workers.cert_status.CertificateWatch` (checked in the background, read here)."""
+
+    STATES = ("good", "revoked", "unknown")
+
+    def __init__(self, watch: CertificateWatch) -> None:
+        self.watch = watch
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("eeszt_certificate_revoked", "", labels=("certificate",))
+        yield GaugeMetricFamily("eeszt_certificate_ocsp_status", "",
+                                labels=("certificate", "status"))
+
+    def collect(self) -> Iterator[Metric]:
+        revoked = GaugeMetricFamily("eeszt_certificate_revoked", "1 when the certificate's CA "
+                                    "says (OCSP) it is revoked, else 0", labels=("certificate",))
+        states = GaugeMetricFamily("eeszt_certificate_ocsp_status", "1 for the certificate's "
+                                   "last OCSP outcome: good, revoked or unknown (no trustworthy "
+                                   "answer)", labels=("certificate", "status"))
+        for name, check in sorted(self.watch.results().items()):
+            revoked.add_metric((name,), 1.0 if check.status == "revoked" else 0.0)
+            for state in self.STATES:
+                states.add_metric((name, state), 1.0 if check.status == state else 0.0)
+        yield revoked
+        yield states
 
 
 def register_runtime_collectors(registry: CollectorRegistry, *, tokens: TokenManager,

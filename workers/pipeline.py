@@ -9,17 +9,11 @@ request is then not acknowledged and comes back.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
-import re
 import time
-import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Protocol
-
-from pydantic import ValidationError
 
 from schemas.audit import mask_text
 from schemas.envelope import RequestEnvelope
@@ -30,7 +24,6 @@ from schemas.replies import (
     Rejected,
     StatusState,
     StatusUpdate,
-    describe_validation_error,
     reply_fields,
 )
 from schemas.soap import OPERATION_OF, FaultCode
@@ -55,6 +48,7 @@ from schemas.wire import (
 )
 
 from .errors import AmbiguousOutcome, LoginFailed, ServiceRejected, ServiceUnavailable, TokenRejected
+from .intake import NIL, Incoming, Invalid, read as read_delivery
 from .audit import AuditLog, NullAuditLog, audit_event
 from .outbox import Outbox
 from .retry import RetryPolicy
@@ -77,35 +71,12 @@ class _TwinInFlight(Exception):
 
 
 _NO_LOCK = contextlib.nullcontext()  # reusable: it keeps no state
-NIL = uuid.UUID(int=0)
-_ROUTING_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # schemas.validators.ReplyRoutingKey
 KEPT_IN = f"dead-letter queue {DEAD_LETTER_QUEUE}"
 
 # Gateway-side rejection codes (EESZT's own fault codes pass through unchanged).
 GW_VALIDATION = "GW-VALIDATION"
 GW_INSTITUTION = "GW-INSTITUTION"
 GW_LOGIN = "GW-LOGIN"
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """One delivery from the broker, before anything is trusted."""
-
-    body: bytes
-    queue: str
-    message_type: str | None = None
-    redelivered: bool = False
-    headers: dict[str, Any] = field(default_factory=dict)
-    message_id: str | None = None
-    #: the AMQP user_id property: the publisher's broker user, validated by RabbitMQ
-    user_id: str | None = None
-
-    @property
-    def attempt(self) -> int:
-        try:
-            return int(self.headers.get(H_ATTEMPT, 0))
-        except (TypeError, ValueError):
-            return 0
 
 
 class ServiceClient(Protocol):
@@ -151,15 +122,9 @@ class Pipeline:
     # --- entry --------------------------------------------------------------------------------
     def handle(self, msg: Incoming) -> str:
         """Process one delivery; return the outcome kind (for metrics and tests)."""
-        try:
-            text = msg.body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return self._unparseable(msg, "body", f"body is not UTF-8 ({exc.reason} at byte {exc.start})")
-        try:
-            request = RequestEnvelope.model_validate_json(text)
-        except ValidationError as exc:
-            problem = describe_validation_error(exc)
-            return self._unparseable(msg, problem.field, problem.reason, text=text)
+        request = read_delivery(msg, now=self.clock())  # workers/intake.py
+        if isinstance(request, Invalid):
+            return self._unparseable(msg, request.field, request.reason, info=request.info)
         self._audit("received", request, msg, detail=f"from queue {msg.queue}"
                     + (" (redelivered)" if msg.redelivered else ""))
         if self.tenants != "off" and (refused := tenant_refusal(self.tenants, msg.user_id,
@@ -182,8 +147,10 @@ class Pipeline:
         self.audit.record(audit_event(kind, detail=detail, **known))
 
     # --- requests that never became a valid envelope ------------------------------------------
-    def _unparseable(self, msg: Incoming, field_name: str, reason: str, *, text: str | None = None) -> str:
-        info = _best_effort_fields(text)
+    def _unparseable(self, msg: Incoming, field_name: str, reason: str, *,
+                     info: dict[str, Any]) -> str:
+        """Refused before processing (``workers.intake``): a reply where ``info`` holds a
+        usable ``reply_to``, else the original bytes go to the dead-letter queue."""
         service = ""
         mtype = info.get("type") or msg.message_type or ""
         if mtype in OPERATION_OF:
@@ -199,15 +166,21 @@ class Pipeline:
                     detail=f"invalid message: {field_name or 'body'}: {reason}")
         log.info("rejected an invalid message %s on %s: %s: %s", msg.message_id or "-", msg.queue,
                  field_name or "body", reason)
+        code = GW_VALIDATION
+        if field_name == "acting.workstation" and reason == "Field required":
+            # A doctor logs in only at a workstation's card bridge: without one, no login.
+            code, reason = GW_LOGIN, ("a doctor's request must name the workstation where the "
+                                      "doctor sits: doctors log in only there, through its card "
+                                      "bridge (eSZIG card or MobilToken)")
         if reply_to:
             self.outbox.reply(reply_to, Rejected(
                 message_id=info.get("message_id") or NIL, idempotency_key=info.get("idempotency_key", ""),
-                service=service, message_type=mtype, code=GW_VALIDATION, field=field_name or None,
+                service=service, message_type=mtype, code=code, field=field_name or None,
                 reason=reason))
             self.observer.outcome(service, "rejected", None)
             return "rejected"
         self._dead_letter(msg, reason=f"invalid message ({field_name or 'body'}: {reason})",
-                          code=GW_VALIDATION)
+                          code=code)
         self.observer.outcome(service, "dead-lettered", None)
         return "dead-lettered"
 
@@ -301,6 +274,8 @@ class Pipeline:
                                        route=exc.route)
             if outcome == "ready":  # the doctor's token arrived meanwhile: send now
                 return self._process(msg, request)
+            if outcome == "rejected":  # no card bridge at the workstation: GW-LOGIN, final
+                return outcome
             self._audit("waiting_for_login", request, msg,
                         detail=f"{exc.user_id} logs in at {request.acting.workstation} ({exc.route})")
             self.observer.outcome(service.name, "waiting", request)
@@ -339,7 +314,7 @@ class Pipeline:
 
     @contextlib.contextmanager
     def _locked(self, service: str, request: RequestEnvelope) -> Iterator[None]:
-        with self.outbox.key_lock(service, request.idempotency_key) as held:
+        with self.outbox.key_lock(request.institution, service, request.idempotency_key) as held:
             if not held:
                 raise _TwinInFlight
             yield
@@ -507,41 +482,13 @@ class Pipeline:
             str(request.message_id))
 
 
-def _best_effort_fields(text: str | None) -> dict[str, Any]:
-    """Correlation fields of an invalid message, where they can be read at all."""
-    if not text:
-        return {}
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    out: dict[str, Any] = {}
-    rt = data.get("reply_to")
-    if isinstance(rt, str) and _ROUTING_KEY.fullmatch(rt):
-        out["reply_to"] = rt
-    mid = data.get("message_id")
-    try:
-        out["message_id"] = uuid.UUID(str(mid)) if mid is not None else NIL
-    except ValueError:
-        out["message_id"] = NIL
-    key = data.get("idempotency_key")
-    if isinstance(key, str):
-        out["idempotency_key"] = key[:128]
-    payload = data.get("payload")
-    if isinstance(payload, dict) and isinstance(payload.get("type"), str):
-        out["type"] = payload["type"][:64]
-    return out
-
-
 def internal_error(pipeline: Pipeline, msg: Incoming, exc: BaseException) -> None:
     """Last resort for a bug: keep the message and tell the HIS, instead of crashing."""
     reason = f"internal error ({type(exc).__name__}); the message is kept for replay"
     pipeline._dead_letter(msg, reason=reason, code="GW-INTERNAL")
     try:
-        request = RequestEnvelope.model_validate_json(msg.body)
-    except (ValidationError, ValueError):
+        request = RequestEnvelope.from_json(msg.body)
+    except ValueError:  # pydantic's ValidationError included
         return
     if tenant_refusal(pipeline.tenants, msg.user_id, request.reply_to):
         return  # not its sender's reply address: the dead letter is all

@@ -29,9 +29,11 @@ from schemas.wire import DEFAULT_QUEUE_TYPE, QUEUE_CLASSES
 
 from .audit import RabbitAuditLog
 from .broker import rabbit_broker
+from .cert_status import CertificateWatch
 from .control import ControlResponder, InFlight, InFlightMiddleware
 from .login_backends import RabbitLoginBackend
-from .metrics import MetricsObserver, register_runtime_collectors, serve_quietly
+from .metrics import (CertificateStatusCollector, MetricsObserver, register_runtime_collectors,
+                      serve_quietly)
 from .outbox import RabbitOutbox
 from .runtime import build_runtime
 from .settings import WorkerSettings
@@ -102,6 +104,11 @@ def worker_main(settings: WorkerSettings, slot: int = 0) -> None:
                             login_backend=logins, audit=audit, observer=observer)
     register_runtime_collectors(registry, tokens=runtime.tokens, breakers=runtime.breakers,
                                 pki_dir=settings.pki_dir)
+    # own certificates' revocation status: OCSP at start and every interval, never fatal
+    cert_watch = CertificateWatch(settings.pki_dir, ocsp_url=settings.ocsp_url,
+                                  timeout_s=settings.ocsp_timeout_s,
+                                  interval_s=settings.cert_check_interval_s).start()
+    registry.register(CertificateStatusCollector(cert_watch))
     metrics = serve_quietly(settings.metrics_port + slot if settings.metrics_port else 0,
                             registry, host=settings.metrics_host, what="worker process")
     queues = {QUEUE_CLASSES[c] for c in settings.queue_classes()}
@@ -133,6 +140,7 @@ def worker_main(settings: WorkerSettings, slot: int = 0) -> None:
             _write_heartbeat(beat, queues, settings.threads, runtime)
     finally:
         control.stop()
+        cert_watch.stop()
         worker.stop(timeout=30_000)
         runtime.close()
         audit.close()

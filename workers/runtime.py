@@ -31,7 +31,7 @@ from .outbox import BrokerError, Outbox
 from .pipeline import Incoming, Observer, Pipeline, internal_error
 from .retry import RetryPolicy
 from .settings import WorkerSettings
-from .tokens import TokenManager, institution_identity, load_credentials
+from .tokens import TokenManager, institution_identity
 from .transport import Timeouts
 
 log = logging.getLogger("eeszt_gw.worker")
@@ -62,7 +62,8 @@ class Runtime:
         if self.logins is None:
             return
         try:
-            self.logins.on_event(base64.b64decode(body_b64), meta.get("headers") or {})
+            self.logins.on_event(base64.b64decode(body_b64), meta.get("headers") or {},
+                                 user_id=meta.get("user_id"))
         except BrokerError:
             raise
         except Exception:  # a bad answer must not kill the worker
@@ -76,7 +77,8 @@ class Runtime:
         msg = Incoming(body=base64.b64decode(body_b64), queue=meta["queue"],
                        message_type=meta.get("type"), redelivered=bool(meta.get("redelivered")),
                        headers=meta.get("headers") or {}, message_id=meta.get("message_id"),
-                       user_id=meta.get("user_id"))
+                       user_id=meta.get("user_id"), exchange=meta.get("exchange"),
+                       routing_key=meta.get("routing_key"))
         try:
             self.pipeline.handle(msg)
         except BrokerError:
@@ -113,19 +115,18 @@ def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: 
                                                read=settings.read_timeout_s),
                              pool_size=max(8, settings.threads),
                              handshakes=settings.max_handshakes, transport=settings.transport)
-    creds_file = settings.credentials_file or settings.pki_dir / "users.json"
-    credentials = load_credentials(creds_file) if creds_file.exists() else {}
     challenge_key_path = settings.challenge_key or settings.pki_dir / "challenge.key"
     interactive = (settings.interactive_logins and login_backend is not None
                    and challenge_key_path.exists())
-    tokens = TokenManager(sts=client, credentials=credentials, share=share,
+    tokens = TokenManager(sts=client, share=share,
                           refresh_ratio=settings.token_refresh_ratio,
                           interactive_logins=interactive)
     logins = None
     if interactive:
         logins = LoginCoordinator(backend=login_backend, eeszt=client, tokens=tokens,
                                   outbox=outbox, challenge_key=load_challenge_key(challenge_key_path),
-                                  institution=institution, challenge_ttl_s=settings.challenge_ttl_s)
+                                  institution=institution, challenge_ttl_s=settings.challenge_ttl_s,
+                                  bridge_users=settings.bridge_users)
     policy = RetryPolicy(call_attempts=settings.call_attempts, base_s=settings.retry_base_s,
                          cap_s=settings.retry_cap_s)
     queue_of = {m.ACTOR: m.QUEUE for m in SERVICES}
@@ -153,6 +154,8 @@ def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: 
                         policy=policy, observer=observer, logins=logins, breakers=breakers,
                         republish_delay_s=settings.republish_delay_s, audit=audit,
                         tenants=settings.tenants)
+    if logins is not None:
+        logins.reject = pipeline._reject  # a GW-LOGIN rejection is audited and counted
     runtime = Runtime(broker=broker, pipeline=pipeline, client=client, tokens=tokens,
                       outbox=outbox, share=share, logins=logins, breakers=breakers)
     register_actors(broker, runtime.handle, runtime.handle_login_event)

@@ -41,10 +41,6 @@ class WorkerSettings(BaseSettings):
     eeszt_url: str = Field(default="https://localhost:8443", description="EESZT base URL")
     pki_dir: Path = Field(default=Path("pki"),
                           description="folder with access.pem/key, server-ca.pem, institution.pem/key")
-    credentials_file: Path | None = Field(
-        default=None,
-        description="JSON of sector users' login routes (password or MobilToken secret); "
-                    "default: PKI_DIR/users.json when present")
     processes: int = Field(default=2, ge=1, le=64)
     threads: int = Field(default=16, ge=1, le=512, description="worker threads per process")
     queues: str = Field(default="interactive,batch",
@@ -70,8 +66,16 @@ class WorkerSettings(BaseSettings):
         description="base64 32-byte key that encrypts tokens shared between worker processes; "
                     "the supervisor makes one for its own children when unset")
     interactive_logins: bool = Field(
-        default=True, description="log doctors in at their workstation (eSZIG card or MobilToken "
-                                  "code through the card bridge) when no password or secret is set")
+        default=True, description="log doctors in at their workstation, through its card bridge "
+                                  "(eSZIG card, or a MobilToken code typed there); off: doctors' "
+                                  "requests are rejected with GW-LOGIN. The gateway holds no "
+                                  "doctor's password, MobilToken secret or one-time code")
+    bridge_users: bool = Field(
+        default=False, description="accept a login answer only from the workstation's own broker "
+                                   "user bridge-<WS> (deploy/rabbitmq/add-bridge-user); off (a "
+                                   "shared development user): the answer's workstation must be "
+                                   "the one the challenge went to, and an answer from a "
+                                   "bridge-<WS> user is still checked against it")
     challenge_key: Path | None = Field(
         default=None, description="Ed25519 key that signs card challenges (default: PKI_DIR/challenge.key)")
     login_window_s: float = Field(default=120.0, gt=0,
@@ -98,6 +102,13 @@ class WorkerSettings(BaseSettings):
     metrics_host: str = Field(default="127.0.0.1",
                               description="address the /metrics endpoints listen on (0.0.0.0 "
                                           "in a container, so that Prometheus can scrape it)")
+    ocsp_url: str | None = Field(
+        default=None, description="OCSP responder asked about institution.pem and access.pem "
+        "(default: the URL in each certificate's Authority Information Access)")
+    ocsp_timeout_s: float = Field(default=5.0, gt=0, description="timeout of one OCSP call")
+    cert_check_interval_s: float = Field(
+        default=3600.0, gt=0, description="how often a worker process asks OCSP about its "
+        "certificates (and once at start)")
     heartbeat_dir: Path = Field(default=Path("/tmp/eeszt-gw-worker"),
                                 description="where worker processes write their heartbeat")
     log_level: str = "info"

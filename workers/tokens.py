@@ -1,50 +1,49 @@
 """The token manager: one SAML token per identity, cached for its lifetime.
 
 - **One per identity.** An identity is the institution (``institution:H100200``, X.509 login)
-  or a sector user (``doctor:O10001``, password or MobilToken login where configured).
+  or a doctor (``doctor:O10001``). The gateway holds no doctor's secret: a doctor logs in only
+  at the workstation, through its card bridge (eSZIG card, or a MobilToken code typed there),
+  which :class:`LoginRequired` hands to the login coordinator (:mod:`workers.login`).
 - **Refreshed before it expires**: after ``refresh_ratio`` of its lifetime the next caller
   refreshes it; if the refresh fails while the old token still lives, the old one is used.
+  A doctor's token cannot be refreshed without the doctor: it is used while it lives.
 - **One STS call in flight per identity**: a lock per identity inside the process, and a
   :class:`~workers.token_share.TokenShare` lock across processes.
 - **Shared between processes**: a process that logged in publishes the token through the share,
-  so the others use it instead of logging in again (a one-time code cannot be used twice, and a
-  card login must not prompt twice). See :mod:`workers.token_share` for why that is safe.
+  so the others use it instead of logging in again (a doctor's login must not prompt twice).
+  See :mod:`workers.token_share` for why that is safe.
 
 Tokens are bearer credentials: they are never logged, and never written to disk.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Protocol
 
-import pyotp
 from lxml import etree
 
-from .errors import LoginFailed, ServiceRejected, TokenError
+from .errors import ServiceRejected, TokenError
 
 log = logging.getLogger("eeszt_gw.tokens")
 
 
 class NoLoginRoute(TokenError):
-    """No way to log this identity in is configured (no password, no MobilToken secret)."""
+    """This identity cannot be logged in here (a doctor, and interactive logins are off)."""
 
 
 class LoginRequired(TokenError):
-    """The doctor must log in at a workstation (eSZIG card, or a MobilToken code typed there).
+    """The doctor must log in at the workstation (eSZIG card, or a MobilToken code typed there).
 
     The worker then starts one login for the doctor and parks the request until it completes.
     """
 
-    def __init__(self, user_id: str, *, route: str) -> None:
-        super().__init__(f"{user_id} must log in ({route})")
+    def __init__(self, user_id: str, *, route: str = "card bridge") -> None:
+        super().__init__(f"{user_id} must log in at the workstation ({route})")
         self.user_id = user_id
         self.route = route
 
@@ -67,38 +66,6 @@ class Token:
         return f"Token({self.identity}, expires={self.expires.isoformat()})"
 
 
-@dataclass(frozen=True, slots=True)
-class Credential:
-    """A sector user's configured login route. Secrets stay in this object only."""
-
-    user_id: str
-    password: str | None = None
-    totp_secret: str | None = None
-    workstation: str | None = None
-    #: interactive route when no secret is configured: "eszig" (card) or "mobiltoken" (typed code)
-    interactive: str = "eszig"
-
-    def __repr__(self) -> str:
-        return f"Credential({self.user_id}, password={'***' if self.password else None}, " \
-               f"mobiltoken={'***' if self.totp_secret else None})"
-
-
-def load_credentials(path: Path) -> dict[str, Credential]:
-    """Read a users file (``eeszt-gw pki init`` writes one). Raises ValueError naming the entry."""
-    data = json.loads(Path(path).read_text())
-    creds = {}
-    for i, u in enumerate(data.get("users", [])):
-        if "user_id" not in u:
-            raise ValueError(f"{path}: users[{i}] has no user_id")
-        route = u.get("login", "eszig")
-        if route not in ("eszig", "mobiltoken"):
-            raise ValueError(f"{path}: users[{i}].login must be eszig or mobiltoken, not {route!r}")
-        creds[u["user_id"]] = Credential(user_id=u["user_id"], password=u.get("password"),
-                                         totp_secret=u.get("totp_secret"),
-                                         workstation=u.get("workstation"), interactive=route)
-    return creds
-
-
 class IssuedLike(Protocol):
     assertion: etree._Element
     created: datetime
@@ -106,9 +73,7 @@ class IssuedLike(Protocol):
 
 
 class StsClient(Protocol):
-    def issue_token(self, *, method: str, user_id: str | None = None,
-                    workstation: str | None = None, password: str | None = None,
-                    otp: str | None = None, rid_package: str | None = None) -> IssuedLike: ...
+    def issue_token(self, *, method: str, **kwargs) -> IssuedLike: ...
 
 
 def institution_identity(institution: str) -> str:
@@ -122,14 +87,12 @@ def doctor_identity(user_id: str) -> str:
 class TokenManager:
     """Hands out tokens by identity. Thread-safe; one per worker process."""
 
-    def __init__(self, *, sts: StsClient, credentials: dict[str, Credential] | None = None,
-                 share=None, refresh_ratio: float = 0.8,
+    def __init__(self, *, sts: StsClient, share=None, refresh_ratio: float = 0.8,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  share_wait_s: float = 10.0, interactive_logins: bool = True) -> None:
         from .token_share import LocalTokenShare
 
         self.sts = sts
-        self.credentials = credentials or {}
         self.share = share or LocalTokenShare()
         self.refresh_ratio = refresh_ratio
         self.clock = clock
@@ -146,7 +109,8 @@ class TokenManager:
     def get(self, identity: str, *, reason: str = "", expect_shared: bool = False) -> Token:
         """A usable token for ``identity``, logging in when needed.
 
-        Raises NoLoginRoute, LoginFailed, or the ServiceError family when the STS is unreachable
+        Raises LoginRequired (a doctor without a token: the login coordinator takes over),
+        NoLoginRoute, LoginFailed, or the ServiceError family when the STS is unreachable
         and no usable token is cached. ``expect_shared``: another process has just logged this
         identity in, so wait for its token to arrive through the share before logging in again.
         """
@@ -155,8 +119,8 @@ class TokenManager:
         if token is not None and token.fresh(now):
             self.stats["hits"] += 1
             return token
-        if token is not None and token.usable(now) and self._interactive_route(identity):
-            # A card login cannot be refreshed without the doctor: use it while it lives.
+        if token is not None and token.usable(now) and self._is_doctor(identity):
+            # A doctor's login cannot be refreshed without the doctor: use it while it lives.
             self.stats["hits"] += 1
             return token
         with self._lock_for(identity):
@@ -223,25 +187,23 @@ class TokenManager:
             self._cache[identity] = token
             self.stats["shared_in"] += 1
 
-    def _interactive_route(self, identity: str) -> str | None:
-        """The interactive route of a doctor with no secret configured, else None."""
-        kind, _, name = identity.partition(":")
-        if kind != "doctor" or not self.interactive_logins:
-            return None
-        cred = self.credentials.get(name)
-        if cred is not None and (cred.password or cred.totp_secret):
-            return None
-        return cred.interactive if cred is not None else "eszig"
+    @staticmethod
+    def _is_doctor(identity: str) -> bool:
+        return identity.partition(":")[0] == "doctor"
 
     def _obtain(self, identity: str, reason: str) -> Token:
         shared = self.share.lookup(identity)
         if shared is not None and shared.fresh(self.clock()):
             return shared
-        route = self._interactive_route(identity)
-        if route is not None:
+        kind, _, name = identity.partition(":")
+        if kind == "doctor":
+            if not self.interactive_logins:
+                raise NoLoginRoute(f"{name} can log in only at a workstation's card bridge, and "
+                                   "this worker does not run interactive logins (set "
+                                   "interactive_logins and the challenge key)")
             # The doctor logs in at the workstation; the login coordinator's pending marker,
             # not this lock, makes that happen once across processes.
-            raise LoginRequired(identity.partition(":")[2], route=route)
+            raise LoginRequired(name)
         with self.share.lock(identity, wait_s=self.share_wait_s) as acquired:
             if not acquired:
                 # Another process is logging this identity in: its token arrives through the share.
@@ -259,29 +221,10 @@ class TokenManager:
 
     def _login(self, identity: str) -> Token:
         kind, _, name = identity.partition(":")
-        if kind == "institution":
-            issued = self.sts.issue_token(method="x509")
-            self.stats["logins_by_method:x509"] += 1
-        elif kind == "doctor":
-            cred = self.credentials.get(name)
-            if cred is None or not (cred.password or cred.totp_secret):
-                if self.interactive_logins:
-                    raise LoginRequired(name, route=cred.interactive if cred else "eszig")
-                raise NoLoginRoute(f"no login route is configured for {name}")
-            try:
-                if cred.password:
-                    issued = self.sts.issue_token(method="password", user_id=name,
-                                                  workstation=cred.workstation,
-                                                  password=cred.password)
-                    self.stats["logins_by_method:password"] += 1
-                else:
-                    issued = self._mobiltoken(cred)
-                    self.stats["logins_by_method:mobiltoken"] += 1
-            except ServiceRejected as exc:
-                raise LoginFailed(f"the STS refused the login of {name}: {exc}",
-                                  code=exc.code) from None
-        else:
-            raise ValueError(f"unknown identity {identity!r}")
+        if kind != "institution":
+            raise ValueError(f"no login of {identity!r} here: doctors log in at the workstation")
+        issued = self.sts.issue_token(method="x509")
+        self.stats["logins_by_method:x509"] += 1
         return self._token(identity, issued)
 
     def _token(self, identity: str, issued: IssuedLike) -> Token:
@@ -289,14 +232,3 @@ class TokenManager:
         return Token(identity=identity, assertion=issued.assertion, created=issued.created,
                      expires=issued.expires,
                      refresh_at=issued.created + lifetime * self.refresh_ratio)
-
-    def _mobiltoken(self, cred: Credential) -> IssuedLike:
-        totp = pyotp.TOTP(cred.totp_secret)
-        try:
-            return self.sts.issue_token(method="mobiltoken", user_id=cred.user_id,
-                                        workstation=cred.workstation, otp=totp.now())
-        except ServiceRejected:
-            # A one-time code is accepted once: if this step's code was used, wait for the next.
-            time.sleep(totp.interval - time.time() % totp.interval + 0.05)
-            return self.sts.issue_token(method="mobiltoken", user_id=cred.user_id,
-                                        workstation=cred.workstation, otp=totp.now())

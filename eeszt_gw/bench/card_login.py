@@ -30,7 +30,7 @@ from card_bridge.challenge import ChallengeVerifier, load_pinned_key
 from card_bridge.daemon import Bridge
 from card_bridge.eid import EidServer
 from card_bridge.login import LocalCardClient
-from schemas.card import CardChallenge, ChallengeKind
+from schemas.card import CardChallenge
 from simulator.card.files import load_card
 from simulator.card.vpcd import VpcdCard
 from simulator.pki import init_pki
@@ -144,7 +144,7 @@ def run(*, n: int = 30, apdus: int = 500, json_out: Path | None = None) -> int:
             package, _ = client.request_eid_package(user_id=user, workstation="WS-BENCH")
             now = datetime.now(timezone.utc)
             challenge = sign_challenge(key, CardChallenge(
-                challenge_id=uuid.uuid4(), kind=ChallengeKind.ESZIG, user_id=user,
+                challenge_id=uuid.uuid4(), user_id=user,
                 workstation="WS-BENCH", institution="H100200", purpose="benchmark",
                 eid_package=package, created_at=now, expires_at=now + timedelta(minutes=2)))
             body = challenge.model_dump_json().encode()

@@ -24,10 +24,12 @@ def gateway(request, simulator, pki):
     simulator.reset(duplicates="naive")
     settings = WorkerSettings(pki_dir=pki.directory, eeszt_url=simulator.base_url, threads=4,
                               retry_base_s=0.2)
+    # Doctors log in at their workstations: in-process card bridges (eeszt_gw/gateways.py).
     if request.param == "embedded":
-        gw = EmbeddedGateway(settings, reply_key=KEY)
+        gw = EmbeddedGateway(settings, reply_key=KEY, eid_url=simulator.eid_url)
     else:
-        gw = RabbitGateway(request.getfixturevalue("broker_url"), settings, reply_key=KEY)
+        gw = RabbitGateway(request.getfixturevalue("broker_url"), settings, reply_key=KEY,
+                           eid_url=simulator.eid_url)
     yield gw
     gw.close()
 

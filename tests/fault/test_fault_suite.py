@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from schemas.wire import BATCH_QUEUE, DEAD_LETTER_QUEUE, INTERACTIVE_QUEUE
 from tests import samples
-from tests.conftest import start_workers
+from tests.conftest import forget_logins, start_workers
 from tests.fault.support import (
     RESULTS,
     SCALE,
@@ -57,6 +57,7 @@ def clean(broker_url, simulator):
     purge(broker_url, INTERACTIVE_QUEUE, BATCH_QUEUE, DEAD_LETTER_QUEUE)
     yield
     simulator.reset(duplicates="naive")
+    forget_logins(broker_url)  # a worker killed mid-login leaves its doctor's marker behind
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def fault_broker(request, broker_url, simulator):
     purge(fb.url, INTERACTIVE_QUEUE, BATCH_QUEUE, DEAD_LETTER_QUEUE)
     yield fb
     simulator.reset(duplicates="naive")
+    forget_logins(fb.url)  # a worker killed mid-login leaves its doctor's marker behind
 
 
 def finish(name: str, published: int, replies: Replies, broker_url, simulator, dead: int = 0,

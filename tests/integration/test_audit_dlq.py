@@ -26,6 +26,7 @@ from schemas.wire import (
     H_TYPE,
 )
 from tests import samples
+from tests.bridges import card_token
 from tests.conftest import ROOT, start_workers
 from workers.audit import AUDIT_QUEUE, RabbitAuditLog, audit_event, read_audit
 from workers.client import ClientFiles, EesztClient
@@ -226,9 +227,8 @@ def test_replay_after_the_cause_is_fixed_lands_each_request_exactly_once(
     doctor = next(u for u in demo_users if u["user_id"] == "O10001")
     client = EesztClient(base_url=simulator.base_url, files=ClientFiles.from_pki_dir(pki.directory))
     try:
-        token = client.issue_token(method="password", user_id=doctor["user_id"],
-                                   password=doctor["password"],
-                                   workstation=doctor["workstation"]).assertion
+        token = card_token(client, pki_dir=pki.directory, eid_url=simulator.eid_url,
+                           user_id=doctor["user_id"], workstation=doctor["workstation"])
         landed = client.submit(requests[0], token)
     finally:
         client.close()

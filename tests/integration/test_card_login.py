@@ -26,19 +26,21 @@ from card_bridge.card import PcscReader
 from card_bridge.challenge import ChallengeVerifier, load_pinned_key
 from card_bridge.daemon import Bridge, BridgeService
 from card_bridge.eid import EidServer
-from card_bridge.login import LocalCardClient
+from card_bridge.login import LocalCardClient, MobilTokenClient
 from card_bridge.presence import PresenceMonitor
 from card_bridge.prompt import ScriptedPrompt
-from schemas.card import CARD_EXCHANGE, CardChallenge, ChallengeKind
+from schemas.card import CARD_EXCHANGE, CardChallenge, LoginMethod
+from schemas.wire import LOGIN_ANSWER_KEY, LOGIN_EXCHANGE
 from simulator.card.files import load_card
 from simulator.card.vpcd import VpcdCard
 from tests import samples
-from tests.conftest import ROOT, start_workers
+from tests.conftest import ROOT, forget_logins, start_workers
 from tests.pcsc_support import READER, ensure_pcscd, stop_our_pcscd
 from workers.login import sign_challenge
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.pcsc]
 WS = "WS-01"
+WS_MOBILTOKEN = "WS-MT"  # a workstation whose bridge is set up for MobilToken
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +58,18 @@ def cards(pki, demo_users):
 @pytest.fixture(scope="module")
 def gateway(pcscd, broker_url, simulator, pki, demo_users, tmp_path_factory):
     simulator.reset(duplicates="naive")
+    forget_logins(broker_url)  # no marker or challenge left by an earlier test's workers
     work = tmp_path_factory.mktemp("cardlogin")
-    routes = {"O10009": "mobiltoken"}
-    creds = [u if u["user_id"] in ("O10001", "O10002") else
-             {"user_id": u["user_id"], "workstation": WS, "login": routes.get(u["user_id"], "eszig")}
-             for u in demo_users]
-    (work / "creds.json").write_text(json.dumps({"users": creds}))
+    # The workers get no doctor's secret: every doctor logs in at WS-01's bridge (the card,
+    # through PC/SC), or at WS-MT's (MobilToken), both run here.
     pool = start_workers(broker_url=broker_url, sim=simulator, workdir=work, processes=2,
-                         threads=8, queues="interactive",
-                         extra=("--credentials-file", str(work / "creds.json"),
-                                "--login-window-s", "60"))
+                         threads=8, queues="interactive", workstations={},
+                         extra=("--login-window-s", "60"))
     prompt = ScriptedPrompt()
     bridge = Bridge(
         workstation=WS,
-        verifier=ChallengeVerifier(key=load_pinned_key(pki.challenge_cert), workstation=WS),
+        verifier=ChallengeVerifier(key=load_pinned_key(pki.challenge_cert), workstation=WS,
+                                   used_file=work / "used-challenges-WS-01.json"),
         card_client=LocalCardClient(reader=PcscReader(READER), card_wait_s=20, prompt_timeout_s=10,
                                     eid=EidServer(url=simulator.eid_url, ca_file=pki.server_ca_cert)),
         prompt=prompt, prompt_timeout_s=10)
@@ -81,10 +81,26 @@ def gateway(pcscd, broker_url, simulator, pki, demo_users, tmp_path_factory):
     while not service.connected and time.monotonic() < deadline:
         time.sleep(0.1)
     assert service.connected, "the bridge did not connect"
+    mt_prompt = ScriptedPrompt()
+    mt_bridge = Bridge(
+        workstation=WS_MOBILTOKEN, method=LoginMethod.MOBILTOKEN, prompt=mt_prompt,
+        prompt_timeout_s=10,
+        verifier=ChallengeVerifier(key=load_pinned_key(pki.challenge_cert),
+                                   workstation=WS_MOBILTOKEN),
+        card_client=MobilTokenClient(eid=EidServer(url=simulator.eid_url,
+                                                   ca_file=pki.server_ca_cert)))
+    mt_service = BridgeService(bridge=mt_bridge, url=broker_url, heartbeat_dir=work / "hb")
+    mt_thread = threading.Thread(target=mt_service.run, daemon=True)
+    mt_thread.start()
+    while not mt_service.connected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert mt_service.connected, "the MobilToken bridge did not connect"
     yield {"pool": pool, "bridge": bridge, "prompt": prompt, "service": service,
-           "presence": presence, "work": work}
-    service.stop_event.set()
+           "presence": presence, "work": work, "mt_prompt": mt_prompt}
+    for svc in (service, mt_service):
+        svc.stop_event.set()
     thread.join(10)
+    mt_thread.join(10)
     presence.stop()
     pool.stop()
 
@@ -150,8 +166,8 @@ class His:
         self.conn.close()
 
 
-def prescriptions(user: str, n: int, **update):
-    acting = samples.doctor(user, WS)
+def prescriptions(user: str, n: int, workstation: str = WS, **update):
+    acting = samples.doctor(user, workstation)
     return [samples.prescription(user_id=user).model_copy(update={"acting": acting, **update})
             for _ in range(n)]
 
@@ -172,7 +188,7 @@ def test_twenty_prescriptions_need_one_challenge_one_pin_one_login(gateway, brok
         his.publish(prescriptions(user, 20))
         finals = his.finals(20)
     his.close()
-    assert [f["kind"] for f in finals] == ["accepted"] * 20
+    assert [f["kind"] for f in finals] == ["accepted"] * 20, [f.get("reason") for f in finals]
     assert bridge.handled - handled == 1, "exactly one challenge"
     assert prompt.count("pin") == 1 and prompt.asked == [("pin", 3)]
     assert sts_eszig(simulator) - eszig_before == 1
@@ -265,7 +281,7 @@ def test_a_challenge_signed_by_a_foreign_key_is_refused_without_touching_the_car
     handled = bridge.handled
     now = datetime.now(timezone.utc)
     forged = sign_challenge(Ed25519PrivateKey.generate(), CardChallenge(
-        challenge_id=uuid.uuid4(), kind=ChallengeKind.ESZIG, user_id="O10003", workstation=WS,
+        challenge_id=uuid.uuid4(), user_id="O10003", workstation=WS,
         institution="H100200", purpose="a forged login", eid_package="x.y",
         created_at=now, expires_at=now + timedelta(minutes=1)))
     with Card(pki, "O10003") as card:
@@ -339,17 +355,30 @@ def test_no_pin_and_no_private_key_on_the_broker_or_in_the_logs(gateway, broker_
 def test_mobiltoken_code_through_the_bridge(gateway, broker_url, demo_users, simulator):
     user = "O10009"
     secret = next(u["totp_secret"] for u in demo_users if u["user_id"] == user)
-    prompt = gateway["prompt"]
+    prompt = gateway["mt_prompt"]
     prompt.asked.clear()
-    prompt.answers[:] = [lambda kind: pyotp.TOTP(secret).now()]
+    typed: list[str] = []
+    prompt.answers[:] = [lambda kind: typed.append(pyotp.TOTP(secret).now()) or typed[-1]]
     before = simulator.stats()["sts_issues"].get("mobiltoken", 0)
+    # (a copy of every bridge answer, to see what travels on the broker)
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    ch = conn.channel()
+    copy = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(copy, LOGIN_EXCHANGE, routing_key=LOGIN_ANSWER_KEY)
     his = His(broker_url)
-    his.publish(prescriptions(user, 2))
+    his.publish(prescriptions(user, 2, workstation=WS_MOBILTOKEN))
     finals = his.finals(2)
     his.close()
+    answers = []
+    while (got := ch.basic_get(copy, auto_ack=True))[0] is not None:
+        answers.append(json.loads(got[2]))
+    conn.close()
     assert [f["kind"] for f in finals] == ["accepted"] * 2
     assert prompt.asked == [("otp", None)]
     assert simulator.stats()["sts_issues"].get("mobiltoken", 0) - before == 1
+    # The bridge answered with the eID server's rID; the typed code never went on the broker.
+    assert [(a["outcome"], a["method"]) for a in answers] == [("rid", "mobiltoken")]
+    assert typed and not any(typed[0] in json.dumps(a) for a in answers)
 
 
 def test_a_bridge_user_cannot_read_another_workstations_queue(gateway, broker_url, rabbit_vhost):

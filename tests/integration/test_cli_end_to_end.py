@@ -1,4 +1,4 @@
-"""Issue 3's main scenario through the commands a user types, on RabbitMQ and the simulator.
+"""The main scenario (publish, process, reply) through the commands a user types, on RabbitMQ and the simulator.
 
 `eeszt-gw generate` writes 2,000 valid requests and 50 that EESZT or the gateway refuses;
 `eeszt-gw publish` sends them; `eeszt-gw worker` processes them; `eeszt-gw replies` follows
@@ -16,7 +16,8 @@ from collections import Counter
 import pika
 import pytest
 
-from tests.conftest import ROOT, start_workers
+from schemas.wire import BATCH_QUEUE, INTERACTIVE_QUEUE
+from tests.conftest import ROOT, forget_logins, start_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 KEY = "his.e2e"
@@ -37,6 +38,11 @@ def test_generate_publish_process_reply(broker_url, simulator, tmp_path):
 
     declare_topology(broker_url)
     ch.queue_bind(f"{KEY}.replies", "eeszt.replies", routing_key=KEY)
+    # (and nothing an earlier test on this vhost left behind: a request waiting for a login
+    # there would come back to the work queue and be counted here)
+    forget_logins(broker_url)
+    for queue in (INTERACTIVE_QUEUE, BATCH_QUEUE):
+        ch.queue_purge(queue)
     conn.close()
     # and a generated file of 2,000 valid and 50 refused requests,
     jsonl = tmp_path / "requests.jsonl"
@@ -67,6 +73,11 @@ def test_generate_publish_process_reply(broker_url, simulator, tmp_path):
     # and the simulator holds exactly 2,000 records, none stored twice,
     stats = simulator.stats()
     assert stats["total_records"] == 2000 and stats["repeated_keys"] == 0
-    # and no rejected request reached the simulator more than once.
-    assert stats["attempts"]["rejected_keys_received_more_than_once"] == 0
-    assert stats["attempts"]["keys_received_more_than_once"] == 0
+    # and no rejected request reached the simulator more than once. (A request that waited
+    # for its doctor's login at the workstation asks EESZT first when it is released: a query
+    # under its key, so such keys, and only those, reach EESZT twice.)
+    waited = {r["message_id"] for r in replies
+              if r["kind"] == "status" and r.get("state") == "waiting_for_login"}
+    waited_rejected = waited & {r["message_id"] for r in rejected}
+    assert stats["attempts"]["rejected_keys_received_more_than_once"] <= len(waited_rejected)
+    assert stats["attempts"]["keys_received_more_than_once"] <= len(waited)

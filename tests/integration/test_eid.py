@@ -27,15 +27,15 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from schemas.soap import FaultCode
 from simulator.eid import EidKey, EidPackage, RidClaims, b64url_decode
-from simulator.pki import PkiPaths, issue_card_certificate, issue_certificate, make_ca
+from simulator.pki import PkiPaths, issue_card_certificate, make_ca
 from simulator.saml import AssertionVerifier
 from tests import samples
 from tests.conftest import start_simulator, stop_simulator
+from tests.institutions import client_for, mint_institution
 from workers.client import ClientFiles, EesztClient
 from workers.errors import ServiceRejected
 from workers.soap import build_eid_package_request, encode_rid_package, parse_eid_package
 from workers.transport import Timeouts
-from workers.wsse import WsseSigner
 
 pytestmark = pytest.mark.integration
 
@@ -175,22 +175,19 @@ def test_eid_server_refuses_a_body_that_is_not_json(sim, pki):
 
 # --- step 1 refusals ----------------------------------------------------------------------------------
 def test_package_for_an_unknown_user_or_another_institutions_user_fails_alike(sim, pki, client,
-                                                                                demo_users):
+                                                                                demo_users,
+                                                                                tmp_path):
     with pytest.raises(ServiceRejected) as unknown:
         client.request_eid_package(user_id="O99999", workstation="WS-01")
     assert (unknown.value.code, unknown.value.field) == (FaultCode.AUTH_FAILED.value, "UserId")
 
-    # a qualified certificate of another institution asks for this institution's doctor
-    ca_key = load_pem_private_key(pki.qualified_ca_key.read_bytes(), password=None)
-    ca_cert = x509.load_pem_x509_certificate(pki.qualified_ca_cert.read_bytes())
-    key, cert = issue_certificate(ca_key, ca_cert, common_name="Other HIS", organization="Other",
-                                  organization_identifier="H999999")
-    other = WsseSigner(
-        key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()),
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM))
+    # a qualified certificate of another institution (over that institution's own access
+    # certificate: the simulator ties the two) asks for this institution's doctor
+    other_client = client_for(sim.base_url, mint_institution(
+        pki, tmp_path / "other", institution_id="H999999", name="Other"))
     env = build_eid_package_request(user_id=demo_users[0]["user_id"], workstation="WS-01")
-    resp = client.transport.post("/sts", other.sign_to_bytes(env))
+    resp = other_client.transport.post("/sts", other_client.signer.sign_to_bytes(env))
+    other_client.close()
     with pytest.raises(ServiceRejected) as foreign:
         parse_eid_package(resp.status, resp.body)
     assert (foreign.value.code, foreign.value.field) == (FaultCode.AUTH_FAILED.value, "UserId")

@@ -9,6 +9,7 @@ import pika
 import pytest
 
 from tests import samples
+from tests.bridges import demo_workstations
 from tests.conftest import start_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
@@ -63,24 +64,21 @@ def collect_final(broker_url: str, routing_key: str, count: int, timeout_s: floa
 
 def test_thousand_requests_from_ten_doctors_need_at_most_ten_tokens_per_process(
         broker_url, simulator, pki, demo_users, tmp_path):
-    # Given five doctors who log in with a password and five with MobilToken,
-    creds = []
-    for i, u in enumerate(demo_users):
-        route = {"password": u["password"]} if i < 5 else {"totp_secret": u["totp_secret"]}
-        creds.append({"user_id": u["user_id"], "workstation": u["workstation"], **route})
-    creds_file = tmp_path / "creds.json"
-    creds_file.write_text(json.dumps({"users": creds}))
+    # Given ten doctors at their workstations: five log in with the eSZIG card, five with
+    # MobilToken (the workstations' bridge setting; the workers hold no doctor's secret),
+    mobiltoken = [u["workstation"] for u in demo_users[5:]]
     simulator.reset(duplicates="naive")
     declare(broker_url)
     wait = collect_final(broker_url, "his.tokens", 1000)
     processes = 2
     pool = start_workers(broker_url=broker_url, sim=simulator, workdir=tmp_path,
                          processes=processes, threads=8, queues="interactive",
-                         extra=("--credentials-file", str(creds_file)))
+                         workstations=demo_workstations(demo_users, mobiltoken=mobiltoken))
     try:
-        # When 1,000 prescriptions arrive, 100 per doctor,
-        requests = [samples.prescription(user_id=demo_users[i % 10]["user_id"]).model_copy(
-            update={"reply_to": "his.tokens"}) for i in range(1000)]
+        # When 1,000 prescriptions arrive, 100 per doctor, each from the doctor's workstation,
+        requests = [samples.prescription(user_id=u["user_id"]).model_copy(update={
+            "reply_to": "his.tokens", "acting": samples.doctor(u["user_id"], u["workstation"])})
+            for u in (demo_users[i % 10] for i in range(1000))]
         publish(broker_url, requests)
         finals = wait()
     finally:
@@ -92,7 +90,8 @@ def test_thousand_requests_from_ten_doctors_need_at_most_ten_tokens_per_process(
     assert set(by_subject) == {u["user_id"] for u in demo_users}
     assert all(n <= processes for n in by_subject.values()), by_subject
     assert sum(by_subject.values()) <= 10 * processes
-    assert stats["sts_issues"].get("mobiltoken", 0) >= 5 and stats["sts_issues"].get("password", 0) >= 5
+    assert stats["sts_issues"].get("mobiltoken", 0) >= 5 and stats["sts_issues"].get("eszig", 0) >= 5
+    assert "password" not in stats["sts_issues"]
     print(f"STS issues for 1,000 requests from 10 doctors on {processes} processes: {by_subject}")
 
 

@@ -15,7 +15,8 @@ from workers.fakes import FakeEeszt
 from workers.outbox import MemoryOutbox
 from workers.pipeline import Incoming, Pipeline
 from workers.retry import RetryPolicy
-from workers.tokens import Credential, TokenManager
+from tests.bridges import logged_in
+from workers.tokens import TokenManager
 
 
 def test_breaker_opens_after_the_threshold_and_closes_on_success():
@@ -33,15 +34,16 @@ def test_breaker_opens_after_the_threshold_and_closes_on_success():
 
 
 def make(observer=None):
-    fake = FakeEeszt(passwords={"O10001": "pw"})
+    fake = FakeEeszt()
     outbox = MemoryOutbox()
     redelivered: list[Incoming] = []
     outbox.on_retry = lambda q, body, headers, delay, mid: redelivered.append(
         Incoming(body=body, queue=q, headers=headers))
     breakers = Breakers(failure_threshold=2, probe_interval_s=60)
     breakers.on_close = lambda service: outbox.release_parked(service, INTERACTIVE_QUEUE, rate_per_s=0)
-    pipeline = Pipeline(client=fake, tokens=TokenManager(sts=fake, credentials={
-        "O10001": Credential(user_id="O10001", password="pw")}), outbox=outbox,
+    tokens = TokenManager(sts=fake)
+    logged_in(tokens, fake, "O10001")  # the doctor logged in at the workstation
+    pipeline = Pipeline(client=fake, tokens=tokens, outbox=outbox,
         institution="H100200", breakers=breakers, observer=observer,
         policy=RetryPolicy(call_attempts=2, call_wait_min_s=0.001, call_wait_max_s=0.002))
     return fake, outbox, pipeline, breakers, redelivered

@@ -28,7 +28,7 @@ class Harness:
     def __init__(self, answer=None, window_s: float = 30.0):
         self.fake = FakeEeszt()
         self.outbox = MemoryOutbox()
-        self.tokens = TokenManager(sts=self.fake, credentials={})
+        self.tokens = TokenManager(sts=self.fake)
         self.work: queue.Queue = queue.Queue()
         self.answer = answer or (lambda ch: {"outcome": "rid", "rid_package": f"rid:{ch.user_id}"})
         self.backend = MemoryLoginBackend(
@@ -46,6 +46,8 @@ class Harness:
     def _bridge(self, challenge) -> bool:
         self.challenges.append(challenge)
         fields = self.answer(challenge)
+        if fields is False:
+            return False  # no card bridge listens at this workstation
         if fields is None:
             return True  # nobody answers
 
@@ -124,14 +126,17 @@ def test_login_window_expiry_tells_the_his():
     assert any("not completed in time" in d for d in details)
 
 
-def test_mobiltoken_route_sends_an_otp_challenge():
-    h = Harness(answer=lambda ch: {"outcome": "otp", "otp": "123456"})
-    from workers.tokens import Credential
-
-    h.tokens.credentials["O10007"] = Credential(user_id="O10007", interactive="mobiltoken")
+def test_a_mobiltoken_workstation_answers_with_an_rid_and_no_code_reaches_the_worker():
+    # Given a workstation whose bridge logs doctors in with MobilToken (the bridge's setting),
+    h = Harness(answer=lambda ch: {"outcome": "rid", "rid_package": f"rid:{ch.user_id}",
+                                   "method": "mobiltoken"})
     (r,) = requests_for("O10007", 1)
+    # When a request of its doctor comes,
     h.pipeline.handle(Incoming(body=r.to_json(), queue=INTERACTIVE_QUEUE))
-    h.drain(1.0)
-    assert h.challenges[0].kind == "mobiltoken" and h.challenges[0].eid_package is None
-    assert h.fake.sts_calls["mobiltoken"] == 1
+    h.drain(5, until=lambda: isinstance((h.outbox.replies.get("his.demo") or [None])[-1], Accepted))
+    # then the challenge carried an eID package like any other, the worker redeemed an rID, and
+    # counted a MobilToken login.
+    assert h.challenges[0].eid_package == "package:O10007:WS-01"
+    assert h.fake.sts_calls["eszig"] == 1 and h.fake.sts_calls["mobiltoken"] == 0
+    assert h.tokens.stats["logins_by_method:mobiltoken"] == 1
     assert isinstance(h.outbox.replies["his.demo"][-1], Accepted)

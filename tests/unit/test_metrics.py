@@ -8,7 +8,6 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-import pyotp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry, generate_latest
@@ -17,12 +16,12 @@ from card_bridge.daemon import Bridge
 from card_bridge.metrics import BridgeMetrics
 from card_bridge.prompt import ScriptedPrompt
 from card_bridge.settings import BridgeSettings
-from schemas.card import ChallengeKind
 from schemas.wire import INTERACTIVE_QUEUE
 from simulator.pki import init_pki
 from tests import samples
 from tests.conftest import free_port
-from tests.unit.test_card_bridge import RecordingClient, challenge, verifier
+from tests.bridges import FakeBridges, logged_in
+from tests.unit.test_card_bridge import FakeEid, RecordingClient, challenge, mobiltoken_bridge, verifier
 from workers.breaker import Breakers
 from workers.fakes import FakeEeszt
 from workers.metrics import (
@@ -39,7 +38,7 @@ from workers.outbox import MemoryOutbox
 from workers.pipeline import Incoming, Pipeline
 from workers.retry import RetryPolicy
 from workers.settings import WorkerSettings
-from workers.tokens import Credential, TokenManager, doctor_identity, institution_identity
+from workers.tokens import TokenManager, doctor_identity, institution_identity
 
 FAST = RetryPolicy(call_attempts=1, call_wait_min_s=0.001, call_wait_max_s=0.002)
 
@@ -54,9 +53,9 @@ BRIDGE_NAMES = ("eeszt_bridge_logins_total", "eeszt_bridge_card_present", "eeszt
 def pipeline_with_metrics(**observer_kw):
     registry = CollectorRegistry()
     observer = MetricsObserver(registry, **observer_kw)
-    fake = FakeEeszt(passwords={"O10001": "pw1"})
-    tokens = TokenManager(sts=fake, credentials={"O10001": Credential(user_id="O10001",
-                                                                      password="pw1")})
+    fake = FakeEeszt()
+    tokens = TokenManager(sts=fake)
+    logged_in(tokens, fake, "O10001")  # the doctor logged in at the workstation
     pipeline = Pipeline(client=fake, tokens=tokens, outbox=MemoryOutbox(), institution="H100200",
                         policy=FAST, observer=observer)
     return registry, observer, pipeline
@@ -139,23 +138,29 @@ def test_observer_survives_an_unknown_outcome_and_service():
 
 # --- scrape-time collectors --------------------------------------------------------------------
 def test_token_collector_reports_sts_calls_by_method_and_cache_hits():
-    fake = FakeEeszt(passwords={"O10001": "pw1"})
-    tokens = TokenManager(sts=fake, credentials={
-        "O10001": Credential(user_id="O10001", password="pw1"),
-        "O10002": Credential(user_id="O10002", totp_secret=pyotp.random_base32())})
+    fake = FakeEeszt()
+    tokens = TokenManager(sts=fake)
+    methods = {"O10001": "eszig", "O10002": "mobiltoken"}  # the workstations' bridge settings
+    bridges = FakeBridges(fake=fake, tokens=tokens, outbox=MemoryOutbox(), answer=lambda ch: {
+        "outcome": "rid", "rid_package": f"rid:{ch.user_id}", "method": methods[ch.user_id]})
+    bridges.pipeline = Pipeline(client=fake, tokens=tokens, outbox=bridges.outbox,
+                                institution="H100200", policy=FAST, logins=bridges.logins)
     registry = CollectorRegistry()
     registry.register(TokenCollector(tokens))
-    # When the institution's token is asked for three times and two doctors log in once each,
+    # When the institution's token is asked for three times and two doctors log in once each
+    # at their workstations (one by card, one by MobilToken),
     for _ in range(3):
         tokens.get(institution_identity("H100200"))
-    tokens.get(doctor_identity("O10001"))
-    tokens.get(doctor_identity("O10002"))
+    for user in methods:
+        bridges.pipeline.handle(incoming(samples.prescription(user_id=user)))
+    bridges.drain(10, until=lambda: all(tokens.usable(doctor_identity(u)) for u in methods))
     # Then the STS was called once per identity and the cache answered the rest.
     assert value(registry, "eeszt_sts_calls_total", method="x509") == 1
-    assert value(registry, "eeszt_sts_calls_total", method="password") == 1
+    assert value(registry, "eeszt_sts_calls_total", method="password") is None
     assert value(registry, "eeszt_sts_calls_total", method="mobiltoken") == 1
-    assert value(registry, "eeszt_sts_calls_total", method="eszig") == 0
-    assert value(registry, "eeszt_token_cache_hits_total") == 2
+    assert value(registry, "eeszt_sts_calls_total", method="eszig") == 1
+    # (the institution's token twice, and each doctor's token for the released request)
+    assert value(registry, "eeszt_token_cache_hits_total") == 4
 
 
 def test_breaker_collector_reports_every_service_and_the_open_one():
@@ -217,16 +222,15 @@ def test_bridge_metrics_count_each_answer_by_outcome():
     registry = CollectorRegistry()
     metrics = BridgeMetrics(registry, workstation="WS-01",
                             presence=FakePresence(State(service=True, card=False)))
-    bridge = Bridge(workstation="WS-01", verifier=verifier(), card_client=RecordingClient(),
-                    prompt=ScriptedPrompt(["123456", None]), metrics=metrics)
-    # When a card login, a typed code, a cancelled prompt, an expired and a forged challenge come,
+    bridge = mobiltoken_bridge(ScriptedPrompt(["123456", None]), FakeEid())
+    bridge.metrics = metrics
+    # When a login with a typed code, a cancelled prompt, an expired and a forged challenge come,
     bridge.handle(challenge().model_dump_json().encode())
-    bridge.handle(challenge(kind=ChallengeKind.MOBILTOKEN).model_dump_json().encode())
-    bridge.handle(challenge(kind=ChallengeKind.MOBILTOKEN).model_dump_json().encode())
+    bridge.handle(challenge().model_dump_json().encode())
     bridge.handle(challenge(ttl_s=-1).model_dump_json().encode())
     bridge.handle(challenge(key=Ed25519PrivateKey.generate()).model_dump_json().encode())
     # Then each is counted under its outcome or error code,
-    for outcome in ("rid", "otp", "cancelled", "refused", "dropped"):
+    for outcome in ("rid", "cancelled", "refused", "dropped"):
         assert value(registry, "eeszt_bridge_logins_total", workstation="WS-01",
                      outcome=outcome) == 1, outcome
     assert value(registry, "eeszt_bridge_logins_total", workstation="WS-01", outcome="wrong_pin") == 0

@@ -1,4 +1,4 @@
-"""The pipeline with an in-memory EESZT and outbox: every outcome of issue 3, without a broker."""
+"""The pipeline with an in-memory EESZT and outbox: every outcome, without a broker."""
 
 from __future__ import annotations
 
@@ -18,18 +18,26 @@ from workers.fakes import FakeEeszt
 from workers.outbox import MemoryOutbox
 from workers.pipeline import Incoming, Pipeline
 from workers.retry import RetryPolicy
-from workers.tokens import Credential, TokenManager
+from workers.tokens import TokenManager
+from tests.bridges import FakeBridges, finals, logged_in
 
 FAST = RetryPolicy(call_attempts=3, call_wait_min_s=0.001, call_wait_max_s=0.002)
 
 
-def make(fake: FakeEeszt | None = None, **kw):
-    fake = fake or FakeEeszt(passwords={"O10001": "pw1", "O10002": "pw2"})
-    creds = {u: Credential(user_id=u, password=p) for u, p in fake.passwords.items()}
+def make(fake: FakeEeszt | None = None, *, doctors=("O10001", "O10002"), bridges=False, **kw):
+    """O10001 and O10002 have logged in at their workstations; with ``bridges``, a doctor
+    without a token logs in through a (fake) card bridge, and the 4th item handles what the
+    login releases."""
+    fake = fake or FakeEeszt()
     outbox = MemoryOutbox()
-    tokens = TokenManager(sts=fake, credentials=creds)
+    tokens = TokenManager(sts=fake)
+    logged_in(tokens, fake, *doctors)
+    fb = FakeBridges(fake=fake, tokens=tokens, outbox=outbox) if bridges else None
     pipeline = Pipeline(client=fake, tokens=tokens, outbox=outbox, institution="H100200",
-                        policy=kw.pop("policy", FAST), **kw)
+                        policy=kw.pop("policy", FAST), logins=fb.logins if fb else None, **kw)
+    if fb is not None:
+        fb.pipeline = pipeline
+        return fake, outbox, pipeline, fb
     return fake, outbox, pipeline
 
 
@@ -136,11 +144,14 @@ def test_request_past_its_deadline_is_not_sent():
 
 
 def test_expired_token_is_refreshed_once_and_the_request_goes_through():
-    fake, outbox, p = make()
+    fake, outbox, p, bridges = make(doctors=("O10001",), bridges=True)
     p.handle(incoming(samples.prescription()))
     fake.expire_all_tokens()
-    assert p.handle(incoming(samples.prescription())) == "accepted"
-    assert fake.sts_calls["password"] == 2
+    # A doctor's token is renewed only by the doctor: one login at the workstation.
+    assert p.handle(incoming(samples.prescription())) == "waiting"
+    bridges.drain(10, until=lambda: len(finals(outbox)) >= 2)
+    assert bridges.outcomes == ["accepted"] and len(bridges.challenges) == 1
+    assert fake.sts_calls["eszig"] == 2
 
 
 def test_ambiguous_outcome_is_resolved_by_query_not_by_resending():
@@ -179,13 +190,16 @@ def test_doctor_without_a_login_route_is_rejected_naming_the_user():
 
 
 def test_one_token_per_doctor_for_many_concurrent_requests():
-    doctors = {f"O1000{i}": f"pw{i}" for i in range(10)}
-    fake, outbox, p = make(FakeEeszt(passwords=doctors))
+    fake, outbox, p, bridges = make(doctors=(), bridges=True)
     requests = [samples.prescription(user_id=f"O1000{i % 10}") for i in range(1000)]
     with ThreadPoolExecutor(32) as pool:
         outcomes = list(pool.map(lambda r: p.handle(incoming(r)), requests))
+    assert set(outcomes) <= {"accepted", "waiting"}
+    # the waiting ones go through once their doctor has logged in at the workstation
+    bridges.drain(60, until=lambda: len(finals(outbox)) >= 1000)
+    outcomes = [o for o in outcomes if o != "waiting"] + bridges.outcomes
     assert outcomes.count("accepted") == 1000
-    assert fake.sts_calls["password"] == 10
+    assert fake.sts_calls["eszig"] == 10 and len(bridges.challenges) == 10
 
 
 def test_logs_carry_no_taj(caplog):
@@ -246,7 +260,7 @@ def test_two_copies_that_must_ask_first_never_both_send():
 def test_a_copy_that_finds_the_request_locked_is_deferred_without_asking():
     fake, outbox, p = make()
     request = samples.prescription()
-    with outbox.key_lock("eRecept", request.idempotency_key) as held:
+    with outbox.key_lock(request.institution, "eRecept", request.idempotency_key) as held:
         assert held
         assert p.handle(incoming(request, headers={H_AMBIGUOUS: 1})) == "deferred"
         assert fake.submits == 0

@@ -28,16 +28,18 @@ from workers.retry import RetryPolicy
 from workers.runtime import Runtime
 from workers.settings import WorkerSettings
 from workers.tenants import GW_TENANT, refusal
-from workers.tokens import Credential, TokenManager
+from tests.bridges import logged_in
+from workers.tokens import TokenManager
 
 FAST = RetryPolicy(call_attempts=1, call_wait_min_s=0.001, call_wait_max_s=0.002)
 
 
 def make(tenants: str = "his-users"):
-    fake = FakeEeszt(passwords={"O10001": "pw1"})
+    fake = FakeEeszt()
     outbox, audit = MemoryOutbox(), MemoryAuditLog()
-    tokens = TokenManager(sts=fake, credentials={"O10001": Credential(user_id="O10001",
-                                                                      password="pw1")})
+    tokens = TokenManager(sts=fake)
+    logged_in(tokens, fake, "O10001")  # the doctor logged in at the workstation, before
+    fake.sts_calls.clear()
     pipeline = Pipeline(client=fake, tokens=tokens, outbox=outbox, institution="H100200",
                         policy=FAST, audit=audit, tenants=tenants)
     return fake, outbox, audit, pipeline
