@@ -42,7 +42,7 @@ demo: $(BASE)
 test: $(FULL) rabbitmq pcscd
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The benchmarks (issue 6): each prints its table and writes JSON + PNG into $(BENCH_OUT).
+# The benchmarks: each prints its table and writes JSON + PNG into $(BENCH_OUT).
 # Sizes: BENCH_N events per batch run, BENCH_REPEAT interleaved runs (the median is reported),
 # BENCH_SCALING_N per scaling run, BENCH_MEMORY_N for the RSS run (1,000,000: about 40 minutes).
 BENCH_OUT      ?= bench-results

@@ -1,7 +1,7 @@
 """HTTPS with mutual TLS to the EESZT endpoints: one urllib3 keep-alive pool per process.
 
 Threads sharing one pool beat asyncio+httpx at every latency we measured
-(``shared/notes/stack-facts.md``). Every call has an explicit timeout. urllib3 errors are
+(measured on a 2-core host). Every call has an explicit timeout. urllib3 errors are
 translated into :mod:`workers.errors` here and nowhere else.
 
 The gateway's default HTTP client is now libcurl (:mod:`workers.curl_transport`, the same
