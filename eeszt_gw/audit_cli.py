@@ -1,9 +1,9 @@
 """``eeszt-gw audit MESSAGE_ID_OR_KEY``, and what the operator commands share with ``dlq``.
 
-``audit`` reads ``eeszt.audit`` with :func:`workers.audit.read_audit` and prints one line per
-event in time order, or JSON lines with ``--json``. Exit status: 0 found, 1 nothing found, 2 a
-wrong flag or an unreachable broker. The helpers below (time flags, the broker URL, error
-handling) are shared with :mod:`eeszt_gw.dlq`.
+``audit`` reads ``eeszt.audit`` with :func:`workers.middleware.audit.read_audit` and prints one
+line per event in time order, or JSON lines with ``--json``. Exit status: 0 found, 1 nothing
+found, 2 a wrong flag or an unreachable broker. The helpers below (time flags, the broker URL,
+error handling) are shared with :mod:`eeszt_gw.dlq`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from schemas.audit import AuditEvent
-from schemas.connection import BrokerConfigError, BrokerTLS
+from schemas.connection import BrokerConfigError, BrokerTLS, safe_url
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -64,11 +64,6 @@ def broker_tls(ns: argparse.Namespace) -> BrokerTLS | None:
         raise UsageError(str(exc)) from None
 
 
-def safe_url(url: str) -> str:
-    """The URL with its password masked, for error messages."""
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1****@", url)
-
-
 def guarded(handler: Callable[[argparse.Namespace], int], ns: argparse.Namespace) -> int:
     """Run a command; a wrong flag or an unreachable broker is one line on stderr and exit 2."""
     import pika.exceptions
@@ -102,7 +97,7 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def _story(ns: argparse.Namespace) -> int:
-    from workers.audit import read_audit
+    from workers.middleware.audit import read_audit
 
     since = parse_when(ns.since) if ns.since else None
     until = parse_when(ns.until) if ns.until else None

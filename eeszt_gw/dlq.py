@@ -42,12 +42,11 @@ from pydantic import ValidationError
 from schemas.audit import AuditEvent, AuditKind, mask_text
 from schemas.connection import BrokerTLS, broker_parameters, open_connection
 from schemas.envelope import RequestEnvelope
+from schemas.replies import GW_TENANT
 from schemas.soap import OPERATION_OF
 from schemas.strict_json import read_object
 from schemas.wire import (DEAD_LETTER_QUEUE, H_AMBIGUOUS, H_CODE, H_IDEMPOTENCY_KEY, H_KIND,
                           H_MESSAGE_ID, H_REASON, H_TYPE, REQUESTS_EXCHANGE)
-
-from workers.tenants import GW_TENANT
 
 from .audit_cli import UsageError, broker_tls, broker_url, guarded, parse_when
 
@@ -392,7 +391,7 @@ def _select_for_change(ns: argparse.Namespace, kind: AuditKind) -> Selector:
 
 
 def _act(ns: argparse.Namespace, kind: AuditKind) -> int:
-    from workers.audit import RabbitAuditLog
+    from workers.middleware.audit import RabbitAuditLog
 
     who, why = operator(ns), ns.why.strip()
     if not why:

@@ -29,7 +29,7 @@ from schemas.wire import INTERACTIVE_QUEUE, LOGIN_ANSWER_KEY, LOGIN_EXCHANGE, qu
 from simulator.card import InProcessCard
 from simulator.card.files import load_card
 from workers.broker import rabbit_broker, stub_broker, wrap_delivery
-from workers.login_backends import MemoryLoginBackend, RabbitLoginBackend
+from workers.logins.backends import MemoryLoginBackend, RabbitLoginBackend
 from workers.outbox import MemoryOutbox, RabbitOutbox
 from workers.runtime import build_runtime
 from workers.settings import WorkerSettings
@@ -206,7 +206,7 @@ class RabbitGateway:
         from producers.publisher import BatchPublisher, Publisher
         from producers.replies import ReplyListener
         from workers.process import declare_topology
-        from workers.token_share import RabbitTokenShare, new_key
+        from workers.logins.token_share import RabbitTokenShare, new_key
 
         self.description = f"RabbitMQ at {url.split('@')[-1]}"
         qt = settings.queue_type  # EESZT_QUEUE_TYPE: classic, or quorum

@@ -4,7 +4,7 @@ Everything comes over plain AMQP 0-9-1, so it works from an ops laptop without t
 plugin: ready counts by passive ``queue_declare``; per-service breakdowns and ages by browsing a
 queue (``basic_get`` without ack up to a cap, then one ``basic_nack(multiple, requeue)``); the
 requests in flight and the circuit breakers' states by a status request on the fanout
-exchange ``eeszt.control``, answered by every worker process (``workers.control``). The
+exchange ``eeszt.control``, answered by every worker process (``workers.middleware.control``). The
 doctors' wait queues cannot be listed over AMQP: their names come from ``rabbitmqctl`` when it
 works on this host for the broker's own node, else from the workers' answers. Certificates are
 read from ``--pki-dir``.
@@ -28,7 +28,7 @@ from typing import Any, Callable
 import pika.exceptions
 
 from schemas.audit import mask_text
-from schemas.connection import BrokerTLS
+from schemas.connection import BrokerTLS, safe_url
 from schemas.soap import SERVICES
 from schemas.wire import (
     BINDINGS,
@@ -46,7 +46,6 @@ from .status_broker import (
     describe_error,
     message_facts,
     rabbitmqctl_queue_names,
-    safe_url,
 )
 from .status_certs import BAD_STATES, check_certificates
 

@@ -4,7 +4,8 @@ Ready counts come from a passive ``queue_declare`` (a missing queue closes the c
 it is reopened and the queue reported as absent). A browse takes up to a cap of ready messages
 with ``basic_get`` and no ack, then puts them all back with one ``basic_nack(multiple,
 requeue)``. The workers are asked on the fanout exchange ``eeszt.control``
-(``workers.control``). ``rabbitmqctl`` is an optional extra, used only for a broker on this host.
+(``workers.middleware.control``). ``rabbitmqctl`` is an optional extra, used only for a broker on
+this host.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ import time
 import uuid
 from datetime import datetime
 from typing import Any, Callable
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import pika
 import pika.exceptions
 
-from schemas.connection import BrokerTLS, broker_parameters, open_connection
+from schemas.connection import BrokerTLS, broker_parameters, open_connection, safe_url
 from schemas.soap import OPERATION_OF
 from schemas.strict_json import read_object
 from schemas.wire import H_CODE, H_FIRST_SEEN, H_TYPE
-from workers.control import CONTROL_EXCHANGE, STATUS_OP
+from workers.middleware.control import CONTROL_EXCHANGE, STATUS_OP
 
 UNKNOWN = "unknown"
 
@@ -39,15 +40,6 @@ def describe_error(exc: BaseException) -> str:
     """One line for a pika or socket error (pika often keeps the cause in ``args``)."""
     detail = str(exc) or ", ".join(str(a) or repr(a) for a in exc.args) or type(exc).__name__
     return " ".join(detail.split())
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def vhost_of(url: str) -> str:

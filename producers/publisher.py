@@ -8,7 +8,7 @@
 **Delivery is at-least-once.** A message is published with ``mandatory`` set and is only
 reported as published after its ``basic.ack``. When the connection dies before the confirm, the
 message is published again on the next connection, so the broker may hold it twice; the gateway
-deduplicates by idempotency key, so EESZT still sees it once (DESIGN invariants 1 and 2).
+deduplicates by idempotency key, so EESZT still sees it once (nothing lost, nothing sent twice).
 
 Why not ``BlockingChannel.confirm_delivery()``: pika then waits for each confirm inside
 ``basic_publish``, without a timeout, which caps a publisher at one message per round trip.

@@ -1,13 +1,15 @@
 """Reaching the broker and declaring the request topology, exactly as ``schemas.wire`` draws it.
 
-:func:`declare_topology` is the reference declaration of the exchanges, work queues and bindings.
-Everyone who declares them (producers, workers) must pass the same arguments, or RabbitMQ closes
-the channel with ``PRECONDITION_FAILED``; copy the argument set from here. Declaring is
+:func:`declare_topology` applies ``schemas.wire.REQUEST_PATH``, the exchanges, work queues and
+bindings declared once as data. Everyone who declares them (producers, workers) must pass the
+same arguments, or RabbitMQ closes the channel with ``PRECONDITION_FAILED``; take them from
+``schemas.wire.declaration_calls``. Declaring is
 idempotent, so every process declares at start-up and none depends on another having run first.
 
 :func:`connect` opens a ``pika.BlockingConnection`` with a bounded, jittered retry and turns
-pika's errors into :class:`~producers.errors.BrokerUnavailable`. :func:`safe_url` is the only
-form in which a broker URL may be logged (the password is masked).
+pika's errors into :class:`~producers.errors.BrokerUnavailable`. :func:`safe_url`
+(``schemas.connection``) is the only form in which a broker URL may be logged (the password is
+masked).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-import urllib.parse
 from collections import deque
 from typing import Final
 
@@ -31,19 +32,13 @@ from schemas.connection import (
     BrokerTLSError,
     broker_parameters,
     open_connection,
+    safe_url,
 )
 from schemas.wire import (
-    BATCH_QUEUE,
-    BINDINGS,
-    DEAD_LETTER_QUEUE,
     DEFAULT_QUEUE_TYPE,
-    INTERACTIVE_QUEUE,
-    REPLIES_EXCHANGE,
-    REQUESTS_EXCHANGE,
-    REQUESTS_EXCHANGE_ARGUMENTS,
-    UNROUTED_EXCHANGE,
-    queue_arguments,
-    work_queue_arguments,
+    REPLIES_EXCHANGE_DECLARATION,
+    REQUEST_PATH,
+    declaration_calls,
 )
 
 __all__ = [
@@ -74,7 +69,8 @@ CONNECTION_ERRORS: Final = (
 
 def declare_replies_exchange(channel: BlockingChannel) -> None:
     """Declare ``eeszt.replies`` (topic, durable). Idempotent; pika errors propagate."""
-    channel.exchange_declare(REPLIES_EXCHANGE, "topic", durable=True)
+    method, args, kwargs = REPLIES_EXCHANGE_DECLARATION.call(DEFAULT_QUEUE_TYPE)
+    getattr(channel, method)(*args, **kwargs)
 
 
 def declare_topology(channel: BlockingChannel, queue_type: str = DEFAULT_QUEUE_TYPE) -> None:
@@ -90,33 +86,8 @@ def declare_topology(channel: BlockingChannel, queue_type: str = DEFAULT_QUEUE_T
         pika.exceptions.ChannelClosedByBroker: something exists with other arguments
             (``PRECONDITION_FAILED``); the channel is closed afterwards.
     """
-    # The alternate exchange first: the requests exchange names it.
-    channel.exchange_declare(UNROUTED_EXCHANGE, "fanout", durable=True)
-    channel.exchange_declare(
-        REQUESTS_EXCHANGE, "topic", durable=True, arguments=dict(REQUESTS_EXCHANGE_ARGUMENTS)
-    )
-    declare_replies_exchange(channel)
-    for queue in (INTERACTIVE_QUEUE, BATCH_QUEUE):
-        channel.queue_declare(queue, durable=True,
-                              arguments=work_queue_arguments(queue, queue_type))
-        for pattern in BINDINGS[queue]:
-            channel.queue_bind(queue, REQUESTS_EXCHANGE, routing_key=pattern)
-    # Unknown types go to the interactive queue, where a worker rejects them with a reply.
-    channel.queue_bind(INTERACTIVE_QUEUE, UNROUTED_EXCHANGE, routing_key="")
-    channel.queue_declare(DEAD_LETTER_QUEUE, durable=True, arguments=queue_arguments(queue_type))
-
-
-def safe_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs and error messages."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    for method, args, kwargs in declaration_calls(REQUEST_PATH, queue_type):
+        getattr(channel, method)(*args, **kwargs)
 
 
 def retry_delay(attempt: int, backoff: float) -> float:
@@ -128,7 +99,7 @@ def retry_delay(attempt: int, backoff: float) -> float:
 
 class _RedactReturnedBody(logging.Filter):
     """pika's BlockingChannel logs a WARNING with the first 255 bytes of every returned message,
-    which would put a TAJ into the logs (DESIGN invariant 4); keep the record, drop the body."""
+    which would put a TAJ into the logs (patient identifiers stay out of logs); keep the record, drop the body."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if (isinstance(record.msg, str) and record.msg.startswith("Published message was returned")

@@ -1,10 +1,10 @@
 """The audit trail's record: one :class:`AuditEvent` per state change of one request. No I/O.
 
 Events are written by the workers and by operator commands (``eeszt-gw dlq replay``) and read
-back by ``eeszt-gw audit MESSAGE_ID_OR_KEY``; :mod:`workers.audit` stores them. An event is the
-"who did what to which prescription, when" of one step, so it must never carry patient data:
-:func:`mask_text` is applied to ``detail`` and ``actor`` by the model itself, so an unmasked TAJ
-cannot be stored even by a caller that forgets (DESIGN invariant 4).
+back by ``eeszt-gw audit MESSAGE_ID_OR_KEY``; :mod:`workers.middleware.audit` stores them. An
+event is the "who did what to which prescription, when" of one step, so it must never carry
+patient data: :func:`mask_text` is applied to ``detail`` and ``actor`` by the model itself, so an
+unmasked TAJ cannot be stored even by a caller that forgets (patient identifiers stay out of logs).
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ class AuditStep:
     def now(cls, event: AuditKind, message_id: str, idempotency_key: str, service: str,
             attempt: int | None, detail: str, actor: str) -> "AuditStep":
         """A step that happens now (``at`` in UTC), for callers whose ``event`` is already an
-        :class:`AuditKind` (``workers.audit.audit_event``): the constructor without its checks."""
+        :class:`AuditKind` (``workers.middleware.audit.audit_event``): the constructor without its
+        checks."""
         step = cls.__new__(cls)
         step._fill(message_id, idempotency_key, service, event, datetime.now(timezone.utc), actor,
                    attempt, detail)

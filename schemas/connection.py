@@ -44,6 +44,7 @@ __all__ = [
     "BrokerTLSError",
     "broker_parameters",
     "open_connection",
+    "safe_url",
     "tls_failure",
 ]
 
@@ -54,6 +55,19 @@ _SSL_IN_TEXT: Final = re.compile(r"\[SSL: ([A-Z0-9_]+)\]\s*([^(\]'\"\\]*)")
 #: is done; if the client is writing the AMQP header at that moment, it sees only the close.
 TLS_EOF: Final = "TLS_EOF"
 _EOF_TEXT: Final = "EOF occurred in violation of protocol"
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and error messages."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 class BrokerConfigError(ValueError):

@@ -1,7 +1,7 @@
 """Replies from the gateway to a HIS, and turning validation errors into readable reasons.
 
 Every request ends in exactly one *final* reply (:class:`Accepted`, :class:`Rejected` or
-:class:`Failed`; DESIGN invariant 1). :class:`StatusUpdate` replies may come before it and are
+:class:`Failed`: nothing is lost). :class:`StatusUpdate` replies may come before it and are
 informational. :data:`REPLY_ADAPTER` parses any reply; it raises ``pydantic.ValidationError``.
 
 Replies ignore unknown fields (requests forbid them): a HIS-side listener one version behind
@@ -25,6 +25,10 @@ from schemas.soap import OPERATION_OF
 
 __all__ = [
     "FINAL_KINDS",
+    "GW_INSTITUTION",
+    "GW_LOGIN",
+    "GW_TENANT",
+    "GW_VALIDATION",
     "REPLY_ADAPTER",
     "REPLY_KINDS",
     "Accepted",
@@ -40,6 +44,16 @@ __all__ = [
     "reply_fields",
     "validation_problems",
 ]
+
+# --- the gateway's own rejection codes (EESZT's fault codes pass through unchanged) ----------
+#: the request failed the gateway's checks (``field`` names which one)
+GW_VALIDATION: Final = "GW-VALIDATION"
+#: the request names an institution this gateway does not serve
+GW_INSTITUTION: Final = "GW-INSTITUTION"
+#: the doctor could not log in (no card bridge, login window over)
+GW_LOGIN: Final = "GW-LOGIN"
+#: refused for its reply address (dead letters and the HIS's reply)
+GW_TENANT: Final = "GW-TENANT"
 
 
 def _utcnow() -> datetime:

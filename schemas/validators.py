@@ -6,7 +6,7 @@ Each ``Annotated`` type below validates a ``str`` field and, when the value is w
 and whose message says why, e.g. ``TAJ check digit is 3, expected 5``.
 
 The messages never repeat a TAJ or a diagnosis code: validation errors end up in logs and in
-replies, and patient data must not (DESIGN invariant 4). The shapes match ``soap/common.xsd``, so
+replies, and patient data must not (patient identifiers stay out of logs). The shapes match ``soap/common.xsd``, so
 a message that passes here also passes the SOAP schema.
 
 Plain helpers (:func:`taj_check_digit`, :func:`is_valid_taj`, :func:`make_taj`, :func:`mask_taj`,

@@ -14,8 +14,12 @@ Replies arrive on exchange ``eeszt.replies`` (topic, durable) with routing key =
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
+
+from schemas.card import CARD_EXCHANGE, LOGIN_ANSWERS_QUEUE
+from schemas.services import SERVICE_BY_NAME, SERVICE_TABLE, ServiceRow
 
 REQUESTS_EXCHANGE: Final = "eeszt.requests"
 #: Unknown routing keys land here (alternate exchange) and are rejected by a worker with a reply.
@@ -28,13 +32,23 @@ INTERACTIVE_QUEUE: Final = "eeszt.interactive"
 BATCH_QUEUE: Final = "eeszt.batch"
 DEAD_LETTER_QUEUE: Final = "eeszt.dlq"
 
-#: routing-key patterns bound from ``eeszt.requests`` to each work queue
-BINDINGS: Final[dict[str, tuple[str, ...]]] = {
-    INTERACTIVE_QUEUE: ("erecept.#", "ebeutalo.#", "eprofil.#"),
-    BATCH_QUEUE: ("event.#", "ehr.#"),
-}
-
 QUEUE_CLASSES: Final[dict[str, str]] = {"interactive": INTERACTIVE_QUEUE, "batch": BATCH_QUEUE}
+
+#: routing-key patterns bound from ``eeszt.requests`` to each work queue: ``<family>.#`` of
+#: every service of its class, from the one table of services (``schemas.services``)
+def bindings_of(rows: Iterable[ServiceRow]) -> dict[str, tuple[str, ...]]:
+    """Work queue -> the routing-key patterns of the services of ``rows`` in its class."""
+    rows = tuple(rows)
+    return {queue: tuple(f"{row.family}.#" for row in rows if row.queue_class == cls)
+            for cls, queue in QUEUE_CLASSES.items()}
+
+
+BINDINGS: Final[dict[str, tuple[str, ...]]] = bindings_of(SERVICE_TABLE)
+
+
+def queue_of_service(service: str) -> str:
+    """The work queue of a service of the table (KeyError for an unknown one)."""
+    return QUEUE_CLASSES[SERVICE_BY_NAME[service].queue_class]
 
 #: Broker-side retry delays: one durable queue per tier, whose messages dead-letter back to the
 #: work queue when their TTL runs out. Nothing waits in worker memory.
@@ -161,3 +175,106 @@ H_PARKED: Final = "eeszt-parked"  # the request was parked during an outage
 def parked_queue(service: str) -> str:
     """Requests held while ``service`` is down (durable, no TTL but each request's deadline)."""
     return f"eeszt.parked.{service}"
+
+
+# --- the topology, declared once as data ---------------------------------------------------------
+#: a channel call: method name, positional and keyword arguments (``getattr(channel, m)(...)``)
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """A durable exchange (``kind``: fanout, topic or direct)."""
+
+    name: str
+    kind: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+    def call(self, queue_type: str) -> Call:
+        kwargs: dict[str, Any] = {"durable": True}
+        if self.arguments:
+            kwargs["arguments"] = dict(self.arguments)
+        return "exchange_declare", (self.name, self.kind), kwargs
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """A durable queue of the gateway's ``queue_type``: a work queue (dramatiq consumes it, so it
+    carries dramatiq's arguments), one whose expired messages go to ``dead_letters_to``, or a
+    plain one."""
+
+    name: str
+    work: bool = False
+    dead_letters_to: str | None = None
+
+    def arguments(self, queue_type: str) -> dict[str, Any]:
+        if self.work:
+            return work_queue_arguments(self.name, queue_type)
+        if self.dead_letters_to is not None:
+            return queue_arguments(queue_type, dead_letter_to(self.dead_letters_to))
+        return queue_arguments(queue_type)
+
+    def call(self, queue_type: str) -> Call:
+        return "queue_declare", (self.name,), {"durable": True,
+                                               "arguments": self.arguments(queue_type)}
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    queue: str
+    exchange: str
+    routing_key: str = ""
+
+    def call(self, queue_type: str) -> Call:
+        return "queue_bind", (self.queue, self.exchange), {"routing_key": self.routing_key}
+
+
+Declaration = Exchange | Queue | Binding
+
+
+#: the replies exchange, declared also by whoever only consumes replies
+REPLIES_EXCHANGE_DECLARATION: Final = Exchange(REPLIES_EXCHANGE, "topic")
+
+
+def _request_path() -> tuple[Declaration, ...]:
+    out: list[Declaration] = [
+        # the alternate exchange first: the requests exchange names it
+        Exchange(UNROUTED_EXCHANGE, "fanout"),
+        Exchange(REQUESTS_EXCHANGE, "topic", REQUESTS_EXCHANGE_ARGUMENTS),
+        REPLIES_EXCHANGE_DECLARATION,
+    ]
+    for queue, patterns in BINDINGS.items():
+        out.append(Queue(queue, work=True))
+        out += [Binding(queue, REQUESTS_EXCHANGE, pattern) for pattern in patterns]
+    # Unknown types go to the interactive queue, where a worker rejects them with a reply.
+    out += [Binding(INTERACTIVE_QUEUE, UNROUTED_EXCHANGE), Queue(DEAD_LETTER_QUEUE)]
+    return tuple(out)
+
+
+#: What a producer declares after each connect: exchanges, work queues and their bindings, the
+#: dead-letter queue. A request published before any worker ever ran still lands in a queue.
+REQUEST_PATH: Final[tuple[Declaration, ...]] = _request_path()
+
+#: What every worker process declares: the request path, the tokens exchange, the retry tiers
+#: and the interactive logins' exchanges and queues.
+WORKER_TOPOLOGY: Final[tuple[Declaration, ...]] = (
+    *REQUEST_PATH,
+    Exchange(TOKENS_EXCHANGE, "fanout"),
+    *(Queue(retry_queue(queue, tier), dead_letters_to=queue)
+      for queue in BINDINGS for tier in RETRY_TIERS_S),
+    # challenges to workstations, answers from the bridges
+    Exchange(CARD_EXCHANGE, "direct"),
+    # topic, so that topic permissions can pin a bridge user to the key "answer"
+    Exchange(LOGIN_EXCHANGE, "topic"),
+    # dramatiq consumes it too, so it carries the same arguments as a work queue
+    Queue(LOGIN_ANSWERS_QUEUE, work=True),
+    Binding(LOGIN_ANSWERS_QUEUE, LOGIN_EXCHANGE, LOGIN_ANSWER_KEY),
+    Queue(LOGIN_DELAY_QUEUE, dead_letters_to=LOGIN_ANSWERS_QUEUE),
+)
+
+
+def declaration_calls(declarations: Iterable[Declaration],
+                      queue_type: str = DEFAULT_QUEUE_TYPE) -> list[Call]:
+    """The channel calls that declare ``declarations`` with ``queue_type``, in order."""
+    check_queue_type(queue_type)
+    return [d.call(queue_type) for d in declarations]

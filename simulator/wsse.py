@@ -1,7 +1,7 @@
 """WS-Security verification of incoming SOAP 1.1 envelopes (simulator side).
 
-:class:`WsseVerifier` checks what :class:`workers.wsse.WsseSigner` writes, in this order (cheap
-checks before the RSA operation), and raises :class:`WsseError` with a stable
+:class:`WsseVerifier` checks what :class:`workers.client.wsse.WsseSigner` writes, in this order
+(cheap checks before the RSA operation), and raises :class:`WsseError` with a stable
 :class:`~schemas.soap.FaultCode`:
 
 1. one ``wsse:Security`` header ............................ SECURITY_HEADER_MISSING

@@ -7,7 +7,7 @@
   cards count the APDUs they receive.
 - :class:`FakeBridges`: for unit tests, the worker side of a login in memory (login
   coordinator, memory backend, a fake bridge answering ``rid:<user>``, the form
-  :class:`workers.fakes.FakeEeszt` accepts), with a loop that handles the released requests.
+  :class:`workers.client.fakes.FakeEeszt` accepts), with a loop that handles the released requests.
 - :func:`logged_in`: a doctor who has just logged in at the workstation (a token obtained with
   an rID), for unit tests that are not about the login itself.
 """
@@ -40,10 +40,10 @@ from schemas.replies import is_final
 from schemas.wire import LOGIN_EXCHANGE, queue_arguments
 from simulator.card import InProcessCard
 from simulator.card.files import load_card
-from workers.login import LoginCoordinator
-from workers.login_backends import MemoryLoginBackend
+from workers.logins.coordinator import LoginCoordinator
+from workers.logins.backends import MemoryLoginBackend
 from workers.pipeline import Incoming, Pipeline
-from workers.tokens import TokenManager, doctor_identity
+from workers.logins.tokens import TokenManager, doctor_identity
 
 
 # --- real bridges on RabbitMQ -----------------------------------------------------------------------
@@ -160,7 +160,7 @@ class WorkstationBridges:
 
     def _declare(self, workstations: dict[str, str], queue_type: str) -> None:
         """The exchanges and workstation queues the bridges use, as the workers declare them
-        (workers/topology.py, workers/login_backends.py, the workers' ``queue_type``), so that
+        (workers/topology.py, workers/logins/backends.py, the workers' ``queue_type``), so that
         bridges may start before the workers in a fresh vhost."""
         conn = open_connection(broker_parameters(self.broker_url, self.tls))
         try:
@@ -213,7 +213,7 @@ def card_token(client: Any, *, pki_dir: Path, eid_url: str, user_id: str, workst
     from uuid import uuid4
 
     from schemas.card import CardChallenge
-    from workers.soap import encode_rid_package
+    from workers.client.soap import encode_rid_package
 
     package, _ = client.request_eid_package(user_id=user_id, workstation=workstation)
     now = datetime.now(timezone.utc)
@@ -239,7 +239,7 @@ def demo_workstations(users: Iterable[dict[str, Any]], *, mobiltoken: Iterable[s
 
 # --- unit tests: the login in memory ----------------------------------------------------------------
 def rid_of(user_id: str) -> str:
-    """The rID :class:`workers.fakes.FakeEeszt` accepts for ``user_id``."""
+    """The rID :class:`workers.client.fakes.FakeEeszt` accepts for ``user_id``."""
     return f"rid:{user_id}"
 
 

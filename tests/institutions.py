@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from simulator.pki import PkiPaths, issue_certificate, write_pem
 from simulator.users import write_demo_users
-from workers.client import ClientFiles, EesztClient
-from workers.transport import Timeouts
-from workers.wsse import WsseSigner
+from workers.client.client import ClientFiles, EesztClient
+from workers.client.transport import Timeouts
+from workers.client.wsse import WsseSigner
 
 
 def _ca(cert: Path, key: Path):

@@ -19,10 +19,10 @@
 
 State is per worker process: each process finds out about an outage by itself (within
 ``failure_threshold`` requests) and probes by itself. :meth:`Breakers.snapshot` is what the
-process tells ``eeszt-gw status`` (``workers.control``): per service the state, since when,
-the failures in a row, the openings and the last probe. It reports **half-open** while a probe
-is in flight: the probe is the one trial call; the requests themselves stay parked until it
-answers (``state`` itself stays ``OPEN``).
+process tells ``eeszt-gw status`` (``workers.middleware.control``): per service the state, since
+when, the failures in a row, the openings and the last probe. It reports **half-open** while a
+probe is in flight: the probe is the one trial call; the requests themselves stay parked until
+it answers (``state`` itself stays ``OPEN``).
 """
 
 from __future__ import annotations

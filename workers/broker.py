@@ -38,16 +38,11 @@ from dramatiq.middleware import ShutdownNotifications, TimeLimit
 
 from schemas.card import LOGIN_ANSWERS_QUEUE
 from schemas.connection import BrokerTLS, broker_parameters
+from schemas.services import SERVICE_OF_FAMILY
 from schemas.wire import DEFAULT_QUEUE_TYPE, H_TYPE, queue_arguments
 
-#: payload type family -> actor (one actor per EESZT service)
-ACTOR_OF_FAMILY: dict[str, str] = {
-    "erecept": "eRecept",
-    "ebeutalo": "eBeutalo",
-    "eprofil": "eProfil",
-    "event": "esemenyKatalogus",
-    "ehr": "eht",
-}
+#: payload type family -> actor (one actor per EESZT service, named as the service)
+ACTOR_OF_FAMILY: dict[str, str] = dict(SERVICE_OF_FAMILY)
 UNROUTABLE_ACTOR = "unroutable"
 #: ids of consumers whose connection is alive; a message from any other one is stale
 _LIVE_CONSUMERS: set[int] = set()

@@ -12,7 +12,7 @@ own bundle, then every ``*.pem`` in PKI_DIR), the responder unreachable or too s
 that is not ``successful``, not about this certificate, not signed by the issuer (or by a
 responder certificate it issued for OCSP signing), with a wrong nonce, or stale. Unknown is
 logged (a warning), never fatal; revoked is logged as an error. The results feed the worker's
-metrics (:class:`workers.metrics.CertificateStatusCollector`).
+metrics (:class:`workers.middleware.metrics.CertificateStatusCollector`).
 """
 
 from __future__ import annotations

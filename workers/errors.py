@@ -15,7 +15,7 @@
         └── LoginFailed              the STS refused the credentials (AUTH_FAILED)
 
 Library exceptions (urllib3, lxml) are translated into these at one place each:
-:mod:`workers.transport` and :mod:`workers.soap`.
+:mod:`workers.client.transport` and :mod:`workers.client.soap`.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ from schemas.audit import mask_text
 from schemas.envelope import RequestEnvelope
 from schemas.permissions import Role, writer_role
 from schemas.replies import (
+    GW_INSTITUTION,
+    GW_LOGIN,
+    GW_TENANT,
+    GW_VALIDATION,
     Accepted,
     Failed,
     Rejected,
@@ -49,12 +53,12 @@ from schemas.wire import (
 
 from .errors import AmbiguousOutcome, LoginFailed, ServiceRejected, ServiceUnavailable, TokenRejected
 from .intake import NIL, Incoming, Invalid, read as read_delivery
-from .audit import AuditLog, NullAuditLog, audit_event
+from .middleware.audit import AuditLog, NullAuditLog, audit_event
 from .outbox import Outbox
 from .retry import RetryPolicy
-from .soap import SubmitResult
-from .tenants import GW_TENANT, MODES as TENANT_MODES, Refusal, refusal as tenant_refusal
-from .tokens import (
+from .client.soap import SubmitResult
+from .tenants import MODES as TENANT_MODES, Refusal, refusal as tenant_refusal
+from .logins.tokens import (
     LoginRequired,
     NoLoginRoute,
     Token,
@@ -72,11 +76,6 @@ class _TwinInFlight(Exception):
 
 _NO_LOCK = contextlib.nullcontext()  # reusable: it keeps no state
 KEPT_IN = f"dead-letter queue {DEAD_LETTER_QUEUE}"
-
-# Gateway-side rejection codes (EESZT's own fault codes pass through unchanged).
-GW_VALIDATION = "GW-VALIDATION"
-GW_INSTITUTION = "GW-INSTITUTION"
-GW_LOGIN = "GW-LOGIN"
 
 
 class ServiceClient(Protocol):
@@ -110,7 +109,8 @@ class Pipeline:
         self.institution = institution
         self.policy = policy
         self.observer = observer or _NullObserver()
-        self.logins = logins  # a workers.login.LoginCoordinator, or None: no interactive logins
+        #: a workers.logins.coordinator.LoginCoordinator, or None: no interactive logins
+        self.logins = logins
         self.breakers = breakers  # a workers.breaker.Breakers, or None: no circuit breaking
         self.republish_delay_s = republish_delay_s
         self.audit = audit or NullAuditLog()

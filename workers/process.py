@@ -27,17 +27,17 @@ from schemas.card import LOGIN_ANSWERS_QUEUE
 from schemas.connection import BrokerTLS, BrokerTLSError, broker_parameters, open_connection
 from schemas.wire import DEFAULT_QUEUE_TYPE, QUEUE_CLASSES
 
-from .audit import RabbitAuditLog
+from .middleware.audit import RabbitAuditLog
 from .broker import rabbit_broker
 from .cert_status import CertificateWatch
-from .control import ControlResponder, InFlight, InFlightMiddleware
-from .login_backends import RabbitLoginBackend
-from .metrics import (CertificateStatusCollector, MetricsObserver, register_runtime_collectors,
-                      serve_quietly)
+from .middleware.control import ControlResponder, InFlight, InFlightMiddleware
+from .logins.backends import RabbitLoginBackend
+from .middleware.metrics import (CertificateStatusCollector, MetricsObserver,
+                                 register_runtime_collectors, serve_quietly)
 from .outbox import RabbitOutbox
 from .runtime import build_runtime
 from .settings import WorkerSettings
-from .token_share import RabbitTokenShare, new_key
+from .logins.token_share import RabbitTokenShare, new_key
 from .topology import declare
 
 log = logging.getLogger("eeszt_gw.worker")

@@ -21,18 +21,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from .actors import SERVICES, register_actors
+from .actors import SERVICE_ACTORS, register_actors
 from .breaker import Breakers
 from .broker import consumer_alive
 from .errors import ServiceRejected, ServiceUnavailable
-from .client import ClientFiles, EesztClient
-from .login import LoginBackend, LoginCoordinator
+from .client.client import ClientFiles, EesztClient
+from .logins.coordinator import LoginBackend, LoginCoordinator
 from .outbox import BrokerError, Outbox
 from .pipeline import Incoming, Observer, Pipeline, internal_error
 from .retry import RetryPolicy
 from .settings import WorkerSettings
-from .tokens import TokenManager, institution_identity
-from .transport import Timeouts
+from .logins.tokens import TokenManager, institution_identity
+from .client.transport import Timeouts
 
 log = logging.getLogger("eeszt_gw.worker")
 
@@ -126,10 +126,12 @@ def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: 
         logins = LoginCoordinator(backend=login_backend, eeszt=client, tokens=tokens,
                                   outbox=outbox, challenge_key=load_challenge_key(challenge_key_path),
                                   institution=institution, challenge_ttl_s=settings.challenge_ttl_s,
-                                  bridge_users=settings.bridge_users)
+                                  bridge_users=settings.bridge_users,
+                                  # a GW-LOGIN rejection is audited and counted by the pipeline
+                                  reject=lambda *args: pipeline._reject(*args))
     policy = RetryPolicy(call_attempts=settings.call_attempts, base_s=settings.retry_base_s,
                          cap_s=settings.retry_cap_s)
-    queue_of = {m.ACTOR: m.QUEUE for m in SERVICES}
+    queue_of = {a.name: a.queue for a in SERVICE_ACTORS}
 
     def probe(service: str) -> bool:
         """Any SOAP answer, even a refusal, means the service is back."""
@@ -154,8 +156,6 @@ def build_runtime(settings: WorkerSettings, *, broker: dramatiq.Broker, outbox: 
                         policy=policy, observer=observer, logins=logins, breakers=breakers,
                         republish_delay_s=settings.republish_delay_s, audit=audit,
                         tenants=settings.tenants)
-    if logins is not None:
-        logins.reject = pipeline._reject  # a GW-LOGIN rejection is audited and counted
     runtime = Runtime(broker=broker, pipeline=pipeline, client=client, tokens=tokens,
                       outbox=outbox, share=share, logins=logins, breakers=breakers)
     register_actors(broker, runtime.handle, runtime.handle_login_event)

@@ -53,8 +53,8 @@ class WorkerSettings(BaseSettings):
         "opens at start, before it consumes (default: one per thread; 0: each opens on first use)")
     read_timeout_s: float = Field(default=30.0, gt=0)
     transport: Literal["urllib3", "curl"] = Field(
-        default="curl", description="HTTP client to EESZT: urllib3 (workers/transport.py) or "
-        "libcurl through pycurl (workers/curl_transport.py, less CPU per request)")
+        default="curl", description="HTTP client to EESZT: urllib3 (workers/client/transport.py) "
+        "or libcurl through pycurl (workers/client/curl_transport.py, less CPU per request)")
     call_attempts: int = Field(default=3, ge=1, le=10,
                                description="tries inside one call for a transient failure")
     retry_base_s: float = Field(default=1.0, gt=0, description="first broker-side retry delay")

@@ -34,8 +34,6 @@ from typing import Final
 MODES: Final = ("off", "his-users", "strict")
 HIS_USER_PREFIX: Final = "his-"
 HIS_KEY_PREFIX: Final = "his."
-#: the code of a request refused for its reply address (dead letters and the HIS's reply)
-GW_TENANT: Final = "GW-TENANT"
 
 
 @dataclass(frozen=True, slots=True)

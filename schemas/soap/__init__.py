@@ -11,9 +11,12 @@ Nothing here does network I/O.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from schemas.services import GW_NS_ROOT, SERVICE_TABLE, ServiceRow
 
 # --- namespaces -------------------------------------------------------------------------------
 SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -31,8 +34,6 @@ BASE64_ENCODING = (
 )
 SAML2_TOKEN_TYPE = "http://docs.oasis-open.org/wss/oasis-wss-saml-token-profile-1.1#SAMLV2.0"
 
-#: Root of the project's own namespaces ("gw" = eeszt-gateway contract, version 1).
-GW_NS_ROOT = "urn:eeszt-gateway:contract:v1"
 COMMON_NS = f"{GW_NS_ROOT}:common"
 STS_NS = f"{GW_NS_ROOT}:sts"
 
@@ -52,41 +53,15 @@ class Service:
     query_operation: str = "lekerdezesKulcsAlapjan"
 
 
-SERVICES: dict[str, Service] = {
-    s.name: s
-    for s in (
-        Service(
-            name="eRecept",
-            namespace=f"{GW_NS_ROOT}:erecept",
-            wsdl="eRecept.wsdl",
-            operations={"erecept.submit": "receptRogzites", "erecept.revoke": "receptVisszavonas"},
-        ),
-        Service(
-            name="eBeutalo",
-            namespace=f"{GW_NS_ROOT}:ebeutalo",
-            wsdl="eBeutalo.wsdl",
-            operations={"ebeutalo.submit": "beutaloRogzites"},
-        ),
-        Service(
-            name="esemenyKatalogus",
-            namespace=f"{GW_NS_ROOT}:esemenykatalogus",
-            wsdl="esemenyKatalogus.wsdl",
-            operations={"event.start": "esemenyKezdet", "event.end": "esemenyVeg"},
-        ),
-        Service(
-            name="eht",  # EHR: "Egészségügyi Háttértár"
-            namespace=f"{GW_NS_ROOT}:eht",
-            wsdl="eht.wsdl",
-            operations={"ehr.submit": "dokumentumBekuldes"},
-        ),
-        Service(
-            name="eProfil",
-            namespace=f"{GW_NS_ROOT}:eprofil",
-            wsdl="eProfil.wsdl",
-            operations={"eprofil.update": "profilModositas"},
-        ),
-    )
-}
+def services_of(rows: Iterable[ServiceRow]) -> dict[str, Service]:
+    """The contract's services of rows of the table of services, by name."""
+    return {row.name: Service(name=row.name, namespace=row.namespace, wsdl=row.wsdl,
+                              operations=dict(row.operations))
+            for row in rows}
+
+
+#: the contract's services, from the one table of services (``schemas.services``)
+SERVICES: dict[str, Service] = services_of(SERVICE_TABLE)
 
 #: payload type -> (service, operation)
 OPERATION_OF: dict[str, tuple[Service, str]] = {

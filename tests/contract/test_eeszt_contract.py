@@ -13,9 +13,9 @@ import pytest
 from schemas.soap import FaultCode
 from simulator.saml import AssertionIssuer
 from tests import samples
-from workers.client import ClientFiles, EesztClient
+from workers.client.client import ClientFiles, EesztClient
 from workers.errors import ServiceRejected, TokenRejected
-from workers.fakes import FakeEeszt
+from workers.client.fakes import FakeEeszt
 
 
 class FakeSide:

@@ -18,10 +18,10 @@ from lxml import etree
 from schemas.envelope import RequestEnvelope
 from tests.conftest import SimulatorProcess, start_simulator, stop_simulator
 from tests.institutions import client_for, mint_institution, users_file_with
-from workers.client import ClientFiles, EesztClient
+from workers.client.client import ClientFiles, EesztClient
 from workers.errors import ServiceRejected
-from workers.soap import SubmitResult, build_call, parse_submit
-from workers.wsse import WsseSigner
+from workers.client.soap import SubmitResult, build_call, parse_submit
+from workers.client.wsse import WsseSigner
 
 OTHER = "H100300"
 

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("psutil", reason="the bench extra is not installed")
 
-from eeszt_gw.bench import harness as h  # noqa: E402
+from benchmarks import harness as h  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

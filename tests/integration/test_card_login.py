@@ -36,7 +36,7 @@ from simulator.card.vpcd import VpcdCard
 from tests import samples
 from tests.conftest import ROOT, forget_logins, start_workers
 from tests.pcsc_support import READER, ensure_pcscd, stop_our_pcscd
-from workers.login import sign_challenge
+from workers.logins.coordinator import sign_challenge
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.pcsc]
 WS = "WS-01"

@@ -21,9 +21,9 @@ from schemas.soap import DS_NS, WSU_NS, FaultCode
 from tests import samples
 from tests.institutions import signer_without_institution
 from tests.integration.rules_support import post_envelope, refusal, rules, world  # noqa: F401
-from workers.client import STS_ACTION
-from workers.soap import build_call, build_sts_request, parse_issue, parse_submit
-from workers.wsse import WsseSigner
+from workers.client.client import STS_ACTION
+from workers.client.soap import build_call, build_sts_request, parse_issue, parse_submit
+from workers.client.wsse import WsseSigner
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from tests.integration.rules_support import (  # noqa: F401  (rules, world: fixt
     rules,
     world,
 )
-from workers.soap import build_call
+from workers.client.soap import build_call
 
 pytestmark = pytest.mark.integration
 

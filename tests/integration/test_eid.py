@@ -32,10 +32,10 @@ from simulator.saml import AssertionVerifier
 from tests import samples
 from tests.conftest import start_simulator, stop_simulator
 from tests.institutions import client_for, mint_institution
-from workers.client import ClientFiles, EesztClient
+from workers.client.client import ClientFiles, EesztClient
 from workers.errors import ServiceRejected
-from workers.soap import build_eid_package_request, encode_rid_package, parse_eid_package
-from workers.transport import Timeouts
+from workers.client.soap import build_eid_package_request, encode_rid_package, parse_eid_package
+from workers.client.transport import Timeouts
 
 pytestmark = pytest.mark.integration
 

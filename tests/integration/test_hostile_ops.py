@@ -23,7 +23,7 @@ import pytest
 from schemas.wire import DEAD_LETTER_QUEUE
 from tests import hostile
 from tests.conftest import ROOT
-from workers.audit import AUDIT_QUEUE, RabbitAuditLog, audit_event
+from workers.middleware.audit import AUDIT_QUEUE, RabbitAuditLog, audit_event
 from workers.process import declare_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]

@@ -29,9 +29,9 @@ from simulator.users import write_demo_users
 from tests import samples
 from tests.conftest import ROOT, SimulatorProcess, start_simulator, stop_simulator
 from workers.cert_status import CertificateWatch
-from workers.client import ClientFiles, EesztClient
+from workers.client.client import ClientFiles, EesztClient
 from workers.errors import ServiceRejected
-from workers.transport import Timeouts
+from workers.client.transport import Timeouts
 
 pytestmark = pytest.mark.integration
 

@@ -22,11 +22,11 @@ from schemas.soap import DS_NS, FaultCode
 from simulator.pki import issue_certificate, make_ca
 from simulator.saml import AssertionIssuer
 from tests import samples
-from workers.client import ClientFiles, EesztClient
+from workers.client.client import ClientFiles, EesztClient
 from workers.errors import AmbiguousOutcome, ServiceRejected, ServiceUnavailable, TokenRejected
-from workers.soap import build_call, parse_submit
-from workers.transport import Timeouts
-from workers.wsse import WsseSigner
+from workers.client.soap import build_call, parse_submit
+from workers.client.transport import Timeouts
+from workers.client.wsse import WsseSigner
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """`eeszt-gw status` against a real RabbitMQ: queue figures, the workers' in-flight answers,
 doctors' wait queues, dead letters, certificates, and the exit codes.
 
-The worker side is a real `workers.control.ControlResponder` in this process with a fake
+The worker side is a real `workers.middleware.control.ControlResponder` in this process with a fake
 in-flight list; the command runs as a subprocess, as ops would run it.
 """
 
@@ -42,8 +42,8 @@ from simulator.pki import init_pki
 from tests import samples
 from tests.conftest import ROOT, free_port
 from workers.breaker import Breakers
-from workers.control import ControlResponder
-from workers.login_backends import WAIT_QUEUE_IDLE_MS
+from workers.middleware.control import ControlResponder
+from workers.logins.backends import WAIT_QUEUE_IDLE_MS
 from workers.topology import declare
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
@@ -132,7 +132,8 @@ def publish_retry(ch, request, first_seen_ms: int) -> None:
 
 
 def park_for_login(ch, request) -> None:
-    # as workers/login.py (wait) and workers/login_backends.py (RabbitLoginBackend.park) do
+    # as workers/logins/coordinator.py (wait) and workers/logins/backends.py
+    # (RabbitLoginBackend.park) do
     ch.queue_declare(WAIT_QUEUE, durable=True, arguments={
         "x-dead-letter-exchange": "", "x-dead-letter-routing-key": INTERACTIVE_QUEUE,
         "x-expires": WAIT_QUEUE_IDLE_MS})

@@ -1,5 +1,5 @@
-"""The two HTTP clients to EESZT keep one contract (workers/transport.py, the urllib3 one, and
-workers/curl_transport.py, libcurl): every test here runs against both.
+"""The two HTTP clients to EESZT keep one contract (workers/client/transport.py, the urllib3 one,
+and workers/client/curl_transport.py, libcurl): every test here runs against both.
 
 - Handshakes are paced, and a stuck one is "nothing sent" (ServiceUnavailable).
 - Mutual TLS is verified: a server certificate from another CA is refused before anything is
@@ -24,9 +24,9 @@ import time
 import pytest
 
 from simulator.pki import make_ca, write_pem
-from workers.client import TRANSPORTS, ClientFiles
+from workers.client.client import TRANSPORTS, ClientFiles
 from workers.errors import AmbiguousOutcome, ServiceUnavailable
-from workers.transport import Timeouts, TlsFiles
+from workers.client.transport import Timeouts, TlsFiles
 
 pytestmark = pytest.mark.integration
 
@@ -265,7 +265,7 @@ def test_a_request_whose_kept_alive_connection_dies_is_ambiguous_and_never_sent_
 
 
 def test_an_unknown_transport_name_is_refused_naming_the_field(pki):
-    from workers.client import EesztClient
+    from workers.client.client import EesztClient
 
     with pytest.raises(ValueError) as err:
         EesztClient(base_url="https://localhost:1", files=ClientFiles.from_pki_dir(pki.directory),

@@ -74,8 +74,8 @@ def test_the_sts_writes_the_rids_method_into_the_authn_context(pool, simulator, 
     # The rID of a MobilToken login, redeemed at the STS, gives a TimeSyncToken assertion.
     from card_bridge.eid import EidServer
     from tests.bridges import Doctors
-    from workers.client import ClientFiles, EesztClient
-    from workers.soap import encode_rid_package
+    from workers.client.client import ClientFiles, EesztClient
+    from workers.client.soap import encode_rid_package
 
     client = EesztClient(base_url=simulator.base_url, files=ClientFiles.from_pki_dir(pki.directory))
     package, _ = client.request_eid_package(user_id="O10008", workstation="WS-08")

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from eeszt_gw.audit_cli import UsageError, parse_when
 from schemas.audit import AuditEvent, AuditKind, AuditStep, mask_text
 from tests.samples import TAJ
-from workers.audit import (
+from workers.middleware.audit import (
     MemoryAuditLog,
     RabbitAuditLog,
     StreamRetention,
@@ -231,10 +231,10 @@ def test_a_dead_letter_is_replayable_even_past_its_deadline_but_not_a_reply():
 def test_a_replayed_request_past_its_deadline_is_sent_not_failed():
     from schemas.wire import H_REPLAYED, H_REPLAYED_AT
     from tests import samples
-    from workers.fakes import FakeEeszt
+    from workers.client.fakes import FakeEeszt
     from workers.outbox import MemoryOutbox
     from workers.pipeline import Incoming, Pipeline
-    from workers.tokens import TokenManager
+    from workers.logins.tokens import TokenManager
 
     fake = FakeEeszt()
     outbox = MemoryOutbox()

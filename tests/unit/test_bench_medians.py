@@ -4,8 +4,8 @@ import pytest
 
 pytest.importorskip("psutil", reason="the bench extra is not installed")
 
-from eeszt_gw.bench.harness import DrainResult  # noqa: E402
-from eeszt_gw.bench.scenarios import _medians, _paired_ratios  # noqa: E402
+from benchmarks.drain import DrainResult  # noqa: E402
+from benchmarks.scenarios import _medians, _paired_ratios  # noqa: E402
 
 
 def run(kind: str, latency: float, rate: float, processes: int = 2) -> DrainResult:

@@ -11,12 +11,12 @@ from schemas.replies import Accepted, StatusUpdate
 from schemas.wire import H_AMBIGUOUS, H_PARKED, INTERACTIVE_QUEUE
 from tests import samples
 from workers.breaker import Breakers, CircuitBreaker
-from workers.fakes import FakeEeszt
+from workers.client.fakes import FakeEeszt
 from workers.outbox import MemoryOutbox
 from workers.pipeline import Incoming, Pipeline
 from workers.retry import RetryPolicy
 from tests.bridges import logged_in
-from workers.tokens import TokenManager
+from workers.logins.tokens import TokenManager
 
 
 def test_breaker_opens_after_the_threshold_and_closes_on_success():
@@ -153,8 +153,8 @@ def test_an_outage_shows_in_the_status_answer_and_needs_attention():
     from prometheus_client import CollectorRegistry
 
     from eeszt_gw.status import attention, circuits, exit_code
-    from workers.control import ControlResponder
-    from workers.metrics import MetricsObserver
+    from workers.middleware.control import ControlResponder
+    from workers.middleware.metrics import MetricsObserver
 
     # Given a worker process whose pipeline counts outcomes in its metrics
     observer = MetricsObserver(CollectorRegistry())

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from schemas.card import CardAnswer, CardChallenge, LoginMethod
 from simulator.card import InProcessCard
 from tests.pcsc_support import CAN, PIN, issue_card
-from workers.login import sign_challenge
+from workers.logins.coordinator import sign_challenge
 
 KEY = Ed25519PrivateKey.generate()
 

@@ -18,11 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from eeszt_gw.status import attention, exit_code
-from eeszt_gw.status_broker import message_facts, rabbitmqctl_queue_names, safe_url, vhost_of
+from eeszt_gw.status_broker import message_facts, rabbitmqctl_queue_names, vhost_of
 from eeszt_gw.status_certs import cert_state, check_certificates
 from schemas.card import LOGIN_ANSWERS_QUEUE
+from schemas.connection import safe_url
 from workers.broker import wrap_delivery
-from workers.control import ControlResponder, InFlight, InFlightMiddleware, describe_message
+from workers.middleware.control import (ControlResponder, InFlight, InFlightMiddleware,
+                                        describe_message)
 
 NOW = datetime(2026, 11, 26, 8, 0, tzinfo=timezone.utc)
 

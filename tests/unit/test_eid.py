@@ -39,7 +39,7 @@ from simulator.soapio import SoapFault
 from simulator.store import Store
 from simulator.users import UserRegistry, write_demo_users
 from workers.errors import ServiceRejected
-from workers.soap import build_eid_package_request, encode_rid_package, parse_eid_package
+from workers.client.soap import build_eid_package_request, encode_rid_package, parse_eid_package
 
 FIXED = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 # The tests' clock. The demo cards are valid from their creation (backdated 5 minutes), which in

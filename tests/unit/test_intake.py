@@ -20,11 +20,11 @@ from schemas.wire import (BATCH_QUEUE, H_CODE, H_TYPE, INTERACTIVE_QUEUE, REQUES
                           UNROUTED_EXCHANGE)
 from tests import samples
 from workers.broker import wrap_delivery
-from workers.fakes import FakeEeszt
+from workers.client.fakes import FakeEeszt
 from workers.intake import NIL, Incoming, Invalid, read, salvage
 from workers.outbox import MemoryOutbox
 from workers.pipeline import Pipeline
-from workers.tokens import TokenManager
+from workers.logins.tokens import TokenManager
 
 REPLY_TO = "his.demo"
 

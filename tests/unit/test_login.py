@@ -13,13 +13,13 @@ from schemas.card import CardAnswer
 from schemas.replies import Accepted, Failed, StatusUpdate
 from schemas.wire import INTERACTIVE_QUEUE
 from tests import samples
-from workers.fakes import FakeEeszt
-from workers.login import LoginCoordinator
-from workers.login_backends import MemoryLoginBackend
+from workers.client.fakes import FakeEeszt
+from workers.logins.coordinator import LoginCoordinator
+from workers.logins.backends import MemoryLoginBackend
 from workers.outbox import MemoryOutbox
 from workers.pipeline import Incoming, Pipeline
 from workers.retry import RetryPolicy
-from workers.tokens import TokenManager
+from workers.logins.tokens import TokenManager
 
 
 class Harness:

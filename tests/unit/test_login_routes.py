@@ -20,13 +20,13 @@ from schemas.replies import Accepted, Rejected, StatusUpdate
 from schemas.wire import H_AMBIGUOUS, INTERACTIVE_QUEUE
 from tests import samples
 from tests.bridges import FakeBridges, finals
-from workers.fakes import FakeEeszt
-from workers.login import challenge_id_key, challenged, new_challenge_id
+from workers.client.fakes import FakeEeszt
+from workers.logins.coordinator import challenge_id_key, challenged, new_challenge_id
 from workers.outbox import MemoryOutbox
 from workers.pipeline import Incoming, Pipeline
 from workers.retry import RetryPolicy
 from workers.settings import WorkerSettings
-from workers.tokens import TokenManager, doctor_identity
+from workers.logins.tokens import TokenManager, doctor_identity
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = RetryPolicy(call_attempts=1, call_wait_min_s=0.001, call_wait_max_s=0.002)
@@ -274,7 +274,7 @@ def test_no_gateway_module_imports_an_otp_library_or_reads_a_doctor_credential()
 
 def test_the_ast_check_would_catch_a_credential_reader():
     # The walk above is only worth something if it flags what it looks for.
-    source = ("import pyotp\nfrom workers.tokens import Credential\n"
+    source = ("import pyotp\nfrom workers.logins.tokens import Credential\n"
               "code = pyotp.TOTP(cred.totp_secret).now()\n"
               "sts.issue_token(method='password', user_id=u)\nopen('pki/users.json')\n")
     problems = credential_readers(ast.parse(source), "x.py")

@@ -20,11 +20,11 @@ from schemas.wire import INTERACTIVE_QUEUE
 from simulator.pki import init_pki
 from tests import samples
 from tests.conftest import free_port
-from tests.bridges import FakeBridges, logged_in
+from tests.bridges import FakeBridges, finals, logged_in
 from tests.unit.test_card_bridge import FakeEid, RecordingClient, challenge, mobiltoken_bridge, verifier
 from workers.breaker import Breakers
-from workers.fakes import FakeEeszt
-from workers.metrics import (
+from workers.client.fakes import FakeEeszt
+from workers.middleware.metrics import (
     DURATION_BUCKETS,
     BreakerCollector,
     CertificateCollector,
@@ -38,7 +38,7 @@ from workers.outbox import MemoryOutbox
 from workers.pipeline import Incoming, Pipeline
 from workers.retry import RetryPolicy
 from workers.settings import WorkerSettings
-from workers.tokens import TokenManager, doctor_identity, institution_identity
+from workers.logins.tokens import TokenManager, doctor_identity, institution_identity
 
 FAST = RetryPolicy(call_attempts=1, call_wait_min_s=0.001, call_wait_max_s=0.002)
 
@@ -153,7 +153,9 @@ def test_token_collector_reports_sts_calls_by_method_and_cache_hits():
         tokens.get(institution_identity("H100200"))
     for user in methods:
         bridges.pipeline.handle(incoming(samples.prescription(user_id=user)))
-    bridges.drain(10, until=lambda: all(tokens.usable(doctor_identity(u)) for u in methods))
+    # (until both released requests have their final reply: the cache hits below happen then)
+    bridges.drain(10, until=lambda: len(finals(bridges.outbox)) == len(methods))
+    assert all(tokens.usable(doctor_identity(u)) for u in methods)
     # Then the STS was called once per identity and the cache answered the rest.
     assert value(registry, "eeszt_sts_calls_total", method="x509") == 1
     assert value(registry, "eeszt_sts_calls_total", method="password") is None

@@ -14,11 +14,11 @@ from schemas.replies import Accepted, Failed, Rejected, StatusUpdate
 from schemas.wire import H_AMBIGUOUS, H_ATTEMPT, H_CODE, H_STATUS_SENT, INTERACTIVE_QUEUE
 from tests import samples
 from workers.errors import ServiceRejected
-from workers.fakes import FakeEeszt
+from workers.client.fakes import FakeEeszt
 from workers.outbox import MemoryOutbox
 from workers.pipeline import Incoming, Pipeline
 from workers.retry import RetryPolicy
-from workers.tokens import TokenManager
+from workers.logins.tokens import TokenManager
 from tests.bridges import FakeBridges, finals, logged_in
 
 FAST = RetryPolicy(call_attempts=3, call_wait_min_s=0.001, call_wait_max_s=0.002)

@@ -184,7 +184,7 @@ def test_retry_and_parked_queues_get_the_type_and_match_the_topology(queue_type)
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_login_queues_are_typed_except_the_pending_lock(queue_type):
-    from workers.login_backends import RabbitLoginBackend
+    from workers.logins.backends import RabbitLoginBackend
 
     fake = FakeOutbox(queue_type)
     logins = RabbitLoginBackend(outbox=fake.box, window_s=60, challenge_ttl_s=60)

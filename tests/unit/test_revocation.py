@@ -41,9 +41,9 @@ from simulator.soapio import SoapFault
 from simulator.wsse import WsseError, WsseVerifier
 from tests import samples
 from workers.cert_status import CertificateWatch, check_certificate, parse_answer
-from workers.metrics import CertificateStatusCollector
-from workers.soap import build_call
-from workers.wsse import WsseSigner
+from workers.middleware.metrics import CertificateStatusCollector
+from workers.client.soap import build_call
+from workers.client.wsse import WsseSigner
 
 def now() -> datetime:
     """The time of the call: a test may run minutes after this module was imported."""

@@ -19,7 +19,7 @@ from simulator.saml import (
     SamlToken,
 )
 from simulator.wsse import WsseVerifier
-from workers.wsse import WsseSigner
+from workers.client.wsse import WsseSigner
 
 NS = {"saml2": SAML2_NS, "ds": DS_NS, "soap": SOAP11_NS, "wsse": WSSE_NS}
 T0 = datetime(2025, 8, 1, 8, 0, tzinfo=timezone.utc)

@@ -12,7 +12,7 @@ from simulator.rules import Rules, authorize, stamp_of
 from simulator.settings import SimulatorSettings
 from simulator.soapio import SoapFault
 from simulator.wsse import WsseError, WsseVerifier
-from workers.wsse import WsseSigner
+from workers.client.wsse import WsseSigner
 
 
 def _settings(argv: list[str]) -> SimulatorSettings:

@@ -6,7 +6,7 @@ import pytest
 
 from schemas.soap import COMMON_NS, SOAP11_NS, FaultCode
 from workers.errors import AmbiguousOutcome, ServiceRejected, ServiceUnavailable, TokenRejected
-from workers.soap import parse_submit
+from workers.client.soap import parse_submit
 
 
 def _answer(inner: str, header: str = "") -> bytes:

@@ -18,18 +18,19 @@ from pydantic import ValidationError
 from schemas.replies import Accepted, Rejected
 from schemas.wire import H_CODE, H_MESSAGE_ID, H_REASON, INTERACTIVE_QUEUE
 from tests import samples
-from workers.audit import MemoryAuditLog
+from workers.middleware.audit import MemoryAuditLog
 from workers.broker import wrap_delivery
 from workers.errors import ServiceUnavailable
-from workers.fakes import FakeEeszt
+from workers.client.fakes import FakeEeszt
 from workers.outbox import MemoryOutbox, plain_user
 from workers.pipeline import Incoming, Pipeline, internal_error
 from workers.retry import RetryPolicy
 from workers.runtime import Runtime
 from workers.settings import WorkerSettings
-from workers.tenants import GW_TENANT, refusal
+from schemas.replies import GW_TENANT
+from workers.tenants import refusal
 from tests.bridges import logged_in
-from workers.tokens import TokenManager
+from workers.logins.tokens import TokenManager
 
 FAST = RetryPolicy(call_attempts=1, call_wait_min_s=0.001, call_wait_max_s=0.002)
 

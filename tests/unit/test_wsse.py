@@ -30,7 +30,7 @@ from schemas.soap import (
 )
 from simulator.pki import PkiPaths, init_pki, issue_certificate, make_ca, write_pem
 from simulator.wsse import VerifiedMessage, WsseError, WsseVerifier
-from workers.wsse import WsseSigner, format_timestamp
+from workers.client.wsse import WsseSigner, format_timestamp
 
 NS = {"soap": SOAP11_NS, "wsse": WSSE_NS, "wsu": WSU_NS, "ds": DS_NS, "saml2": SAML2_NS}
 WSU_ID = f"{{{WSU_NS}}}Id"

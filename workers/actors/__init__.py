@@ -1,4 +1,5 @@
-"""One actor per EESZT service; all of them hand the request to the same pipeline.
+"""One actor per EESZT service, from the one table of services (``schemas.services``); all of
+them hand the request to the same pipeline.
 
 Interactive services (eRecept, eBeutaló, eProfil) consume ``eeszt.interactive`` at priority 0;
 batch services (events, EHR) consume ``eeszt.batch`` at priority 10. Separate queues keep an
@@ -8,17 +9,31 @@ consumes both run an interactive request before batch messages it has already pr
 
 from __future__ import annotations
 
-from types import ModuleType
-from typing import Any, Callable
+from collections.abc import Iterable
+from typing import Any, Callable, NamedTuple
 
 import dramatiq
 
 from schemas.card import LOGIN_ANSWERS_QUEUE
-from schemas.wire import INTERACTIVE_QUEUE
+from schemas.services import SERVICE_TABLE, ServiceRow
+from schemas.wire import INTERACTIVE_QUEUE, QUEUE_CLASSES
 
-from . import ebeutalo, eht, eprofil, erecept, esemenykatalogus
 
-SERVICES: tuple[ModuleType, ...] = (erecept, ebeutalo, eprofil, esemenykatalogus, eht)
+class ActorSpec(NamedTuple):
+    """One service's actor: its name (the service's), the queue it consumes, its priority
+    (lower runs first: interactive work overtakes prefetched batch work)."""
+
+    name: str
+    queue: str
+    priority: int
+
+
+def actor_specs(rows: Iterable[ServiceRow]) -> tuple[ActorSpec, ...]:
+    """The actor of each service of ``rows`` (rows of the table of services)."""
+    return tuple(ActorSpec(row.name, QUEUE_CLASSES[row.queue_class], row.priority) for row in rows)
+
+
+SERVICE_ACTORS: tuple[ActorSpec, ...] = actor_specs(SERVICE_TABLE)
 UNROUTABLE = "unroutable"
 LOGIN_EVENTS = "loginEvents"
 
@@ -26,14 +41,16 @@ Handler = Callable[[str, dict[str, Any]], None]
 
 
 def register_actors(broker: dramatiq.Broker, handler: Handler,
-                    login_handler: Handler | None = None) -> dict[str, dramatiq.Actor]:
-    """Declare every actor on ``broker`` (no global broker: nothing happens at import time).
+                    login_handler: Handler | None = None, *,
+                    services: Iterable[ActorSpec] = SERVICE_ACTORS) -> dict[str, dramatiq.Actor]:
+    """Declare every actor on ``broker`` (no global broker: nothing happens at import time):
+    one per service of ``services``, the unroutable one, and the login events' one.
 
     All actors are declared even in a process that consumes one queue class, so that a message
     published to the "wrong" queue still finds its actor instead of bouncing forever.
     """
     actors: dict[str, dramatiq.Actor] = {}
-    specs = [(m.ACTOR, m.QUEUE, m.PRIORITY) for m in SERVICES]
+    specs: list[tuple[str, str, int]] = list(services)
     # Unknown message types reach the interactive queue through the alternate exchange.
     specs.append((UNROUTABLE, INTERACTIVE_QUEUE, 0))
     for name, queue, priority in specs:

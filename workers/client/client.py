@@ -1,10 +1,10 @@
 """One EESZT client per worker process: sign, send over mutual TLS, read the answer.
 
-It joins the three seams: :class:`~workers.wsse.WsseSigner` (key loaded once),
+It joins the three seams: :class:`~workers.client.wsse.WsseSigner` (key loaded once),
 a transport (keep-alive pool, explicit timeouts, paced handshakes): libcurl's
-:class:`~workers.curl_transport.CurlTransport` by default, or urllib3's
-:class:`~workers.transport.MtlsTransport` (``transport="urllib3"``), and the SOAP templates of
-:mod:`workers.soap`. It does not retry: retry policy belongs to the caller.
+:class:`~workers.client.curl_transport.CurlTransport` by default, or urllib3's
+:class:`~workers.client.transport.MtlsTransport` (``transport="urllib3"``), and the SOAP
+templates of :mod:`workers.client.soap`. It does not retry: retry policy belongs to the caller.
 """
 
 from __future__ import annotations

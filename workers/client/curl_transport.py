@@ -1,5 +1,5 @@
 """HTTPS with mutual TLS through libcurl (pycurl): the same contract as
-:class:`~workers.transport.MtlsTransport`, with less Python per request.
+:class:`~workers.client.transport.MtlsTransport`, with less Python per request.
 
 Why it exists: posting a signed 4.6 KB event over a kept-alive mutual-TLS connection costs
 about 350 µs of client CPU through urllib3 and ``http.client`` and about 110 µs through libcurl
@@ -34,7 +34,7 @@ from collections import deque
 
 import pycurl
 
-from .errors import AmbiguousOutcome, ServiceUnavailable
+from ..errors import AmbiguousOutcome, ServiceUnavailable
 from .transport import HttpResponse, Timeouts, TlsFiles, endpoint, on_threads
 
 

@@ -1,4 +1,5 @@
-"""An in-memory EESZT for unit tests: the same interface as :class:`~workers.client.EesztClient`.
+"""An in-memory EESZT for unit tests: the same interface as
+:class:`~workers.client.client.EesztClient`.
 
 It keeps the rules that matter to the pipeline (permission table, dedupe or naive duplicates,
 query by key, token expiry) and lets a test script failures. ``tests/contract`` runs the same
@@ -21,7 +22,7 @@ from schemas.envelope import RequestEnvelope
 from schemas.permissions import Access, is_allowed
 from schemas.soap import OPERATION_OF, FaultCode
 
-from .errors import AmbiguousOutcome, ServiceRejected, ServiceUnavailable, TokenRejected
+from ..errors import AmbiguousOutcome, ServiceRejected, ServiceUnavailable, TokenRejected
 from .soap import IssuedToken, SubmitResult
 
 

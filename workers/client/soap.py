@@ -30,7 +30,7 @@ from schemas.soap import (
     Service,
 )
 
-from .errors import AmbiguousOutcome, ServiceRejected, ServiceUnavailable, TokenRejected
+from ..errors import AmbiguousOutcome, ServiceRejected, ServiceUnavailable, TokenRejected
 
 _PARSERS = threading.local()
 
@@ -100,7 +100,7 @@ def _fields(p) -> str:
 @dataclass(frozen=True, slots=True)
 class SoapCall:
     """A request ready to sign: where it goes and the Body's content, as XML text
-    (:meth:`workers.wsse.WsseSigner.sign_operation` wraps and signs it in one parse)."""
+    (:meth:`workers.client.wsse.WsseSigner.sign_operation` wraps and signs it in one parse)."""
 
     service: Service
     operation: str
@@ -108,7 +108,7 @@ class SoapCall:
 
     @property
     def envelope(self) -> etree._Element:
-        """The unsigned envelope as a tree, for :meth:`workers.wsse.WsseSigner.sign`."""
+        """The unsigned envelope as a tree, for :meth:`workers.client.wsse.WsseSigner.sign`."""
         return _envelope(self.op_xml)
 
     @property

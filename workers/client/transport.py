@@ -4,7 +4,7 @@ Threads sharing one pool beat asyncio+httpx at every latency we measured
 (measured on a 2-core host). Every call has an explicit timeout. urllib3 errors are
 translated into :mod:`workers.errors` here and nowhere else.
 
-The gateway's default HTTP client is now libcurl (:mod:`workers.curl_transport`, the same
+The gateway's default HTTP client is now libcurl (:mod:`workers.client.curl_transport`, the same
 contract at about a third of the client CPU per request); this one is ``--transport urllib3``.
 The shared pieces (:class:`TlsFiles`, :class:`Timeouts`, :class:`HttpResponse`,
 :func:`endpoint`) live here.
@@ -32,7 +32,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from .errors import AmbiguousOutcome, ServiceUnavailable
+from ..errors import AmbiguousOutcome, ServiceUnavailable
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from schemas.wire import (
     queue_arguments,
 )
 
-from .outbox import RabbitOutbox
+from ..outbox import RabbitOutbox
 
 WAIT_QUEUE_IDLE_MS = 8 * 24 * 3600 * 1000  # an unused wait queue disappears after 8 days
 

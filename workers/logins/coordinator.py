@@ -57,7 +57,7 @@ from pydantic import ValidationError
 
 from schemas.card import CardAnswer, CardChallenge, CardErrorCode
 from schemas.envelope import RequestEnvelope
-from schemas.replies import Rejected, StatusState, StatusUpdate, reply_fields
+from schemas.replies import GW_LOGIN, Rejected, StatusState, StatusUpdate, reply_fields
 from schemas.wire import (
     H_AMBIGUOUS,
     H_CODE,
@@ -69,9 +69,8 @@ from schemas.wire import (
     H_WAITING_LOGIN,
 )
 
-from .errors import GatewayError, ServiceError
-from .outbox import Outbox
-from .pipeline import GW_LOGIN  # the final rejection of a doctor who cannot log in
+from ..errors import GatewayError, ServiceError
+from ..outbox import Outbox
 from .tokens import TokenManager, doctor_identity
 
 log = logging.getLogger("eeszt_gw.login")
@@ -156,7 +155,9 @@ class LoginCoordinator:
                  outbox: Outbox, challenge_key: Ed25519PrivateKey, institution: str,
                  challenge_ttl_s: float = 120.0, sweep_after_s: float = 2.0,
                  bridge_users: bool = False,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 reject: Callable[[RequestEnvelope, str, str | None, str], Any] | None = None,
+                 ) -> None:
         self.backend = backend
         self.eeszt = eeszt
         self.tokens = tokens
@@ -172,8 +173,8 @@ class LoginCoordinator:
         self.clock = clock
         self._rechallenged: dict[str, float] = {}  # user -> monotonic time (crash recovery)
         self._rechallenge_lock = threading.Lock()
-        #: the pipeline's rejection (audit, metrics); set by workers.runtime. None: reply here.
-        self.reject: Callable[[RequestEnvelope, str, str | None, str], Any] | None = None
+        #: the pipeline's rejection (audit, metrics), given by workers.runtime. None: reply here.
+        self.reject = reject
 
     # --- a request that needs a login ---------------------------------------------------------
     def wait(self, *, queue: str, body: bytes, headers: dict[str, Any], message_id: str | None,

@@ -41,7 +41,7 @@ from lxml import etree
 from schemas.connection import BrokerTLS, broker_parameters, open_connection
 from schemas.wire import TOKENS_EXCHANGE
 
-from .tokens import Token
+from .token_type import Token
 
 log = logging.getLogger("eeszt_gw.token_share")
 _AAD = b"eeszt-gateway token v1"

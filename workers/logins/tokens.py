@@ -3,15 +3,15 @@
 - **One per identity.** An identity is the institution (``institution:H100200``, X.509 login)
   or a doctor (``doctor:O10001``). The gateway holds no doctor's secret: a doctor logs in only
   at the workstation, through its card bridge (eSZIG card, or a MobilToken code typed there),
-  which :class:`LoginRequired` hands to the login coordinator (:mod:`workers.login`).
+  which :class:`LoginRequired` hands to the login coordinator (:mod:`workers.logins.coordinator`).
 - **Refreshed before it expires**: after ``refresh_ratio`` of its lifetime the next caller
   refreshes it; if the refresh fails while the old token still lives, the old one is used.
   A doctor's token cannot be refreshed without the doctor: it is used while it lives.
 - **One STS call in flight per identity**: a lock per identity inside the process, and a
-  :class:`~workers.token_share.TokenShare` lock across processes.
+  :class:`~workers.logins.token_share.TokenShare` lock across processes.
 - **Shared between processes**: a process that logged in publishes the token through the share,
   so the others use it instead of logging in again (a doctor's login must not prompt twice).
-  See :mod:`workers.token_share` for why that is safe.
+  See :mod:`workers.logins.token_share` for why that is safe.
 
 Tokens are bearer credentials: they are never logged, and never written to disk.
 """
@@ -21,13 +21,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Protocol
 
 from lxml import etree
 
-from .errors import ServiceRejected, TokenError
+from ..errors import ServiceRejected, TokenError
+from .token_share import LocalTokenShare
+from .token_type import Token
 
 log = logging.getLogger("eeszt_gw.tokens")
 
@@ -46,24 +47,6 @@ class LoginRequired(TokenError):
         super().__init__(f"{user_id} must log in at the workstation ({route})")
         self.user_id = user_id
         self.route = route
-
-
-@dataclass(frozen=True, slots=True)
-class Token:
-    identity: str
-    assertion: etree._Element
-    created: datetime
-    expires: datetime
-    refresh_at: datetime
-
-    def usable(self, now: datetime) -> bool:
-        return now < self.expires
-
-    def fresh(self, now: datetime) -> bool:
-        return now < self.refresh_at
-
-    def __repr__(self) -> str:  # never show the assertion
-        return f"Token({self.identity}, expires={self.expires.isoformat()})"
 
 
 class IssuedLike(Protocol):
@@ -90,8 +73,6 @@ class TokenManager:
     def __init__(self, *, sts: StsClient, share=None, refresh_ratio: float = 0.8,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  share_wait_s: float = 10.0, interactive_logins: bool = True) -> None:
-        from .token_share import LocalTokenShare
-
         self.sts = sts
         self.share = share or LocalTokenShare()
         self.refresh_ratio = refresh_ratio

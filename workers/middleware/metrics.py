@@ -54,12 +54,12 @@ from schemas.soap import SERVICES
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from .cert_status import CertificateWatch
+    from ..cert_status import CertificateWatch
 
     from schemas.envelope import RequestEnvelope
 
-    from .breaker import Breakers
-    from .tokens import TokenManager
+    from ..breaker import Breakers
+    from ..logins.tokens import TokenManager
 
 log = logging.getLogger("eeszt_gw.metrics")
 

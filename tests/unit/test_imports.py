@@ -1,0 +1,130 @@
+"""The import graph: no cycle inside workers/, and schemas/ stays pure (imports no runtime package).
+
+The graph is built from the source (AST), not by importing: every ``import`` and ``from ...
+import`` counts, including those inside functions and under ``TYPE_CHECKING``, with relative
+imports resolved against the importing module's package.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNTIME_PACKAGES = ("workers", "producers", "card_bridge", "simulator", "eeszt_gw")
+
+
+def modules_of(package: str) -> dict[str, Path]:
+    """Dotted module name -> file, for every module of ``package`` (a package is its __init__)."""
+    out: dict[str, Path] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imported_names(module: str, path: Path) -> set[str]:
+    """Every dotted name ``module`` imports (``from a import b`` gives both a and a.b)."""
+    is_package = path.name == "__init__.py"
+    package = module if is_package else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names.add(target)
+            names.update(f"{target}.{alias.name}" for alias in node.names)
+    return names
+
+
+def graph_of(package: str) -> dict[str, set[str]]:
+    """Edges between the modules of ``package`` only."""
+    mods = modules_of(package)
+    return {m: {n for n in imported_names(m, p) if n in mods and n != m} for m, p in mods.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as a path (first == last), or None."""
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle_and_accepts_a_tree():
+    # Given a graph with a cycle and one without
+    # When / Then: the finder names the cycle and accepts the tree
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_relative_imports_resolve_against_the_importing_package(tmp_path):
+    # Given a module in a subpackage with relative imports of one and two dots
+    src = tmp_path / "mod.py"
+    src.write_text("from ..errors import X\nfrom .sibling import y\nfrom . import other\n")
+    # When its imports are read as if it were workers.logins.mod
+    names = imported_names("workers.logins.mod", src)
+    # Then each one is the absolute module name
+    assert {"workers.errors", "workers.logins.sibling", "workers.logins.other"} <= names
+
+
+def test_workers_has_no_import_cycle():
+    # Given the import graph of every module under workers/
+    graph = graph_of("workers")
+    assert "workers.logins.tokens" in graph and "workers.pipeline" in graph
+    # When it is searched for a cycle
+    cycle = find_cycle(graph)
+    # Then there is none
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_schemas_import_nothing_of_the_runtime_packages():
+    # Given every module under schemas/
+    offending = []
+    for module, path in modules_of("schemas").items():
+        # When its imports are listed
+        for name in imported_names(module, path):
+            # Then none names workers, producers, card_bridge, simulator or eeszt_gw
+            if name.split(".", 1)[0] in RUNTIME_PACKAGES:
+                offending.append(f"{module} imports {name}")
+    assert offending == []
+
+
+def test_safe_url_is_defined_once_and_every_package_uses_that_one():
+    # Given every module of the runtime packages and schemas
+    definitions = []
+    for package in ("schemas", *RUNTIME_PACKAGES):
+        for module, path in modules_of(package).items():
+            tree = ast.parse(path.read_text(), filename=str(path))
+            # When its function definitions are listed
+            definitions += [module for node in ast.walk(tree)
+                            if isinstance(node, ast.FunctionDef) and node.name == "safe_url"]
+    # Then safe_url is defined once, in schemas.connection, and masks the password
+    assert definitions == ["schemas.connection"]
+    from schemas.connection import safe_url
+
+    assert safe_url("amqps://his-a:s3cret@[::1]:5671/v") == "amqps://his-a:***@[::1]:5671/v"
+    assert safe_url("amqp://[::1") == "<unparseable URL>"

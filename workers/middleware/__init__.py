@@ -1,0 +1,1 @@
+"""What runs around every message: metrics, the audit trail and the control channel."""
