@@ -1,31 +1,38 @@
 # The two commands: `make demo` and `make test`. Each sets up what it needs by itself.
+# Every install is constrained to the tested versions in constraints.txt (`make lock`).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 BASE   := $(VENV)/.stamp-base
 FULL   := $(VENV)/.stamp-test
+UNIT   := $(VENV)/.stamp-unit
 PYTEST_ARGS ?=
+PIP_C  := -c constraints.txt
+# the unit tests: no services, no root (see test-unit)
+UNIT_MARKERS := not integration and not rabbitmq and not pcsc
 
-.PHONY: demo test bench venv rabbitmq pcscd clean help
+.PHONY: demo test test-unit bench lock venv rabbitmq pcscd clean help
 
 help:
-	@echo "make demo    run the embedded demo (no external services)"
-	@echo "make test    run the whole test suite (starts or installs RabbitMQ and pcscd+vpcd)"
-	@echo "make bench   the benchmarks with their baselines, into $(BENCH_OUT)/ (about an hour; idle machine)"
-	@echo "make venv    create $(VENV) and install the project with its test, card and bench extras"
+	@echo "make demo       run the embedded demo (no external services)"
+	@echo "make test       run the whole test suite (starts or installs RabbitMQ and pcscd+vpcd)"
+	@echo "make test-unit  the unit tests and the in-memory contract tests: no RabbitMQ, no pcscd, no root"
+	@echo "make bench      the benchmarks with their baselines, into $(BENCH_OUT)/ (about an hour; idle machine)"
+	@echo "make lock       rewrite constraints.txt: every dependency pinned to the version in $(VENV)"
+	@echo "make venv       create $(VENV) and install the project with its test, card and bench extras"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # The demo needs the project only.
-$(BASE): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+$(BASE): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q $(PIP_C) -e .
 	@touch $@
 
 # Tests need the test tools and pyscard, whose source build needs what ensure-pcscd installs.
-$(FULL): pyproject.toml | $(BIN)/python
+$(FULL): pyproject.toml constraints.txt | $(BIN)/python
 	@.ci/ensure-pcscd
-	$(BIN)/pip install -q -e '.[test,card,bench]'
+	$(BIN)/pip install -q $(PIP_C) -e '.[test,card,bench]'
 	@touch $@ $(BASE)
 
 venv: $(FULL)
@@ -41,6 +48,24 @@ demo: $(BASE)
 
 test: $(FULL) rabbitmq pcscd
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tests, and the contract tests' in-memory cases, without root or services: the same
+# venv as `make test`, but neither RabbitMQ nor pcscd is started or installed, and the tests that
+# need one carry a marker and are deselected (the embedded contract cases start the simulator
+# themselves, on a free loopback port). pyscard's source build still needs pcscd's headers:
+# where they are missing, run `make venv` once as root.
+$(UNIT): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q $(PIP_C) -e '.[test,card,bench]'
+	@touch $@ $(BASE)
+
+test-unit: $(UNIT)
+	$(BIN)/python -m pytest tests/unit tests/contract -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
+
+# constraints.txt from what $(VENV) has installed; after `$(BIN)/pip install -U NAME`, run this
+# and the tests, and commit both.
+lock: $(FULL)
+	$(BIN)/python .ci/lock > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # The benchmarks: each prints its table and writes JSON + PNG into $(BENCH_OUT).
 # Sizes: BENCH_N events per batch run, BENCH_REPEAT interleaved runs (the median is reported),

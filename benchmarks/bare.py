@@ -24,7 +24,7 @@ go signal (a TLS handshake to a busy simulator can take seconds). For the benchm
 ``READY_DIR/ready-<pid>`` once it is set up and starts consuming only when ``GO_FILE`` exists,
 so its start-up is never inside the measured window.
 
-Run: ``python -m eeszt_gw.bench.bare --broker-url … --eeszt-url … --pki-dir … --processes P
+Run: ``python -m benchmarks.bare --broker-url … --eeszt-url … --pki-dir … --processes P
 --threads T [--ready-dir D --go-file F]``.
 """
 
@@ -45,7 +45,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
-log = logging.getLogger("eeszt_gw.bench.bare")
+log = logging.getLogger("benchmarks.bare")
 
 QUEUE = "eeszt.batch"
 _NS = "urn:eeszt-gateway:contract:v1:esemenykatalogus"
@@ -88,8 +88,8 @@ def _process(broker_url: str, eeszt_url: str, pki_dir: str, threads: int, ready_
 
     import pika
 
-    from workers.client import ClientFiles, EesztClient
-    from workers.wsse import WsseSigner
+    from workers.client.client import ClientFiles, EesztClient
+    from workers.client.wsse import WsseSigner
 
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s bare[%(process)d] %(message)s")
@@ -285,7 +285,7 @@ def run(*, broker_url: str, eeszt_url: str, pki_dir: str, processes: int, thread
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eeszt_gw.bench.bare", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--broker-url", required=True)
     ap.add_argument("--eeszt-url", required=True)
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready-dir")
     ap.add_argument("--go-file")
     ap.add_argument("--transport", choices=("urllib3", "curl"), default="urllib3",
-                    help="HTTP client: a urllib3 pool (the issue's bare pipeline) or libcurl "
+                    help="HTTP client: a urllib3 pool (the reference bare pipeline) or libcurl "
                          "handles (the gateway's default client)")
     ns = ap.parse_args(argv)
     return run(broker_url=ns.broker_url, eeszt_url=ns.eeszt_url, pki_dir=ns.pki_dir,

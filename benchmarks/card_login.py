@@ -37,8 +37,8 @@ from simulator.pki import init_pki
 from simulator.server import build_simulator, eid_server, server_ssl_context
 from simulator.settings import SimulatorSettings
 from simulator.users import write_demo_users
-from workers.client import ClientFiles, EesztClient
-from workers.login import sign_challenge
+from workers.client.client import ClientFiles, EesztClient
+from workers.logins.coordinator import sign_challenge
 from workers.runtime import load_challenge_key
 
 READER = "Virtual PCD 00 00"

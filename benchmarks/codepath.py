@@ -9,7 +9,7 @@ thread, it runs N care events through
   WS-Security signing with the SAML assertion, the answer parsed for the EESZT id, the retry and
   deadline logic, metrics and three audit events (into a real audit stream, in a fresh vhost
   deleted at the end, unless ``--audit off``);
-- the **bare** handle of ``eeszt_gw/bench/bare.py``: ``json.loads``, the string template, the
+- the **bare** handle of ``benchmarks/bare.py``: ``json.loads``, the string template, the
   same ``WsseSigner.sign_operation`` and assertion;
 
 with the HTTP POST answered by a canned SOAP answer and the STS by a canned assertion, and
@@ -45,7 +45,7 @@ _ASSERTION = (b'<saml2:Assertion xmlns:saml2="urn:oasis:names:tc:SAML:2.0:assert
 
 def _answer() -> bytes:
     from schemas.soap import COMMON_NS
-    from workers.soap import SOAP11_NS
+    from workers.client.soap import SOAP11_NS
 
     return (f'<soap:Envelope xmlns:soap="{SOAP11_NS}"><soap:Body>'
             f'<tns:esemenyKezdetValasz xmlns:tns="{bare._NS}" xmlns:c="{COMMON_NS}">'
@@ -59,15 +59,15 @@ def _handlers(pki_dir: Path, audit_url: str | None) -> tuple[Callable[[bytes], N
     from lxml import etree
     from prometheus_client import CollectorRegistry
 
-    from workers.audit import RabbitAuditLog
+    from workers.middleware.audit import RabbitAuditLog
     from workers.broker import stub_broker
-    from workers.metrics import MetricsObserver
+    from workers.middleware.metrics import MetricsObserver
     from workers.outbox import MemoryOutbox
     from workers.pipeline import Incoming
     from workers.runtime import build_runtime
     from workers.settings import WorkerSettings
-    from workers.soap import IssuedToken
-    from workers.transport import HttpResponse
+    from workers.client.soap import IssuedToken
+    from workers.client.transport import HttpResponse
 
     answer = _answer()
     assertion = etree.fromstring(_ASSERTION)
@@ -90,7 +90,7 @@ def _handlers(pki_dir: Path, audit_url: str | None) -> tuple[Callable[[bytes], N
 
     signer, post = client.signer, client.transport.post
 
-    def bare_handle(body: bytes) -> None:  # eeszt_gw/bench/bare.py's handle, the POST canned
+    def bare_handle(body: bytes) -> None:  # benchmarks/bare.py's handle, the POST canned
         resp = post(bare.PATH, bare.signed_request(body, signer, assertion))
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}")

@@ -1,6 +1,6 @@
 """The naive peer: what a typical integrator writes for the same job, run by dramatiq's own CLI.
 
-``dramatiq eeszt_gw.bench.naive --processes P --threads 8 --queues naive.events``
+``dramatiq benchmarks.naive --processes P --threads 8 --queues naive.events``
 
 - a dramatiq actor on a ``RabbitmqBroker`` (dramatiq's defaults: its own message format, its
   own queue, default middleware, prefetch = threads × 2, no publisher confirms);
@@ -35,9 +35,9 @@ import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.middleware import Middleware
 
-from eeszt_gw.bench.harness import NAIVE_ACTOR, NAIVE_QUEUE
+from benchmarks.harness import NAIVE_ACTOR, NAIVE_QUEUE, ROOT
 
-WSDL = Path(__file__).resolve().parents[2] / "schemas" / "soap" / "esemenyKatalogus.wsdl"
+WSDL = ROOT / "schemas" / "soap" / "esemenyKatalogus.wsdl"
 _state: dict[str, object] = {}
 _lock = threading.Lock()
 
@@ -56,7 +56,7 @@ def _client():
         from zeep.wsse.signature import BinarySignature
         from zeep.wsse.utils import WSU, get_security_header
 
-        from workers.client import ClientFiles, EesztClient
+        from workers.client.client import ClientFiles, EesztClient
 
         pki = Path(os.environ.get("NAIVE_PKI_DIR", "pki"))
         url = os.environ.get("NAIVE_EESZT_URL", "https://localhost:8443").rstrip("/")

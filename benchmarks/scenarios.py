@@ -1,13 +1,14 @@
-"""``eeszt-gw bench publish|batch|scaling|memory``: throughput benchmarks with their baselines.
+"""``eeszt-gw bench batch|scaling|memory`` (and ``publish``, :mod:`benchmarks.publish`): throughput
+benchmarks with their baselines.
 
 Every figure is printed beside a baseline measured in the same run, on the same machine, against
-the same broker and simulator (see :mod:`eeszt_gw.bench.harness` for how a drain is measured):
+the same broker and simulator (see :mod:`benchmarks.drain` for how a drain is measured):
 
 - ``publish``: the producers' confirmed publish (``Publisher.submit``, ``BatchPublisher``)
   beside raw pika doing the same thing with the same bytes;
 - ``batch``: N care events drained by the gateway's workers, by the bare pipeline
-  (:mod:`eeszt_gw.bench.bare`) and by the naive dramatiq + zeep peer
-  (:mod:`eeszt_gw.bench.naive`), at each simulated EESZT latency: events/s and CPU µs per event
+  (:mod:`benchmarks.bare`) and by the naive dramatiq + zeep peer
+  (:mod:`benchmarks.naive`), at each simulated EESZT latency: events/s and CPU µs per event
   of the workers, the simulator and the broker;
 - ``scaling``: gateway (and bare) events/s at several process counts;
 - ``memory``: the worker processes' RSS over a long run.
@@ -29,10 +30,11 @@ from rich.table import Table
 
 from schemas.wire import DEFAULT_QUEUE_TYPE
 
+from . import drain as dr
 from . import harness as h
 
 PIPELINES = ("gateway", "bare", "naive", "bare-curl")
-#: what the gateway is divided by: the issue's bare pipeline (urllib3), the naive peer, and the
+#: what the gateway is divided by: the reference bare pipeline (urllib3), the naive peer, and the
 #: bare pipeline on the gateway's default HTTP client (libcurl), like for like
 BASELINES = ("bare", "naive", "bare-curl")
 
@@ -72,178 +74,14 @@ def _target(target: str, measured: str, ok: bool) -> dict[str, Any]:
     return {"target": target, "measured": measured, "ok": bool(ok)}
 
 
-# --- publish --------------------------------------------------------------------------------------
-def run_publish(*, n: int = 5000, warmup: int = 200, batch_n: int = 20_000, in_flight: int = 256,
-                queue_types: Sequence[str] = ("classic", "quorum"), json_out: Path | None = None,
-                png_out: Path | None = None) -> int:
-    """Interactive and batch confirmed publishing, once per work-queue type (each in a fresh
-    vhost): classic queues are the single-node default, quorum queues the production one
-    (``deploy/``), and their confirms cost differently."""
-    from producers.generate import generate
-    from schemas.envelope import RequestEnvelope
-
-    console = _console()
-    if not h.rabbit_ready():
-        console.print(f"[red]RabbitMQ is not listening on {h.RABBIT_HOSTPORT}")
-        return 2
-    requests = [RequestEnvelope.from_json(line)
-                for line in generate(prescriptions=n + warmup, seed=7)]
-    events = h.make_events(batch_n, tag="p")
-    runs = []
-    for qt in queue_types:
-        console.log(f"{qt} queues: {n:,} interactive publishes of each kind, then {batch_n:,} "
-                    "in a batch")
-        run = _publish_run(qt, requests, warmup, events, in_flight)
-        if run is None:
-            console.print(f"[red]batch publish failed on {qt} queues")
-            return 1
-        runs.append(run)
-    targets = []
-    for run in runs:
-        i, b, qt = run["interactive"], run["batch"], run["queue_type"]
-        ratio = i["publisher_submit_ms"]["p99"] / i["raw_pika_ms"]["p99"]
-        targets += [
-            _target(f"batch publish ≥ 10,000 msg/s ({qt})",
-                    f"{b['batch_publisher_msg_s']:,.0f} msg/s",
-                    b["batch_publisher_msg_s"] >= 10_000),
-            _target(f"interactive publish p99 ≤ 5 ms ({qt})",
-                    f"{i['publisher_submit_ms']['p99']:.2f} ms",
-                    i["publisher_submit_ms"]["p99"] <= 5),
-            _target(f"interactive p99 ≤ 1.5 × raw pika ({qt})", f"{ratio:.2f} ×", ratio <= 1.5),
-        ]
-    fig = {"n": n, "warmup": warmup, "batch_n": batch_n, "in_flight": in_flight, "runs": runs,
-           "targets": targets}
-
-    table = Table(title=f"confirmed publish: one at a time (N={n} after {warmup} warm-up) and "
-                        f"batch ({batch_n:,} messages)")
-    for col in ("queues", "measure", "producers", "raw pika", "unit"):
-        table.add_column(col, justify="left" if col in ("queues", "measure") else "right")
-    for run in runs:
-        i, b, qt = run["interactive"], run["batch"], run["queue_type"]
-        table.add_row(qt, "one confirmed publish, p50", f"{i['publisher_submit_ms']['p50']:.3f}",
-                      f"{i['raw_pika_ms']['p50']:.3f}", "ms")
-        table.add_row(qt, "one confirmed publish, p99", f"{i['publisher_submit_ms']['p99']:.3f}",
-                      f"{i['raw_pika_ms']['p99']:.3f}", "ms")
-        table.add_row(qt, f"batch: BatchPublisher ({in_flight} in flight) vs raw, one confirm "
-                          "at a time", f"{b['batch_publisher_msg_s']:,.0f}",
-                      f"{b['raw_pika_one_confirm_msg_s']:,.0f}", "msg/s", end_section=True)
-    console.print(table)
-    console.print(_targets_table("publish targets", targets))
-    _write_json(json_out, fig)
-    if png_out:
-        _publish_png(png_out, runs)
-    return 0
-
-
-def _publish_run(queue_type: str, requests: list, warmup: int, events: list,
-                 in_flight: int) -> dict[str, Any] | None:
-    """One queue type in a fresh vhost: Publisher.submit against raw pika in alternating blocks
-    of 100 (so that drift hits both alike), then BatchPublisher against raw pika with one
-    confirm at a time. None if the batch was not confirmed whole."""
-    import pika
-
-    from producers.memory import to_wire
-    from producers.publisher import BatchPublisher, Publisher
-    from schemas.wire import BATCH_QUEUE, INTERACTIVE_QUEUE, REQUESTS_EXCHANGE
-
-    with h.Vhost(f"publish-{queue_type}") as vhost:
-        pub = Publisher(url=vhost.url, queue_type=queue_type)  # declares the work queues
-        conn = pika.BlockingConnection(pika.URLParameters(vhost.url))
-        ch = conn.channel()
-        ch.confirm_delivery()
-
-        def raw(rk: str, body: bytes, headers: dict, mid: str) -> None:
-            ch.basic_publish(REQUESTS_EXCHANGE, rk, body, pika.BasicProperties(
-                delivery_mode=2, content_type="application/json", message_id=mid,
-                headers=headers), mandatory=True)
-
-        ours_ms: list[float] = []
-        raw_ms: list[float] = []
-        for r in requests[:warmup]:
-            pub.submit(r)
-            raw(*to_wire(r))
-        block = 100
-        measured = requests[warmup:]
-        for start in range(0, len(measured), block):
-            for r in measured[start:start + block]:
-                t0 = time.perf_counter()
-                pub.submit(r)
-                ours_ms.append((time.perf_counter() - t0) * 1000)
-            for r in measured[start:start + block]:
-                # the raw client gets pre-serialised bytes; ours serialises inside submit()
-                rk, body, headers, mid = to_wire(r)
-                props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
-                                             message_id=mid, headers=headers)
-                t0 = time.perf_counter()
-                ch.basic_publish(REQUESTS_EXCHANGE, rk, body, props, mandatory=True)
-                raw_ms.append((time.perf_counter() - t0) * 1000)
-        pub.close()
-        ch.queue_purge(INTERACTIVE_QUEUE)
-
-        t0 = time.perf_counter()
-        with BatchPublisher(url=vhost.url, max_in_flight=in_flight, queue_type=queue_type) as bp:
-            for rk, body, headers, mid in events:
-                bp.publish_raw(rk, body, headers, mid)
-            summary = bp.flush(timeout=300)
-        batch_s = time.perf_counter() - t0
-        if not summary.ok:
-            return None
-        ch.queue_purge(BATCH_QUEUE)
-
-        t0 = time.perf_counter()
-        for event in events:
-            raw(*event)
-        raw_batch_s = time.perf_counter() - t0
-        ch.queue_purge(BATCH_QUEUE)
-        conn.close()
-    return {
-        "queue_type": queue_type,
-        "interactive": {"publisher_submit_ms": {"p50": statistics.median(ours_ms),
-                                                "p99": h.pct(ours_ms, 0.99),
-                                                "mean": statistics.fmean(ours_ms)},
-                        "raw_pika_ms": {"p50": statistics.median(raw_ms),
-                                        "p99": h.pct(raw_ms, 0.99),
-                                        "mean": statistics.fmean(raw_ms)}},
-        "batch": {"batch_publisher_msg_s": len(events) / batch_s,
-                  "raw_pika_one_confirm_msg_s": len(events) / raw_batch_s},
-    }
-
-
-def _publish_png(path: Path, runs: list[dict[str, Any]]) -> None:
-    plt = _plt()
-    f, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = [f"{run['queue_type']}\n{q}" for run in runs for q in ("p50", "p99")]
-    xs = list(range(len(labels)))
-    ours = [run["interactive"]["publisher_submit_ms"][q] for run in runs for q in ("p50", "p99")]
-    raw = [run["interactive"]["raw_pika_ms"][q] for run in runs for q in ("p50", "p99")]
-    ax1.bar([x - 0.2 for x in xs], ours, 0.4, label="Publisher.submit")
-    ax1.bar([x + 0.2 for x in xs], raw, 0.4, label="raw pika")
-    ax1.axhline(5, color="grey", ls="--", lw=1)
-    ax1.set_xticks(xs, labels)
-    ax1.set_ylabel("ms per confirmed publish")
-    ax1.legend()
-    xs = list(range(len(runs)))
-    ax2.bar([x - 0.2 for x in xs], [run["batch"]["batch_publisher_msg_s"] for run in runs], 0.4,
-            label="BatchPublisher")
-    ax2.bar([x + 0.2 for x in xs], [run["batch"]["raw_pika_one_confirm_msg_s"] for run in runs],
-            0.4, label="raw pika (1 confirm at a time)")
-    ax2.axhline(10_000, color="grey", ls="--", lw=1)
-    ax2.set_xticks(xs, [run["queue_type"] for run in runs])
-    ax2.set_ylabel("messages/s")
-    ax2.legend()
-    f.suptitle("eeszt-gw bench publish")
-    f.tight_layout()
-    f.savefig(path, dpi=100)
-
-
 # --- batch ----------------------------------------------------------------------------------------
-def _row_cpu(r: h.DrainResult) -> tuple[str, str, str, str]:
+def _row_cpu(r: dr.DrainResult) -> tuple[str, str, str, str]:
     c = r.cpu_us_per_event
     return (f"{c['worker']:,.0f}", f"{c['simulator']:,.0f}", f"{c['broker']:,.0f}",
             f"{sum(c.values()):,.0f}")
 
 
-def _drain_table(title: str, results: list[h.DrainResult]) -> Table:
+def _drain_table(title: str, results: list[dr.DrainResult]) -> Table:
     table = Table(title=title)
     for col in ("L ms", "pipeline", "P×T", "events/s", "steady", "worker µs/ev", "simulator µs/ev",
                 "broker µs/ev", "total µs/ev", "window", "other load"):
@@ -274,8 +112,8 @@ def run_batch(*, n: int = 100_000, latencies: Sequence[float] = (0, 20, 100), pr
     if unknown:
         console.print(f"[red]unknown pipeline(s): {', '.join(sorted(unknown))}")
         return 2
-    results: list[h.DrainResult] = []
-    reps: list[dict[tuple[str, float], h.DrainResult]] = []  # the runs of each round
+    results: list[dr.DrainResult] = []
+    reps: list[dict[tuple[str, float], dr.DrainResult]] = []  # the runs of each round
     with h.Workdir(keep=keep) as work:
         console.log(f"generating {n:,} care events")
         events = h.make_events(n)
@@ -286,7 +124,7 @@ def run_batch(*, n: int = 100_000, latencies: Sequence[float] = (0, 20, 100), pr
                     t = naive_threads if kind == "naive" else threads
                     console.log(f"{kind}: {n:,} events, L={latency:g} ms, {processes}×{t}"
                                 + (f", run {rep + 1} of {repeat}" if repeat > 1 else ""))
-                    r = h.run_drain(kind, events=events, latency_ms=latency, processes=processes,
+                    r = dr.run_drain(kind, events=events, latency_ms=latency, processes=processes,
                                     threads=t, pki_dir=work.pki, work=work.path, stall_s=stall_s,
                                     console=console, queue_type=queue_type)
                     console.log(f"  {r.events_per_s:,.0f} events/s, CPU µs/event "
@@ -344,7 +182,7 @@ def run_batch(*, n: int = 100_000, latencies: Sequence[float] = (0, 20, 100), pr
     return 0
 
 
-def _paired_ratios(reps: list[dict[tuple[str, float], h.DrainResult]], latency: float,
+def _paired_ratios(reps: list[dict[tuple[str, float], dr.DrainResult]], latency: float,
                    other: str) -> list[float]:
     """gateway ÷ ``other`` events/s within each round: the two runs are minutes apart, so a
     slow spell of the machine hits both, where the medians' ratio may pair a fast run with a
@@ -357,10 +195,10 @@ def _paired_ratios(reps: list[dict[tuple[str, float], h.DrainResult]], latency: 
     return out
 
 
-def _medians(results: list[h.DrainResult]) -> list[h.DrainResult]:
+def _medians(results: list[dr.DrainResult]) -> list[dr.DrainResult]:
     """Per (pipeline, latency, processes), the run with the median events/s (the lower middle
     one for an even count), in first-seen order."""
-    groups: dict[tuple, list[h.DrainResult]] = {}
+    groups: dict[tuple, list[dr.DrainResult]] = {}
     for r in results:
         groups.setdefault((r.kind, r.latency_ms, r.processes), []).append(r)
     out = []
@@ -399,7 +237,7 @@ def _batch_targets(by: dict, latencies: Sequence[float], processes: int) -> list
     return out
 
 
-def _batch_png(path: Path, results: list[h.DrainResult], latencies: Sequence[float],
+def _batch_png(path: Path, results: list[dr.DrainResult], latencies: Sequence[float],
                pipelines: Sequence[str], *, title: str) -> None:
     plt = _plt()
     by = {(r.kind, r.latency_ms): r for r in results}
@@ -443,13 +281,13 @@ def run_scaling(*, latency: float = 20, processes: Sequence[int] = (1, 2, 4), n:
     if not h.rabbit_ready():
         console.print(f"[red]RabbitMQ is not listening on {h.RABBIT_HOSTPORT}")
         return 2
-    results: list[h.DrainResult] = []
+    results: list[dr.DrainResult] = []
     with h.Workdir(keep=keep) as work:
         events = h.make_events(n)
         for p in processes:
             for kind in pipelines:
                 console.log(f"{kind}: {n:,} events, L={latency:g} ms, {p}×{threads}")
-                r = h.run_drain(kind, events=events, latency_ms=latency, processes=p,
+                r = dr.run_drain(kind, events=events, latency_ms=latency, processes=p,
                                 threads=threads, pki_dir=work.pki, work=work.path,
                                 stall_s=stall_s, console=console)
                 console.log(f"  {r.events_per_s:,.0f} events/s")
@@ -521,7 +359,7 @@ def run_memory(*, n: int = 1_000_000, latency: float = 0, processes: int = 2, th
             with h.Vhost("memory") as vhost:
                 pipeline = h.start_gateway(url=vhost.url, sim=sim, pki_dir=work.pki,
                                            work=work.path, processes=processes, threads=threads)
-                sampler = h.Sampler({"worker": pipeline.processes}, sim.record_count,
+                sampler = dr.Sampler({"worker": pipeline.processes}, sim.record_count,
                                     every_s=sample_s, rss_of=pipeline.worker_processes)
                 pipeline.wait_ready()
                 sampler.start()
@@ -548,13 +386,13 @@ def run_memory(*, n: int = 1_000_000, latency: float = 0, processes: int = 2, th
                 t_start = time.monotonic()
                 last_report = [0.0]
 
-                def progress(s: h.Sample) -> None:
+                def progress(s: dr.Sample) -> None:
                     if time.monotonic() - last_report[0] > 30:
                         last_report[0] = time.monotonic()
                         rss = sum(s.rss.values()) / 2**20
                         console.log(f"{s.records:,}/{n:,} stored, worker RSS {rss:,.0f} MiB")
 
-                complete = h.wait_drain(sampler, n, stall_s=stall_s,
+                complete = dr.wait_drain(sampler, n, stall_s=stall_s,
                                         alive=lambda: pipeline.proc.poll() is None,
                                         on_sample=progress)
                 elapsed = time.monotonic() - t_start
@@ -564,7 +402,7 @@ def run_memory(*, n: int = 1_000_000, latency: float = 0, processes: int = 2, th
                 feeder.join(timeout=10)
                 pipeline.stop()
         finally:
-            h._cleanup(sampler, pipeline, sim)
+            dr._cleanup(sampler, pipeline, sim)
     if errors:
         console.print(f"[red]publishing failed: {errors[0]!r}")
     samples = [s for s in sampler.samples if s.rss]
