@@ -93,6 +93,29 @@ def test_a_bridge_user_answers_only_for_its_own_workstation():
     assert bridges.tokens.usable(doctor_identity("O10002")) is not None
 
 
+@pytest.mark.parametrize("event", ["sweep", "window-expired"])
+def test_a_bridge_cannot_end_or_expire_another_doctors_login(event):
+    # Given O10002 waiting for a login at WS-02,
+    bridges = harness(answer=lambda ch: None)
+    handle(bridges, at("O10002", "WS-02"))
+    sent_before = list(bridges.outbox.replies["his.demo"])
+    # When WS-01's bridge publishes the workers' own login event for O10002,
+    body = json.dumps({"event": event, "user_id": "O10002"}).encode()
+    bridges.logins.on_event(body, {}, user_id="bridge-WS-01")
+    # then the login is still pending and the HIS was told nothing;
+    assert bridges.backend.pending("O10002")
+    assert bridges.outbox.replies["his.demo"] == sent_before
+    # and with --bridge-users, an event without the workers' own user is ignored as well.
+    bridges.logins.bridge_users = True
+    bridges.outbox.user_id = "eeszt-worker"
+    bridges.logins.on_event(body, {}, user_id=None)
+    assert bridges.backend.pending("O10002")
+    # (the workers' own event still ends it)
+    bridges.logins.on_event(json.dumps({"event": "sweep", "user_id": "O10002"}).encode(), {},
+                            user_id="eeszt-worker")
+    assert not bridges.backend.pending("O10002")
+
+
 def test_with_bridge_users_required_a_shared_user_cannot_answer():
     bridges = harness(answer=lambda ch: None)
     bridges.logins.bridge_users = True

@@ -75,7 +75,8 @@ class RabbitLoginBackend:
             "x-max-length": 1, "x-overflow": "reject-publish", "x-message-ttl": self.window_ms,
             **dead_letter_to(LOGIN_ANSWERS_QUEUE), "x-expires": self.window_ms * 4}))
         try:
-            self.outbox._publish("", name, marker, pika.BasicProperties(delivery_mode=2),
+            self.outbox._publish("", name, marker, pika.BasicProperties(
+                delivery_mode=2, user_id=self.outbox.user_id),  # an event of the workers
                                  mandatory=True)
         except pika.exceptions.NackError:
             return False  # a login of this doctor is already in progress
@@ -207,7 +208,8 @@ class RabbitLoginBackend:
             moved += 1
 
     def schedule(self, event: dict[str, Any], delay_s: float) -> None:
-        props = pika.BasicProperties(delivery_mode=2, expiration=str(max(1, int(delay_s * 1000))))
+        props = pika.BasicProperties(delivery_mode=2, expiration=str(max(1, int(delay_s * 1000))),
+                                     user_id=self.outbox.user_id)  # an event of the workers
         self.outbox._publish("", LOGIN_DELAY_QUEUE, json.dumps(event).encode(), props,
                              mandatory=True)
 

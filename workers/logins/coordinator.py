@@ -307,6 +307,11 @@ class LoginCoordinator:
         except ValueError:
             log.warning("ignored an unreadable login event")
             return
+        if isinstance(data, dict) and "event" in data and not self._from_gateway(user_id):
+            # Bridges may publish to this queue too: only the gateway ends a login.
+            log.warning("ignored a %r login event sent by broker user %s", data.get("event"),
+                        user_id or "-")
+            return
         if isinstance(data, dict) and data.get("event") == "window-expired":
             self._window_expired(str(data.get("user_id")), int(data.get("round", 0) or 0))
             return
@@ -327,6 +332,19 @@ class LoginCoordinator:
         workstation = self._asked_at(answer, user_id)
         if workstation is not None:
             self._answer(answer, workstation)
+
+    def _from_gateway(self, publisher: str | None) -> bool:
+        """Whether a login event (sweep, window expired) comes from the workers themselves.
+
+        The workers publish them with their own broker user; a bridge's user (``bridge-*``) never
+        may, and with ``bridge_users`` only the workers' own user may (a bridge that leaves
+        ``user_id`` out cannot pass for them)."""
+        if publisher and str(publisher).startswith(BRIDGE_USER_PREFIX):
+            return False
+        own = getattr(self.outbox, "user_id", None)
+        if self.bridge_users and own is not None:
+            return publisher == own
+        return True
 
     def _asked_at(self, answer: CardAnswer, publisher: str | None) -> str | None:
         """The workstation of the pending login ``answer`` answers, when it comes from there;
