@@ -109,7 +109,7 @@ def _bench_scaling(ns: argparse.Namespace) -> int:
 
 
 def _bench_memory(ns: argparse.Namespace) -> int:
-    from .scenarios import run_memory
+    from .memory import run_memory
 
     return run_memory(n=ns.n, latency=ns.latency, processes=ns.processes, threads=ns.threads,
                       sample_s=ns.sample_s, backlog=ns.backlog, warmup=ns.warmup,

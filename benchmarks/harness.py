@@ -213,7 +213,7 @@ def publish_gateway(url: str, events: Iterable[tuple[str, bytes, dict[str, Any],
                     max_in_flight: int = 256, queue_type: str = DEFAULT_QUEUE_TYPE) -> float:
     """Publish to ``eeszt.requests`` with pipelined confirms (BatchPublisher), the work queues
     declared as ``queue_type``; returns seconds."""
-    from producers.publisher import BatchPublisher
+    from producers.batch import BatchPublisher
 
     t0 = time.perf_counter()
     with BatchPublisher(url=url, max_in_flight=max_in_flight, queue_type=queue_type) as pub:
@@ -232,7 +232,7 @@ def publish_naive(url: str, events: Iterable[tuple[str, bytes, dict[str, Any], s
     import dramatiq
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-    from producers.publisher import BatchPublisher
+    from producers.batch import BatchPublisher
 
     broker = RabbitmqBroker(url=url)
     try:

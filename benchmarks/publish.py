@@ -90,7 +90,8 @@ def _publish_run(queue_type: str, requests: list, warmup: int, events: list,
     import pika
 
     from producers.memory import to_wire
-    from producers.publisher import BatchPublisher, Publisher
+    from producers.batch import BatchPublisher
+    from producers.publisher import Publisher
     from schemas.wire import BATCH_QUEUE, INTERACTIVE_QUEUE, REQUESTS_EXCHANGE
 
     with h.Vhost(f"publish-{queue_type}") as vhost:

@@ -1,9 +1,9 @@
 """``eeszt-gw audit MESSAGE_ID_OR_KEY``, and what the operator commands share with ``dlq``.
 
-``audit`` reads ``eeszt.audit`` with :func:`workers.middleware.audit.read_audit` and prints one
-line per event in time order, or JSON lines with ``--json``. Exit status: 0 found, 1 nothing
-found, 2 a wrong flag or an unreachable broker. The helpers below (time flags, the broker URL,
-error handling) are shared with :mod:`eeszt_gw.dlq`.
+``audit`` reads ``eeszt.audit`` with :func:`workers.middleware.audit_reader.read_audit` and
+prints one line per event in time order, or JSON lines with ``--json``. Exit status: 0 found,
+1 nothing found, 2 a wrong flag or an unreachable broker. The helpers below (time flags, the
+broker URL, error handling) are shared with :mod:`eeszt_gw.dlq`.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def _story(ns: argparse.Namespace) -> int:
-    from workers.middleware.audit import read_audit
+    from workers.middleware.audit_reader import read_audit
 
     since = parse_when(ns.since) if ns.since else None
     until = parse_when(ns.until) if ns.until else None

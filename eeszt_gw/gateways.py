@@ -203,7 +203,8 @@ class RabbitGateway:
 
     def __init__(self, url: str, settings: WorkerSettings, *, reply_key: str,
                  eid_url: str | None = None, mobiltoken: frozenset[str] = frozenset()) -> None:
-        from producers.publisher import BatchPublisher, Publisher
+        from producers.batch import BatchPublisher
+        from producers.publisher import Publisher
         from producers.replies import ReplyListener
         from workers.process import declare_topology
         from workers.logins.token_share import RabbitTokenShare, new_key

@@ -27,7 +27,8 @@ from producers.memory import (
     Sink,
     to_wire,
 )
-from producers.publisher import BatchPublisher, Publisher, parse_line
+from producers.batch import BatchPublisher
+from producers.publisher import Publisher, parse_line
 from producers.replies import ReplyListener, parse_reply
 from producers.topology import DEFAULT_BROKER_URL, connect, declare_topology, safe_url
 from schemas.connection import BrokerTLS

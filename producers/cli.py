@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from producers.errors import BrokerUnavailable, InvalidRequest, ProducerError
 from producers.generate import MALFORMED_KINDS, generate
-from producers.publisher import BatchPublisher, parse_line
+from producers.batch import BatchPublisher
+from producers.publisher import parse_line
 from producers.replies import ReplyListener
 from producers.topology import DEFAULT_BROKER_URL
 from schemas.connection import BrokerConfigError, BrokerTLS

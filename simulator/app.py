@@ -1,5 +1,5 @@
-"""The simulator's ASGI applications: the EESZT service port, the eID server and the loopback
-admin port.
+"""The simulator's ASGI applications: the EESZT service port and the loopback admin port (the
+eID server's application is :class:`simulator.eid_app.EidServerApp`).
 
 Both are plain ASGI callables (no framework): the request path is short, and the fault
 injector needs uvicorn's transport to reset a connection the way a failing load balancer does.
@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 
 from schemas.soap import SERVICES, FaultCode, contract_path
 
-from .eid import EidError, EidKey, EidServer
+from .eid import EidKey, EidServer
 from .faults import FaultConfig, FaultInjector, Injection
 from .pki import PkiPaths
 from .rules import Rules, authorize
@@ -38,7 +38,6 @@ from .revocation import CrlStore
 log = logging.getLogger("eeszt_gw.simulator")
 
 MAX_BODY = 16 * 1024 * 1024
-MAX_EID_BODY = 64 * 1024
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -317,74 +316,6 @@ class Simulator:
                                outcome=outcome, institution=token.institution)
 
 
-class EidServerApp:
-    """The simulated eID server (its own HTTPS listener, server-auth TLS only: the eSzemélyi
-    client on a workstation has no access certificate).
-
-    ``POST /eid/authenticate`` JSON {"package", "card_certificate" (base64 DER), "signature"
-    (base64 DER ECDSA-SHA256 over the raw nonce bytes)} -> 200 {"rid"} or 400/403 {"code",
-    "message"} (codes: :data:`simulator.eid.EID_ERROR_STATUS`). ``POST /eid/mobiltoken`` JSON
-    {"package", "otp"} (the doctor's MobilToken code) -> the same. ``GET /eid/health`` -> 200.
-    """
-
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
-        self._store: Store | None = None  # opened lazily on the eID server's thread
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self._store = Store(self.sim.db_path)
-        return self._store
-
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await _not_http(scope, receive, send)
-            return
-        method, path = scope["method"], scope["path"]
-        if path == "/eid/health" and method == "GET":
-            await json_response(send, 200, {"status": "ok"})
-            return
-        if path not in ("/eid/authenticate", "/eid/mobiltoken"):
-            await self._error(send, 404, "not_found", f"no eID route {method} {path}")
-            return
-        if method != "POST":
-            await self._error(send, 405, "method_not_allowed", "use POST")
-            return
-        try:
-            body = await _read_body(receive, MAX_EID_BODY)
-        except _Gone:
-            return
-        except _TooLarge:
-            await self._error(send, 413, "bad_request", f"body larger than {MAX_EID_BODY} bytes")
-            return
-        self.sim.counters.requests["eid"] += 1
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            self.sim.eid.counters.auth_failed("bad_request")
-            await self._error(send, 400, "bad_request", "the body must be a JSON object")
-            return
-        try:
-            if path == "/eid/mobiltoken":
-                rid, _ = self.sim.eid.mobiltoken(package=data.get("package"), otp=data.get("otp"),
-                                                 used=self.store)
-            else:
-                rid, _ = self.sim.eid.authenticate(package=data.get("package"),
-                                                   card_certificate=data.get("card_certificate"),
-                                                   signature=data.get("signature"), used=self.store)
-        except EidError as exc:
-            await json_response(send, exc.http_status, exc.as_json())
-            return
-        await json_response(send, 200, {"rid": rid})
-
-    @staticmethod
-    async def _error(send: Send, status: int, code: str, message: str) -> None:
-        await json_response(send, status, {"code": code, "message": message})
-
-
 from .admin import AdminApp  # noqa: E402  (the admin port; it reuses this module's helpers)
 
-__all__ = ["AdminApp", "Counters", "EidServerApp", "Simulator", "json_response"]
+__all__ = ["AdminApp", "Counters", "Simulator", "json_response"]

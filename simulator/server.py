@@ -24,7 +24,8 @@ from pathlib import Path
 
 import uvicorn
 
-from .app import AdminApp, EidServerApp, Simulator
+from .app import AdminApp, Simulator
+from .eid_app import EidServerApp
 from .ocsp import RevocationApp
 from .faults import FaultConfig, OutageWindow
 from .pki import PkiPaths

@@ -28,7 +28,8 @@ from .errors import ServiceRejected, ServiceUnavailable
 from .client.client import ClientFiles, EesztClient
 from .logins.coordinator import LoginBackend, LoginCoordinator
 from .outbox import BrokerError, Outbox
-from .pipeline import Incoming, Observer, Pipeline, internal_error
+from .outcomes import Observer
+from .pipeline import Incoming, Pipeline, internal_error
 from .retry import RetryPolicy
 from .settings import WorkerSettings
 from .logins.tokens import TokenManager, institution_identity

@@ -15,7 +15,7 @@ import pika
 import pika.exceptions
 
 from producers.generate import generate
-from producers.publisher import BatchPublisher
+from producers.batch import BatchPublisher
 from schemas.envelope import RequestEnvelope
 
 SCALE = max(1, int(os.environ.get("EESZT_FAULT_SCALE", "1")))

@@ -28,7 +28,8 @@ from schemas.wire import (
 from tests import samples
 from tests.bridges import card_token
 from tests.conftest import ROOT, start_workers
-from workers.middleware.audit import AUDIT_QUEUE, RabbitAuditLog, audit_event, read_audit
+from workers.middleware.audit import AUDIT_QUEUE, RabbitAuditLog, audit_event
+from workers.middleware.audit_reader import read_audit
 from workers.client.client import ClientFiles, EesztClient
 from workers.outbox import RabbitOutbox
 from workers.process import declare_topology

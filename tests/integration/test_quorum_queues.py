@@ -27,7 +27,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from producers.publisher import BatchPublisher, Publisher
+from producers.batch import BatchPublisher
+from producers.publisher import Publisher
 from schemas.wire import (
     BATCH_QUEUE,
     DEAD_LETTER_QUEUE,

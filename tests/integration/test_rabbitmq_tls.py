@@ -32,7 +32,7 @@ from schemas.replies import is_final
 from simulator.pki import issue_certificate, make_ca, new_ec_key, write_pem
 from tests import samples
 from tests.conftest import ROOT, free_port, start_workers
-from workers.middleware.audit import read_audit
+from workers.middleware.audit_reader import read_audit
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 

@@ -112,7 +112,7 @@ def responder(broker_url: str) -> Iterator[Any]:
 
 
 def publish_dead_letter(ch, request, code: str, reason: str, first_seen_ms: int) -> None:
-    # as workers/pipeline.py (_fail) and workers/outbox.py (dead_letter) do
+    # as workers/outcomes.py (_fail) and workers/outbox.py (dead_letter) do
     headers = {H_TYPE: request.message_type, H_ATTEMPT: 4, H_FIRST_SEEN: first_seen_ms,
                H_REASON: reason, H_CODE: code, H_MESSAGE_ID: str(request.message_id),
                H_IDEMPOTENCY_KEY: request.idempotency_key}
@@ -122,7 +122,7 @@ def publish_dead_letter(ch, request, code: str, reason: str, first_seen_ms: int)
 
 
 def publish_retry(ch, request, first_seen_ms: int) -> None:
-    # as workers/pipeline.py (_retry_later) and workers/outbox.py (retry) do; a long TTL, so it
+    # as workers/outcomes.py (_retry_later) and workers/outbox.py (retry) do; a long TTL, so it
     # never flows back to a work queue while this session runs
     headers = {H_TYPE: request.message_type, H_ATTEMPT: 3, H_FIRST_SEEN: first_seen_ms,
                H_STATUS_SENT: "retrying"}
