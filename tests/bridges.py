@@ -47,6 +47,12 @@ from workers.logins.tokens import TokenManager, doctor_identity
 
 
 # --- real bridges on RabbitMQ -----------------------------------------------------------------------
+#: The last code each doctor's phone showed and the doctor typed, across every bridge pool of
+#: the session: one phone per doctor, whichever test's bridge asks (a code is accepted once).
+_TYPED: dict[tuple[str, str], str] = {}
+_TYPED_LOCK = threading.Lock()
+
+
 class Doctors:
     """The doctors at a workstation, answering its bridge's prompt: each types their own card's
     PIN (or CAN), or the code their phone's MobilToken app shows. A phone shows a new code every
@@ -58,7 +64,6 @@ class Doctors:
         self.pki_dir = Path(pki_dir)
         users = json.loads((self.pki_dir / "users.json").read_text())["users"]
         self._secrets = {u["user_id"]: u.get("totp_secret") for u in users}
-        self._typed: dict[str, str] = {}
         self._lock = threading.Lock()
         self.asked: list[tuple[str, str, int | None]] = []
         self.script: list[Any] = []
@@ -68,12 +73,13 @@ class Doctors:
 
     def phone_code(self, user_id: str) -> str:
         totp = pyotp.TOTP(self._secrets[user_id])
-        with self._lock:
+        phone = (str(self.pki_dir), user_id)
+        with _TYPED_LOCK:
             code = totp.now()
-            while code == self._typed.get(user_id):
+            while code == _TYPED.get(phone):
                 time.sleep(totp.interval - time.time() % totp.interval + 0.05)
                 code = totp.now()
-            self._typed[user_id] = code
+            _TYPED[phone] = code
         return code
 
     def ask(self, kind: str, info: Any, *, tries_left: int | None, timeout_s: float) -> str | None:
