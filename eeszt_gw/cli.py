@@ -617,7 +617,8 @@ def _add_bench(sub) -> None:
 # --- status ---------------------------------------------------------------------------------------
 STATUS_EXIT_CODES = ("exit codes: 0 healthy; 1 something needs attention (dead letters in eeszt.dlq, "
                      "requests in flight longer than --time-limit-s, a certificate within "
-                     "--cert-warn-days or expired, parked requests); 2 the broker is unreachable.")
+                     "--cert-warn-days, expired or revoked, parked requests); 2 the broker is "
+                     "unreachable.")
 
 
 def _status(ns: argparse.Namespace) -> int:
@@ -656,7 +657,8 @@ def _add_status(sub) -> None:
             "Show, per EESZT service and in total: ready requests, requests in flight (and those "
             "over their time limit), retrying and parked requests with the oldest waiting age, "
             "requests waiting for a doctor's login (per doctor), dead letters, and the "
-            "certificates in --pki-dir that expire soon. Needs only AMQP (no management "
+            "certificates in --pki-dir that expire soon or are revoked (on their CA's CRL in "
+            "--pki-dir: critical). Needs only AMQP (no management "
             "plugin): queue depths by passive declare, breakdowns by browsing queues (messages "
             "are put back), in-flight work by asking the worker processes on the fanout "
             "exchange eeszt.control. The doctors' wait queues are listed with rabbitmqctl when "
