@@ -30,23 +30,17 @@ from .app import (
 )
 from .faults import FaultConfig
 from .rules import Rules
-from .store import Store
+from .store import OwnStore
 
 log = logging.getLogger("eeszt_gw.simulator")
 
 
-class AdminApp:
+class AdminApp(OwnStore):
     """Loopback-only admin port: stats, run-time faults and rules, records, reset."""
 
     def __init__(self, sim: Simulator) -> None:
+        super().__init__(sim.db_path)  # its own store, opened on the thread that serves it
         self.sim = sim
-        self._store: Store | None = None  # opened lazily on the admin thread
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self._store = Store(self.sim.db_path)
-        return self._store
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -9,12 +9,12 @@ from typing import Any
 
 from .app import Receive, Send, Simulator, _Gone, _not_http, _read_body, _TooLarge, json_response
 from .eid import EidError
-from .store import Store
+from .store import OwnStore
 
 MAX_EID_BODY = 64 * 1024
 
 
-class EidServerApp:
+class EidServerApp(OwnStore):
     """The simulated eID server (its own HTTPS listener, server-auth TLS only: the eSzemélyi
     client on a workstation has no access certificate).
 
@@ -25,14 +25,8 @@ class EidServerApp:
     """
 
     def __init__(self, sim: Simulator) -> None:
+        super().__init__(sim.db_path)  # its own store, opened on the thread that serves it
         self.sim = sim
-        self._store: Store | None = None  # opened lazily on the eID server's thread
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self._store = Store(self.sim.db_path)
-        return self._store
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -301,3 +301,18 @@ class Store:
         cur = self._db.execute(sql, args)
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+
+class OwnStore:
+    """A :class:`Store` of its own for an app served on another thread than the service port
+    (the admin port, the eID server): opened on first use, so on the thread that uses it."""
+
+    def __init__(self, db_path: Path | str) -> None:
+        self._db_path = db_path
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self._db_path)
+        return self._store
