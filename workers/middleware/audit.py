@@ -348,8 +348,11 @@ class RabbitAuditLog:
                 self._publish(batch)
             except BaseException:
                 with self._lock:  # back to the front, oldest first; the bound still holds
-                    self._buffer.extendleft(reversed(batch))
                     self._inflight = 0
+                    if self._closing:  # close() counted the buffer already: count these too
+                        self.dropped += len(batch)
+                        raise
+                    self._buffer.extendleft(reversed(batch))
                     while len(self._buffer) > self.max_buffer:
                         self._buffer.popleft()
                         self.dropped += 1
