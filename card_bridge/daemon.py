@@ -27,7 +27,7 @@ from schemas.card import (
     LoginMethod,
     workstation_queue,
 )
-from schemas.connection import BrokerTLS, BrokerTLSError, broker_parameters, open_connection
+from eeszt_gw.amqp import BrokerTLS, BrokerTLSError, broker_parameters, open_connection
 from schemas.wire import LOGIN_ANSWER_KEY, LOGIN_EXCHANGE
 
 from .challenge import ChallengeVerifier, ForgedChallenge

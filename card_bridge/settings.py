@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.connection import BrokerTLS
+from eeszt_gw.amqp import BrokerTLS
 
 #: /metrics of the card bridge: just below the workers' 12100 + slot (workers/settings.py says
 #: why not 9100-9999), so a demo host running both has no clash.

@@ -31,7 +31,7 @@ from producers.batch import BatchPublisher
 from producers.publisher import Publisher, parse_line
 from producers.replies import ReplyListener, parse_reply
 from producers.topology import DEFAULT_BROKER_URL, connect, declare_topology, safe_url
-from schemas.connection import BrokerTLS
+from eeszt_gw.amqp import BrokerTLS
 
 __all__ = [
     "DEFAULT_BROKER_URL",

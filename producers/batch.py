@@ -15,7 +15,7 @@ from producers.errors import BrokerUnavailable
 from producers.memory import BatchSummary, FailedMessage
 from producers.publisher import _Base, _from_request, _outgoing, _Outgoing
 from producers.topology import CONNECTION_ERRORS
-from schemas.connection import BrokerTLS
+from eeszt_gw.amqp import BrokerTLS
 from schemas.envelope import RequestEnvelope
 from schemas.wire import DEFAULT_QUEUE_TYPE, REQUESTS_EXCHANGE
 

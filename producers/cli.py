@@ -27,11 +27,11 @@ from producers.batch import BatchPublisher
 from producers.publisher import parse_line
 from producers.replies import ReplyListener
 from producers.topology import DEFAULT_BROKER_URL
-from schemas.connection import BrokerConfigError, BrokerTLS
+from eeszt_gw.amqp import BrokerConfigError, BrokerTLS
 from schemas.replies import Reply, describe_validation_error, is_final
 from schemas.wire import DEFAULT_QUEUE_TYPE, QUEUE_TYPES, check_queue_type
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "register"]
 
 T = TypeVar("T")
 _FMT = argparse.RawDescriptionHelpFormatter
@@ -435,3 +435,6 @@ def add_commands(subparsers: Any) -> None:
     g.add_argument("--out", default="-", metavar="FILE",
                    help="where to write; - is stdout (default: %(default)s)")
     g.set_defaults(func=_generate)
+
+
+register = add_commands

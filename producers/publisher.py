@@ -46,7 +46,7 @@ from pydantic import ValidationError
 from producers.errors import BrokerUnavailable, InvalidRequest, ProducerError, PublishFailed
 from producers.memory import to_wire
 from producers.topology import CONNECTION_ERRORS, coalesce_writes, connect, declare_topology
-from schemas.connection import BrokerTLS
+from eeszt_gw.amqp import BrokerTLS
 from schemas.envelope import RequestEnvelope
 from schemas.wire import DEFAULT_QUEUE_TYPE, H_REPUBLISHED, REQUESTS_EXCHANGE
 
@@ -337,7 +337,7 @@ class Publisher(_Base):
     connect, so a request never depends on a worker having started first. ``exchange`` exists
     for tests and tools. Thread-safe: a lock serialises submits, so one instance confirms about
     2,000 messages/s; use :class:`BatchPublisher` for bulk uploads. For an ``amqps://`` URL,
-    ``tls`` names the broker's CA and this client's certificate (``schemas.connection``); the
+    ``tls`` names the broker's CA and this client's certificate (``eeszt_gw.amqp``); the
     broker's certificate is always verified. ``set_user_id`` (default on) sets each message's
     ``user_id`` to the connection's user (see the module docstring). ``queue_type`` (classic or
     quorum) is the type the work queues are declared with: the workers' ``--queue-type``.

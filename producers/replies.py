@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from producers.errors import BrokerUnavailable, ProducerError
 from producers.topology import CONNECTION_ERRORS, connect, declare_replies_exchange
-from schemas.connection import BrokerTLS
+from eeszt_gw.amqp import BrokerTLS
 from schemas.replies import REPLY_ADAPTER, Reply, describe_validation_error
 from schemas.wire import DEFAULT_QUEUE_TYPE, REPLIES_EXCHANGE, queue_arguments
 

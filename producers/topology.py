@@ -8,7 +8,7 @@ idempotent, so every process declares at start-up and none depends on another ha
 
 :func:`connect` opens a ``pika.BlockingConnection`` with a bounded, jittered retry and turns
 pika's errors into :class:`~producers.errors.BrokerUnavailable`. :func:`safe_url`
-(``schemas.connection``) is the only form in which a broker URL may be logged (the password is
+(``eeszt_gw.amqp``) is the only form in which a broker URL may be logged (the password is
 masked).
 """
 
@@ -25,7 +25,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from producers.errors import BrokerUnavailable, ProducerError
-from schemas.connection import (
+from eeszt_gw.amqp import (
     TLS_EOF,
     BrokerConfigError,
     BrokerTLS,
@@ -147,7 +147,7 @@ def coalesce_writes(connection: pika.BlockingConnection) -> bool:
 def connection_parameters(url: str, *, connect_timeout: float, name: str,
                           tls: BrokerTLS | None = None) -> pika.URLParameters:
     """pika parameters for ``url`` with our timeouts; one attempt each (we retry ourselves).
-    ``amqps://`` is TLS with the broker's certificate verified (``schemas.connection``).
+    ``amqps://`` is TLS with the broker's certificate verified (``eeszt_gw.amqp``).
 
     Raises:
         ProducerError: ``url`` is not an AMQP URL (the message does not repeat it), or the

@@ -35,7 +35,7 @@ from card_bridge.login import LocalCardClient, MobilTokenClient
 from card_bridge.errors import NoCard
 from card_bridge.prompt import ScriptedPrompt
 from schemas.card import CARD_EXCHANGE, CardAnswer, LoginMethod, workstation_queue
-from schemas.connection import broker_parameters, open_connection
+from eeszt_gw.amqp import broker_parameters, open_connection
 from schemas.replies import is_final
 from schemas.wire import LOGIN_EXCHANGE, queue_arguments
 from simulator.card import InProcessCard
@@ -154,7 +154,7 @@ class WorkstationBridges:
     def __init__(self, *, broker_url: str, pki_dir: Path, eid_url: str,
                  workstations: dict[str, str], state_dir: Path, queue_type: str = "classic",
                  tls: Any = None) -> None:
-        self.tls = tls  # schemas.connection.BrokerTLS for an amqps:// broker_url
+        self.tls = tls  # eeszt_gw.amqp.BrokerTLS for an amqps:// broker_url
         self.pki_dir = Path(pki_dir)
         self.broker_url, self.eid_url, self.state_dir = broker_url, eid_url, Path(state_dir)
         self._declare(workstations, queue_type)

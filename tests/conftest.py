@@ -203,7 +203,7 @@ def start_workers(*, broker_url: str, sim: SimulatorProcess, workdir: Path, proc
         workstations = demo_workstations(users)
     bridges = None
     if workstations:
-        from schemas.connection import BrokerTLS
+        from eeszt_gw.amqp import BrokerTLS
 
         def flag(name: str) -> str | None:
             return extra[extra.index(name) + 1] if name in extra else None

@@ -37,7 +37,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import ShutdownNotifications, TimeLimit
 
 from schemas.card import LOGIN_ANSWERS_QUEUE
-from schemas.connection import BrokerTLS, broker_parameters
+from eeszt_gw.amqp import BrokerTLS, broker_parameters
 from schemas.services import SERVICE_OF_FAMILY
 from schemas.wire import DEFAULT_QUEUE_TYPE, H_TYPE, queue_arguments
 
@@ -227,7 +227,7 @@ def middleware(time_limit_ms: int) -> list:
 def rabbit_broker(url: str, *, tls: BrokerTLS | None = None,
                   time_limit_ms: int = 10 * 60 * 1000,
                   queue_type: str = DEFAULT_QUEUE_TYPE) -> GatewayBroker:
-    """The workers' broker; ``amqps://`` is verified TLS (``schemas.connection``).
+    """The workers' broker; ``amqps://`` is verified TLS (``eeszt_gw.amqp``).
     Raises BrokerConfigError."""
     broker = GatewayBroker(url=url, confirm_delivery=True, middleware=middleware(time_limit_ms))
     # dramatiq parses the URL with pika alone: no hostname check, no client certificate.

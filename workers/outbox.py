@@ -21,7 +21,7 @@ from typing import Any, Callable, ContextManager, Iterator, Protocol
 import pika
 import pika.exceptions
 
-from schemas.connection import BrokerTLS, broker_parameters, open_connection
+from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection
 from schemas.replies import Accepted, Failed, Rejected, StatusUpdate
 from schemas.wire import (
     DEAD_LETTER_QUEUE,

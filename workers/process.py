@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from schemas.card import LOGIN_ANSWERS_QUEUE
-from schemas.connection import BrokerTLS, BrokerTLSError, broker_parameters, open_connection
+from eeszt_gw.amqp import BrokerTLS, BrokerTLSError, broker_parameters, open_connection
 from schemas.wire import DEFAULT_QUEUE_TYPE, QUEUE_CLASSES
 
 from .middleware.audit import RabbitAuditLog

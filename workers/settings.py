@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.connection import BrokerTLS
+from eeszt_gw.amqp import BrokerTLS
 
 #: /metrics of the worker process in supervisor slot 0; slot i listens on this + i (up to 64
 #: processes: 12100-12163). Prometheus's exporter range 9100-9999 is fully allocated on its

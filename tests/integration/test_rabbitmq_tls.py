@@ -27,7 +27,7 @@ import pika.exceptions
 import pytest
 
 from producers import BrokerTLS, BrokerUnavailable, Publisher, ReplyListener
-from schemas.connection import TLS_EOF, BrokerTLSError, broker_parameters, open_connection
+from eeszt_gw.amqp import TLS_EOF, BrokerTLSError, broker_parameters, open_connection
 from schemas.replies import is_final
 from simulator.pki import issue_certificate, make_ca, new_ec_key, write_pem
 from tests import samples

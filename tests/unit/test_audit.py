@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from eeszt_gw.audit_cli import UsageError, parse_when
+from eeszt_gw.ops.audit_cli import UsageError, parse_when
 from schemas.audit import AuditEvent, AuditKind, AuditStep, mask_text
 from tests.samples import TAJ
 from workers.middleware.audit import (
@@ -203,11 +203,11 @@ def test_parse_when_reads_durations_and_iso_times():
         parse_when("yesterday")
 
 
-# --- dead-letter helpers (eeszt_gw.dlq, eeszt_gw.dead_letters) without a broker ------------------
+# --- dead-letter helpers (eeszt_gw.ops.dlq, eeszt_gw.ops.dead_letters) without a broker ------------------
 def dead(request, *, age_s: int = 60, **headers):
     import pika
 
-    from eeszt_gw.dead_letters import DeadLetter
+    from eeszt_gw.ops.dead_letters import DeadLetter
 
     props = pika.BasicProperties(message_id=str(request.message_id), delivery_mode=2,
                                  timestamp=int(NOW.timestamp()) - age_s)
@@ -217,7 +217,7 @@ def dead(request, *, age_s: int = 60, **headers):
 
 
 def test_a_dead_letter_is_replayable_even_past_its_deadline_but_not_a_reply():
-    from eeszt_gw.dlq import replay_problem
+    from eeszt_gw.ops.dlq import replay_problem
     from tests import samples
 
     fresh = samples.prescription()
@@ -249,7 +249,7 @@ def test_a_replayed_request_past_its_deadline_is_sent_not_failed():
 
 
 def test_selector_and_show_work_on_the_headers_and_mask_the_taj():
-    from eeszt_gw.dead_letters import Selector, render, summary
+    from eeszt_gw.ops.dead_letters import Selector, render, summary
     from tests import samples
 
     dl = dead(samples.event_start(), age_s=3 * 86400, **{

@@ -152,7 +152,7 @@ def test_the_prober_shows_half_open_while_its_probe_is_in_flight():
 def test_an_outage_shows_in_the_status_answer_and_needs_attention():
     from prometheus_client import CollectorRegistry
 
-    from eeszt_gw.status import attention, circuits, exit_code
+    from eeszt_gw.ops.status import attention, circuits, exit_code
     from workers.middleware.control import ControlResponder
     from workers.middleware.metrics import MetricsObserver
 

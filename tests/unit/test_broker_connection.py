@@ -1,4 +1,4 @@
-"""``schemas.connection``: broker URL + TLS files → pika parameters, and its errors (no broker).
+"""``eeszt_gw.amqp``: broker URL + TLS files → pika parameters, and its errors (no broker).
 
 The real TLS listener is exercised in ``tests/integration/test_rabbitmq_tls.py``.
 """
@@ -12,7 +12,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from schemas.connection import (
+from eeszt_gw.amqp import (
     TLS_EOF,
     BrokerConfigError,
     BrokerTLS,

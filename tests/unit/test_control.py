@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from eeszt_gw.status import attention, exit_code
-from eeszt_gw.status_broker import message_facts, rabbitmqctl_queue_names, vhost_of
-from eeszt_gw.status_certs import cert_state, check_certificates
+from eeszt_gw.ops.status import attention, exit_code
+from eeszt_gw.ops.status_broker import message_facts, rabbitmqctl_queue_names, vhost_of
+from eeszt_gw.ops.status_certs import cert_state, check_certificates
 from schemas.card import LOGIN_ANSWERS_QUEUE
-from schemas.connection import safe_url
+from eeszt_gw.amqp import safe_url
 from workers.broker import wrap_delivery
 from workers.middleware.control import (ControlResponder, InFlight, InFlightMiddleware,
                                         describe_message)
@@ -185,7 +185,7 @@ def test_control_answer_reports_a_failing_callable_instead_of_staying_silent() -
 
 
 def test_status_lists_circuits_open_first_and_skips_garbage() -> None:
-    from eeszt_gw.status import circuits
+    from eeszt_gw.ops.status import circuits
 
     now = 10_000.0
     workers = [
@@ -289,7 +289,7 @@ def test_urls_rabbitmqctl_and_exit_codes() -> None:
 def test_render_prints_every_section() -> None:
     from rich.console import Console
 
-    from eeszt_gw.status_view import age, render
+    from eeszt_gw.ops.status_view import age, render
 
     row = {"queued": None, "in_flight": 1, "over_time_limit": 1, "retrying": 0, "parked": 0,
            "waiting_login": 2, "dead_letters": 1, "oldest_waiting_s": 125.0}

@@ -36,7 +36,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from eeszt_gw.cli import _given, build_parser
+from eeszt_gw.cli import build_parser
+from eeszt_gw._legacy_flags import _given
 from schemas.payloads import PAYLOAD_TYPES
 from schemas.wire import QUEUE_CLASSES, REPLIES_EXCHANGE, REQUESTS_EXCHANGE
 
@@ -1099,14 +1100,14 @@ def test_readme_amqps_settings_with_a_private_ca_work(pki):
     """The TLS settings deploy/README.md shows, with the CA path pointed at a real CA file."""
     import ssl
 
-    from schemas.connection import BrokerTLS, broker_parameters
+    from eeszt_gw.amqp import BrokerTLS, broker_parameters
 
     readme = (DEPLOY / "README.md").read_text()
     shown = dict(re.findall(r"^(EESZT_BROKER_(?:URL|CA|CERT|KEY))=(\S+)$", readme, re.M))
     assert set(shown) == {"EESZT_BROKER_URL", "EESZT_BROKER_CA", "EESZT_BROKER_CERT",
                           "EESZT_BROKER_KEY"}
     assert set(shown) <= known_env_names()
-    assert "ssl_options=" not in readme  # refused by schemas.connection
+    assert "ssl_options=" not in readme  # refused by eeszt_gw.amqp
     params = broker_parameters(shown["EESZT_BROKER_URL"], BrokerTLS(ca_file=pki.server_ca_cert))
     assert params.port == 5671 and params.virtual_host == "/"
     ctx = params.ssl_options.context

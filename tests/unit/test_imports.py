@@ -122,9 +122,9 @@ def test_safe_url_is_defined_once_and_every_package_uses_that_one():
             # When its function definitions are listed
             definitions += [module for node in ast.walk(tree)
                             if isinstance(node, ast.FunctionDef) and node.name == "safe_url"]
-    # Then safe_url is defined once, in schemas.connection, and masks the password
-    assert definitions == ["schemas.connection"]
-    from schemas.connection import safe_url
+    # Then safe_url is defined once, in eeszt_gw.amqp, and masks the password
+    assert definitions == ["eeszt_gw.amqp"]
+    from eeszt_gw.amqp import safe_url
 
     assert safe_url("amqps://his-a:s3cret@[::1]:5671/v") == "amqps://his-a:***@[::1]:5671/v"
     assert safe_url("amqp://[::1") == "<unparseable URL>"

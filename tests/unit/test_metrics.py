@@ -311,7 +311,8 @@ def test_a_busy_port_is_logged_not_fatal(caplog):
 
 
 def test_metrics_settings_and_flags(monkeypatch):
-    from eeszt_gw.cli import _given, build_parser
+    from eeszt_gw.cli import build_parser
+    from eeszt_gw._legacy_flags import _given
 
     assert (WorkerSettings().metrics_port, WorkerSettings().metrics_host) == (12100, "127.0.0.1")
     ns = build_parser().parse_args(["worker", "--metrics-port", "9200", "--metrics-host", "0.0.0.0"])

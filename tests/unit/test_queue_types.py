@@ -207,7 +207,8 @@ def test_login_queues_are_typed_except_the_pending_lock(queue_type):
 
 # --- the settings -----------------------------------------------------------------------------
 def test_worker_flag_and_environment_set_the_queue_type(monkeypatch):
-    from eeszt_gw.cli import _given, build_parser
+    from eeszt_gw.cli import build_parser
+    from eeszt_gw._legacy_flags import _given
     from workers.settings import WorkerSettings
 
     def queue_type(*args: str) -> str:

@@ -21,8 +21,8 @@ from lxml import etree
 from prometheus_client import CollectorRegistry, generate_latest
 
 from eeszt_gw.cli import main as cli_main
-from eeszt_gw.status import attention
-from eeszt_gw.status_certs import check_certificates
+from eeszt_gw.ops.status import attention
+from eeszt_gw.ops.status_certs import check_certificates
 from schemas.soap import FaultCode
 from simulator.channel import ChannelChecks
 from simulator.ocsp import respond

@@ -217,8 +217,8 @@ def test_the_outbox_republishes_as_its_own_broker_user():
 
 
 def test_a_dead_letter_refused_for_its_reply_to_is_not_replayed():
-    from eeszt_gw.dead_letters import DeadLetter
-    from eeszt_gw.dlq import replay_problem
+    from eeszt_gw.ops.dead_letters import DeadLetter
+    from eeszt_gw.ops.dlq import replay_problem
 
     request = request_to("his.b")
     props = pika.BasicProperties(message_id=str(request.message_id), delivery_mode=2)

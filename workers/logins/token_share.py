@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from lxml import etree
 
-from schemas.connection import BrokerTLS, broker_parameters, open_connection
+from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection
 from schemas.wire import TOKENS_EXCHANGE
 
 from .token_type import Token

@@ -53,7 +53,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.audit import AuditEvent, AuditKind, AuditStep
-from schemas.connection import BrokerTLS, broker_parameters, open_connection
+from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection
 
 log = logging.getLogger("eeszt_gw.audit")
 

@@ -18,7 +18,7 @@ import pika
 import pika.exceptions
 
 from schemas.audit import AuditEvent
-from schemas.connection import BrokerTLS, open_connection
+from eeszt_gw.amqp import BrokerTLS, open_connection
 from workers.middleware.audit import AUDIT_QUEUE, CONTENT_TYPE, _params, decode_batch
 
 log = logging.getLogger("eeszt_gw.audit")

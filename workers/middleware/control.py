@@ -42,7 +42,7 @@ import pika
 import pika.exceptions
 
 from schemas.card import LOGIN_ANSWERS_QUEUE
-from schemas.connection import BrokerTLS, broker_parameters, open_connection
+from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection
 from schemas.soap import OPERATION_OF, SERVICES
 
 log = logging.getLogger("eeszt_gw.control")

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import pika.exceptions
 
 from schemas.audit import mask_text
-from schemas.connection import BrokerTLS, safe_url
+from eeszt_gw.amqp import BrokerTLS, safe_url
 from schemas.soap import SERVICES
 from schemas.wire import (
     BINDINGS,
@@ -68,7 +68,7 @@ class StatusOptions:
     browse_cap: int = 10_000
     browse_work_queues: bool = False
     use_rabbitmqctl: bool = True
-    broker_tls: BrokerTLS | None = None  # amqps:// (schemas.connection)
+    broker_tls: BrokerTLS | None = None  # amqps:// (eeszt_gw.amqp)
 
 
 # --- putting it together -----------------------------------------------------------------------

@@ -5,7 +5,7 @@ not JSON, nested too deep or huge is ``unreadable: <why>``; one without any id i
 ``sha256:<first 16 hex digits of its body>``); :class:`Selector` is the filter the commands
 share; :func:`summary` and :func:`render` are what ``list`` and ``show`` print, control
 characters escaped, long values cut and TAJs masked. The broker side and the commands are in
-:mod:`eeszt_gw.dlq`.
+:mod:`eeszt_gw.ops.dlq`.
 """
 from __future__ import annotations
 

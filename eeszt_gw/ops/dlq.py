@@ -19,7 +19,7 @@ Every command survives any message in the queue (it exists for the ones nothing 
 read): a body that is not UTF-8, not JSON, nested too deep or huge is listed with its size and
 ``unreadable: <why>``; a message without any id is named by ``sha256:<first 16 hex digits of
 its body>``, which ``show``, ``replay`` and ``purge`` accept too; control characters in
-headers are shown escaped and long values cut (:mod:`eeszt_gw.dead_letters`: what a dead letter
+headers are shown escaped and long values cut (:mod:`eeszt_gw.ops.dead_letters`: what a dead letter
 is, which ones a command selects, and how it is printed).
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ import pika.exceptions
 from pydantic import ValidationError
 
 from schemas.audit import AuditEvent, AuditKind, mask_text
-from schemas.connection import BrokerTLS, broker_parameters, open_connection
+from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection
 from schemas.envelope import RequestEnvelope
 from schemas.replies import GW_TENANT
 from schemas.soap import OPERATION_OF

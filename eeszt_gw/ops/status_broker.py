@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pika.exceptions
 
-from schemas.connection import BrokerTLS, broker_parameters, open_connection, safe_url
+from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection, safe_url
 from schemas.soap import OPERATION_OF
 from schemas.strict_json import read_object
 from schemas.wire import H_CODE, H_FIRST_SEEN, H_TYPE

@@ -3,7 +3,7 @@
 ``audit`` reads ``eeszt.audit`` with :func:`workers.middleware.audit_reader.read_audit` and
 prints one line per event in time order, or JSON lines with ``--json``. Exit status: 0 found,
 1 nothing found, 2 a wrong flag or an unreachable broker. The helpers below (time flags, the
-broker URL, error handling) are shared with :mod:`eeszt_gw.dlq`.
+broker URL, error handling) are shared with :mod:`eeszt_gw.ops.dlq`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from schemas.audit import AuditEvent
-from schemas.connection import BrokerConfigError, BrokerTLS, safe_url
+from eeszt_gw.amqp import BrokerConfigError, BrokerTLS, safe_url
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
