@@ -11,11 +11,9 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +24,8 @@ from typing import Any
 import psutil
 
 from schemas.wire import DEFAULT_QUEUE_TYPE
+from simulator.launch import SimulatorProcess
+from simulator.launch import start_simulator as launch_simulator
 
 #: the repository: the subprocesses' working folder, and where benchmarks/naive.py finds the WSDL
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +33,6 @@ RABBIT_HOSTPORT = "127.0.0.1:5672"
 SAMPLE_EVERY_S = 0.2
 NAIVE_QUEUE = "naive.events"
 NAIVE_ACTOR = "submit_event"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -105,81 +99,16 @@ def make_pki(directory: Path) -> Path:
     return directory
 
 
-@dataclass
-class Simulator:
-    proc: subprocess.Popen
-    base_url: str
-    admin_url: str
-    db: Path
-    log_path: Path
-
-    def admin(self, method: str, path: str, payload: Any | None = None) -> Any:
-        data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(self.admin_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
-
-    def processes(self) -> list[psutil.Process]:
-        try:
-            me = psutil.Process(self.proc.pid)
-            return [me, *me.children(recursive=True)]
-        except psutil.Error:
-            return []
-
-    def record_count(self) -> int:
-        """Records stored so far (read-only SQLite; WAL lets it run beside the writer)."""
-        try:
-            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as db:
-                (n,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()
-                return int(n)
-        except sqlite3.Error:
-            return 0
-
-    def stored_times(self) -> list[float]:
-        """Epoch seconds of every stored record, in insertion order."""
-        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30) as db:
-            rows = db.execute("SELECT stored_at FROM records ORDER BY id").fetchall()
-        return [datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for (s,) in rows]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+#: the simulator as a subprocess (simulator/launch.py): admin API, records, processes, stop()
+Simulator = SimulatorProcess
 
 
 def start_simulator(pki_dir: Path, work: Path, *, latency_ms: float,
-                    extra: Sequence[str] = ()) -> Simulator:
-    port, admin_port, eid_port = free_port(), free_port(), free_port()
-    # Named per run, not per port: the kernel hands out a port again, and a database named
-    # after it held an earlier run's records, so a later run "drained" at once into them.
-    run_id = uuid.uuid4().hex[:8]
-    log_path = work / f"simulator-{run_id}.log"
-    db = work / f"sim-{run_id}.sqlite"
-    cmd = [sys.executable, "-m", "eeszt_gw.cli", "simulator", "--pki-dir", str(pki_dir),
-           "--port", str(port), "--admin-port", str(admin_port), "--eid-port", str(eid_port),
-           "--db", str(db), "--log-level", "warning", "--duplicates", "dedupe",
-           "--latency-ms", f"{latency_ms:g}", *extra]
-    proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    sim = Simulator(proc, f"https://localhost:{port}", f"http://127.0.0.1:{admin_port}", db,
-                    log_path)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"simulator exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            sim.admin("GET", "/admin/health")
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return sim
-        except OSError:
-            time.sleep(0.1)
-    sim.stop()
-    raise RuntimeError(f"simulator did not become ready:\n{log_path.read_text()}")
+                    extra: Sequence[str] = (), **settings: Any) -> Simulator:
+    """The simulator on free ports (or ``settings``' ports), deduplicating, with ``latency_ms``;
+    a database of its own per run (:func:`simulator.launch.start_simulator`)."""
+    return launch_simulator(pki_dir, work, *extra, duplicates="dedupe", latency_ms=latency_ms,
+                            **settings)
 
 
 # --- events ---------------------------------------------------------------------------------------

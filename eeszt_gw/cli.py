@@ -9,6 +9,7 @@ is printed here as ``error: ...`` lines with exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import logging
 import sys
@@ -16,7 +17,6 @@ from pathlib import Path
 
 from . import __version__
 
-ENV_NOTE = "Every flag can also be set as an environment variable (shown as [env: NAME])."
 
 
 # --- schema -------------------------------------------------------------------------------------
@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.lines:
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `eeszt-gw ... | head`: the reader has gone, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

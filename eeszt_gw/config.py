@@ -39,17 +39,21 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eeszt_gw.amqp import BrokerConfigError, BrokerTLS, broker_parameters
 
-__all__ = ["BrokerSettings", "CONFIG_ENV", "DEFAULT_BROKER_URL", "UsageError", "add_settings",
+__all__ = ["BrokerSettings", "CONFIG_ENV", "ENV_NOTE", "DEFAULT_BROKER_URL", "UsageError",
+           "add_command", "add_settings",
            "env_of", "flag_of", "load", "read_config_file"]
 
 S = TypeVar("S", bound=BaseSettings)
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 CONFIG_ENV = "EESZT_CONFIG"
+#: The sentence every command's description ends with.
+ENV_NOTE = ("Each setting is a flag, an environment variable (shown as [env: NAME]) or a key of "
+            "the --config file; flags win over the environment, which wins over the file.")
 
 #: Every command that reads a settings class, and that class (imported only when a file's
 #: top-level key is unknown to the running command, to tell "another command's" from "nobody's").
@@ -57,9 +61,10 @@ SETTINGS_OF_COMMAND: dict[str, str] = {
     "worker": "workers.settings:WorkerSettings",
     "card-bridge": "card_bridge.settings:BridgeSettings",
     "simulator": "simulator.settings:SimulatorSettings",
-    "publish": "producers.settings:ProducerSettings",
-    "replies": "producers.settings:ProducerSettings",
-    "generate": "producers.settings:ProducerSettings",
+    "virtual-card": "simulator.settings:VirtualCardSettings",
+    "pki": "simulator.settings:PkiRevokeSettings",
+    "publish": "producers.settings:PublishSettings",
+    "replies": "producers.settings:RepliesSettings",
     "status": "eeszt_gw.ops.settings:StatusSettings",
     "dlq": "eeszt_gw.ops.settings:OpsSettings",
     "audit": "eeszt_gw.ops.settings:OpsSettings",
@@ -77,6 +82,8 @@ class UsageError(Exception):
 
 class BrokerSettings(BaseSettings):
     """The broker fields every command that talks to RabbitMQ shares, with the same names."""
+
+    model_config = SettingsConfigDict(env_ignore_empty=True)
 
     broker_url: str = Field(default=DEFAULT_BROKER_URL,
                             description="RabbitMQ URL: amqp://, or amqps:// for TLS")
@@ -183,6 +190,16 @@ def add_settings(parser: argparse.ArgumentParser, cls: type[BaseSettings], *,
     parser.set_defaults(settings_class=cls)
 
 
+def add_command(sub: Any, name: str, cls: type[S], run: Any, *, help: str, description: str,
+                table: str | None = None) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` with ``cls``'s flags; running it calls ``run(settings, ns)``
+    with the settings :func:`load` built (``table``: its --config table, default ``name``)."""
+    p = sub.add_parser(name, help=help, description=f"{description} {ENV_NOTE}")
+    add_settings(p, cls)
+    p.set_defaults(func=lambda ns: run(load(cls, ns, table or name), ns))
+    return p
+
+
 def _metavar(name: str, kind: Any) -> str:
     if name.endswith("_url"):
         return "URL"
@@ -194,7 +211,7 @@ def _metavar(name: str, kind: Any) -> str:
         return "MS"
     if name.endswith("_s"):
         return "S"
-    return "N" if kind in (int, float) else name.upper()
+    return "N" if kind in (int, float) else name.rsplit("_", 1)[-1].upper()
 
 
 def _settings_class(ref: str) -> type[BaseSettings]:
@@ -217,7 +234,7 @@ def read_config_file(path: str | Path, cls: type[BaseSettings], command: str) ->
     others: set[str] | None = None
     for key, value in data.items():
         if isinstance(value, dict):
-            if key not in SETTINGS_OF_COMMAND:
+            if key not in SETTINGS_OF_COMMAND and key != command:
                 problems.append(f"--config {path}: unknown table [{key}]"
                                 + _suggest(key, SETTINGS_OF_COMMAND))
             continue
@@ -252,7 +269,9 @@ def load(cls: type[S], ns: argparse.Namespace, command: str) -> S:
     flags = {k: v for k, v in vars(ns).items() if k in cls.model_fields}
     path = getattr(ns, "config", None) or os.environ.get(CONFIG_ENV) or None
     from_file = read_config_file(path, cls, command) if path else {}
-    environ = {k.upper() for k in os.environ}
+    # an empty variable counts as unset where the class says so (env_ignore_empty)
+    ignore_empty = cls.model_config.get("env_ignore_empty", False)
+    environ = {k.upper() for k, v in os.environ.items() if v or not ignore_empty}
     from_file = {k: v for k, v in from_file.items()
                  if k not in flags and env_of(cls, k) not in environ}
     try:

@@ -1,9 +1,10 @@
 """``eeszt-gw demo``: the whole gateway in one process, with nothing to install.
 
 A temporary test PKI, the EESZT simulator on a loopback port (HTTPS with mutual TLS), the worker
-pool on an embedded in-memory broker (dramatiq's StubBroker) or on RabbitMQ (``--broker``), and a
-synthetic HIS that publishes a realistic mix and follows its replies. It ends with a table per
-service. The simulator, the signing and the SOAP calls are all real; only the broker is embedded.
+pool on an embedded in-memory broker (dramatiq's StubBroker) or on RabbitMQ (``--broker-url``),
+and a synthetic HIS that publishes a realistic mix and follows its replies. It ends with a table
+per service. The simulator, the signing and the SOAP calls are all real; only the broker is
+embedded.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The HIS-side subcommands of ``eeszt-gw``: ``publish``, ``replies`` and ``generate``.
 
-:func:`add_commands` adds them to an ``argparse`` subparsers object; each handler returns an exit
-code. Flags win over ``EESZT_*`` environment variables, which win over the defaults; the
-environment is read when a command runs, never at import. Errors are printed as one line
-without a traceback; broker URLs are printed with the password masked.
+:func:`register` adds them to an ``argparse`` subparsers object; each handler returns an exit
+code. The flags of ``publish`` and ``replies`` come from their settings classes
+(:mod:`producers.settings`, :func:`eeszt_gw.config.add_settings`); a bad flag, environment
+variable or file raises :class:`~eeszt_gw.config.UsageError`, which ``eeszt-gw`` prints (exit
+status 2). Other errors are printed as one line without a traceback; broker URLs are printed
+with the password masked.
 """
 
 from __future__ import annotations
@@ -15,104 +17,21 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
-from pydantic import ValidationError
-
-from producers.errors import BrokerUnavailable, InvalidRequest, ProducerError
-from producers.generate import MALFORMED_KINDS, generate
-from producers.batch import BatchPublisher
-from producers.publisher import parse_line
-from producers.replies import ReplyListener
-from producers.topology import DEFAULT_BROKER_URL
-from eeszt_gw.amqp import BrokerConfigError, BrokerTLS
-from schemas.replies import Reply, describe_validation_error, is_final
-from schemas.wire import DEFAULT_QUEUE_TYPE, QUEUE_TYPES, check_queue_type
+from eeszt_gw.config import ENV_NOTE, UsageError, add_settings, load
+from producers.generate import MALFORMED_KINDS
+from producers.settings import PublishSettings, RepliesSettings
 
 __all__ = ["add_commands", "register"]
 
-T = TypeVar("T")
 _FMT = argparse.RawDescriptionHelpFormatter
-ENV_NOTE = ("Flags win over the EESZT_* environment variables shown as [env: NAME], which win "
-            "over the defaults.")
-
-
-class _UsageError(Exception):
-    pass
 
 
 def _text(*paragraphs: str) -> str:
     """Help text for RawDescriptionHelpFormatter: paragraphs wrapped, indented lines kept."""
     return "\n\n".join(p if p.startswith("  ") else textwrap.fill(p, 88) for p in paragraphs)
-
-
-def _setting(value: T | None, env: str, default: T, convert: Callable[[str], T]) -> T:
-    """The flag if given, else ``$env`` if set, else ``default``."""
-    if value is not None:
-        return value
-    raw = os.environ.get(env, "")
-    if not raw:
-        return default
-    try:
-        return convert(raw)
-    except ValueError:
-        raise _UsageError(f"environment variable {env} is not a valid value") from None
-
-
-def _broker_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("broker")
-    g.add_argument("--url", metavar="URL",
-                   help="AMQP URL of RabbitMQ, e.g. amqp://user:pass@host:5672/%%2F, or "
-                        "amqps://user:pass@host:5671/%%2F for TLS "
-                        "[env: EESZT_BROKER_URL] (default: "
-                        f"{DEFAULT_BROKER_URL.replace('%', '%%')})")
-    g.add_argument("--broker-ca", metavar="FILE",
-                   help="amqps:// only: CA file (PEM) of the broker's certificate; the "
-                        "certificate and its host name are always verified "
-                        "[env: EESZT_BROKER_CA] (default: the system's CAs)")
-    g.add_argument("--broker-cert", metavar="FILE",
-                   help="amqps:// only: client certificate (PEM), for a broker that requires "
-                        "one [env: EESZT_BROKER_CERT]")
-    g.add_argument("--broker-key", metavar="FILE",
-                   help="amqps:// only: the private key (PEM) of --broker-cert "
-                        "[env: EESZT_BROKER_KEY] (default: inside --broker-cert)")
-    g.add_argument("--connect-timeout", type=float, metavar="S",
-                   help="seconds to wait for one connection attempt "
-                        "[env: EESZT_CONNECT_TIMEOUT] (default: 5)")
-    g.add_argument("--retry-attempts", type=int, metavar="N",
-                   help="connection attempts before giving up with exit status 2; the pause "
-                        "between attempts doubles, with jitter [env: EESZT_RETRY_ATTEMPTS] "
-                        "(default: 5)")
-    g.add_argument("--retry-backoff", type=float, metavar="S",
-                   help="first pause between connection attempts in seconds "
-                        "[env: EESZT_RETRY_BACKOFF] (default: 0.2)")
-    g.add_argument("--queue-type", choices=QUEUE_TYPES,
-                   help="type of the durable queues this command declares, as the workers' "
-                        "--queue-type: classic, or quorum on a RabbitMQ cluster "
-                        "[env: EESZT_QUEUE_TYPE] (default: classic)")
-
-
-def _broker(ns: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "url": _setting(ns.url, "EESZT_BROKER_URL", DEFAULT_BROKER_URL, str),
-        "connect_timeout": _setting(ns.connect_timeout, "EESZT_CONNECT_TIMEOUT", 5.0, float),
-        "retry_attempts": _setting(ns.retry_attempts, "EESZT_RETRY_ATTEMPTS", 5, int),
-        "retry_backoff": _setting(ns.retry_backoff, "EESZT_RETRY_BACKOFF", 0.2, float),
-        "tls": _broker_tls(ns),
-        "queue_type": _setting(ns.queue_type, "EESZT_QUEUE_TYPE", DEFAULT_QUEUE_TYPE,
-                               check_queue_type),
-    }
-
-
-def _broker_tls(ns: argparse.Namespace) -> BrokerTLS | None:
-    try:
-        return BrokerTLS.from_paths(_setting(ns.broker_ca, "EESZT_BROKER_CA", None, str),
-                                    _setting(ns.broker_cert, "EESZT_BROKER_CERT", None, str),
-                                    _setting(ns.broker_key, "EESZT_BROKER_KEY", None, str))
-    except BrokerConfigError as exc:
-        raise _UsageError(str(exc)) from None
 
 
 def _err(message: str) -> None:
@@ -143,17 +62,17 @@ def _count_lines(path: Path) -> int | None:
 
 
 def _publish(ns: argparse.Namespace) -> int:
-    _quiet_pika()
+    from producers.batch import BatchPublisher
+    from producers.errors import BrokerUnavailable, InvalidRequest, ProducerError
+    from producers.publisher import parse_line
+
+    settings = load(PublishSettings, ns, "publish")
+    broker = settings.connection()
     try:
-        broker = _broker(ns)
-        max_in_flight = _setting(ns.max_in_flight, "EESZT_MAX_IN_FLIGHT", 256, int)
-        confirm_timeout = _setting(ns.confirm_timeout, "EESZT_CONFIRM_TIMEOUT", 60.0, float)
-        if max_in_flight < 1:
-            raise _UsageError("--max-in-flight must be at least 1")
         source: IO[str] = sys.stdin if ns.file == "-" else open(ns.file, encoding="utf-8")
-    except (_UsageError, OSError) as exc:
-        _err(str(exc))
-        return 2
+    except OSError as exc:
+        raise UsageError(str(exc)) from None
+    _quiet_pika()
     total = None if ns.file == "-" else _count_lines(Path(ns.file))
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -165,7 +84,8 @@ def _publish(ns: argparse.Namespace) -> int:
                         TextColumn("{task.fields[rate]} msg/s"), TimeElapsedColumn(),
                         console=Console(stderr=True), disable=ns.no_progress, transient=True)
     try:
-        with source, progress, BatchPublisher(max_in_flight=max_in_flight,
+        with source, progress, BatchPublisher(url=settings.broker_url,
+                                              max_in_flight=settings.max_in_flight,
                                               declare_topology=not ns.no_declare,
                                               set_user_id=not ns.no_user_id,
                                               **broker) as publisher:
@@ -186,7 +106,7 @@ def _publish(ns: argparse.Namespace) -> int:
                     rate = handed / max(time.monotonic() - started, 1e-9)
                     progress.update(task, completed=lineno, rate=f"{rate:,.0f}")
             progress.update(task, completed=read)
-            summary = publisher.flush(confirm_timeout)
+            summary = publisher.flush(settings.confirm_timeout_s)
     except BrokerUnavailable as exc:
         if handed:
             _err(f"{exc.reason}; {len(exc.unconfirmed)} of the {handed} messages handed over "
@@ -206,7 +126,7 @@ def _publish(ns: argparse.Namespace) -> int:
               f"published: {failure.reason}", file=sys.stderr)
     for message_id in summary.unconfirmed:
         print(f"line {line_of.get(message_id, '?')}: message {message_id} not confirmed within "
-              f"{confirm_timeout:g} s", file=sys.stderr)
+              f"{settings.confirm_timeout_s:g} s", file=sys.stderr)
     failed = len(summary.failed) + len(summary.unconfirmed)
     print(f"lines read: {read}, published: {summary.confirmed}, invalid: {invalid}, "
           f"failed: {failed}, {summary.confirmed / elapsed:,.0f} msgs/s ({elapsed:.2f} s)")
@@ -216,7 +136,8 @@ def _publish(ns: argparse.Namespace) -> int:
 # --- replies ------------------------------------------------------------------------------------
 
 
-def _describe(reply: Reply) -> str:
+def _describe(reply: Any) -> str:
+    """One readable line for a :class:`schemas.replies.Reply`."""
     head = f"{reply.at:%H:%M:%S} {reply.kind:<8} {reply.message_type:<15} {reply.idempotency_key}"
     match reply.kind:
         case "accepted":
@@ -232,20 +153,20 @@ def _describe(reply: Reply) -> str:
 
 
 def _replies(ns: argparse.Namespace) -> int:
+    from producers.errors import ProducerError
+    from producers.replies import ReplyListener
+    from schemas.replies import is_final
+
+    settings = load(RepliesSettings, ns, "replies")
+    if ns.no_declare and ns.transient:
+        raise UsageError("--transient declares a queue; --no-declare declares nothing")
+    broker = settings.connection()
+    key = settings.reply_routing_key
     _quiet_pika()
-    try:
-        broker = _broker(ns)
-        key = _setting(ns.routing_key, "EESZT_REPLY_ROUTING_KEY", "his.demo", str)
-        queue = _setting(ns.queue, "EESZT_REPLY_QUEUE", None, str)
-        if ns.no_declare and ns.transient:
-            raise _UsageError("--transient declares a queue; --no-declare declares nothing")
-    except _UsageError as exc:
-        _err(str(exc))
-        return 2
     tally: Counter[str] = Counter()
     finals = 0
     try:
-        with ReplyListener(broker.pop("url"), routing_key=key, queue=queue,
+        with ReplyListener(settings.broker_url, routing_key=key, queue=settings.reply_queue,
                            durable=not ns.transient, declare=not ns.no_declare,
                            **broker) as listener:
             listener.open()
@@ -289,6 +210,11 @@ _COUNTS = {
 
 
 def _generate(ns: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from producers.generate import generate
+    from schemas.replies import describe_validation_error
+
     counts = {name: getattr(ns, name) for name in _COUNTS}
     try:
         ids = Path(ns.revoke_ids).read_text(encoding="utf-8").split() if ns.revoke_ids else []
@@ -296,11 +222,9 @@ def _generate(ns: argparse.Namespace) -> int:
                          reply_to=ns.reply_to, seed=ns.seed, prescription_ids=ids)
     except ValidationError as exc:
         field, reason = describe_validation_error(exc)
-        _err(f"{field}: {reason}")
-        return 2
+        raise UsageError(f"{field}: {reason}") from None
     except (ValueError, OSError) as exc:
-        _err(str(exc))
-        return 2
+        raise UsageError(str(exc)) from None
     written = 0
     try:
         out: IO[str] = sys.stdout if ns.out == "-" else open(ns.out, "w", encoding="utf-8")
@@ -328,7 +252,7 @@ def _generate(ns: argparse.Namespace) -> int:
 # --- the parsers --------------------------------------------------------------------------------
 
 
-def add_commands(subparsers: Any) -> None:
+def register(subparsers: Any) -> None:
     """Add ``publish``, ``replies`` and ``generate`` to ``subparsers`` (from
     ``ArgumentParser.add_subparsers``); each sets ``func`` to a handler returning an exit code."""
     p = subparsers.add_parser(
@@ -344,8 +268,8 @@ def add_commands(subparsers: Any) -> None:
             "reconnect never creates a second record. Publishing the same file twice, however, "
             "sends each request twice; only an EESZT that deduplicates by idempotency key makes "
             "that harmless.",
-            "Each message carries the broker user of --url as its user_id property (RabbitMQ "
-            "checks it). A HIS user made by deploy/rabbitmq/add-his-user NAME (his-NAME) may "
+            "Each message carries the broker user of --broker-url as its user_id property "
+            "(RabbitMQ checks it). A HIS user made by deploy/rabbitmq/add-his-user NAME (his-NAME) may "
             "only ask for replies on his.NAME or his.NAME.*: the gateway refuses a request with "
             "another reply_to (it goes to eeszt.dlq, code GW-TENANT, and his.NAME gets a "
             "rejected reply naming reply_to). Such a user may configure nothing: use "
@@ -354,25 +278,19 @@ def add_commands(subparsers: Any) -> None:
                "not confirmed in time (listed on stderr with their line); 2 usage error, or the "
                "broker is unreachable.")
     p.add_argument("file", metavar="FILE.jsonl", help="UTF-8 JSON lines; - reads stdin")
-    p.add_argument("--max-in-flight", type=int, metavar="N",
-                   help="confirms outstanding at once; more is faster up to about 256 "
-                        "[env: EESZT_MAX_IN_FLIGHT] (default: 256)")
-    p.add_argument("--confirm-timeout", type=float, metavar="S",
-                   help="at the end, how long to wait for the last confirms before counting "
-                        "them as failed [env: EESZT_CONFIRM_TIMEOUT] (default: 60)")
     p.add_argument("--no-declare", action="store_true",
                    help="do not declare the exchanges and work queues first (when the broker "
                         "user may not configure them; they must then exist)")
     p.add_argument("--no-user-id", action="store_true",
                    help="do not set the user_id property. By default every message carries the "
-                        "broker user of --url as user_id (RabbitMQ refuses a publish whose "
+                        "broker user of --broker-url as user_id (RabbitMQ refuses a publish whose "
                         "user_id is not the connection's user); the gateway uses it to check "
                         "that broker user his-NAME asks for replies only on his.NAME or "
                         "his.NAME.* (other reply_to values are refused), and a gateway running "
                         "with --tenants strict refuses requests without it. Only for a broker "
                         "whose login name differs from the URL's user (OAuth 2, EXTERNAL)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    _broker_flags(p)
+    add_settings(p, PublishSettings, title="settings")
     p.set_defaults(func=_publish)
 
     r = subparsers.add_parser(
@@ -386,11 +304,6 @@ def add_commands(subparsers: Any) -> None:
             "from the queue); Ctrl-C stops cleanly.", ENV_NOTE),
         epilog="exit status: 0 done; 1 --count was given and fewer final replies arrived before "
                "--timeout; 2 usage error, or the broker is unreachable.")
-    r.add_argument("--routing-key", metavar="KEY",
-                   help="the reply_to of your requests [env: EESZT_REPLY_ROUTING_KEY] "
-                        "(default: his.demo)")
-    r.add_argument("--queue", metavar="NAME",
-                   help="queue to consume [env: EESZT_REPLY_QUEUE] (default: KEY.replies)")
     r.add_argument("--count", type=int, metavar="N",
                    help="stop after N final replies (accepted, rejected or failed; status "
                         "updates do not count) (default: run until --timeout or Ctrl-C)")
@@ -406,7 +319,7 @@ def add_commands(subparsers: Any) -> None:
                         "for a HIS broker user made by deploy/rabbitmq/add-his-user (it may read "
                         "only his.NAME.replies and configure nothing). A missing queue (404) or "
                         "one this user may not read (403) is an error naming the queue")
-    _broker_flags(r)
+    add_settings(r, RepliesSettings, title="settings")
     r.set_defaults(func=_replies)
 
     g = subparsers.add_parser(
@@ -437,4 +350,5 @@ def add_commands(subparsers: Any) -> None:
     g.set_defaults(func=_generate)
 
 
-register = add_commands
+#: The former name of :func:`register`.
+add_commands = register

@@ -34,6 +34,7 @@ from eeszt_gw.amqp import (
     open_connection,
     safe_url,
 )
+from eeszt_gw.config import DEFAULT_BROKER_URL
 from schemas.wire import (
     DEFAULT_QUEUE_TYPE,
     REPLIES_EXCHANGE_DECLARATION,
@@ -53,7 +54,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BROKER_URL: Final = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: Longest pause between two connects, however many attempts came before.
 MAX_BACKOFF_S: Final = 10.0
 

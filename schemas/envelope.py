@@ -34,6 +34,7 @@ from schemas.validators import (
     InstitutionId,
     ReplyRoutingKey,
     WorkstationId,
+    ensure_after,
 )
 
 __all__ = [
@@ -62,16 +63,16 @@ def _drop_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
+#: Both identity kinds: closed, immutable, their input kept out of error texts, tagged by kind.
+_IDENTITY_CONFIG = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True,
+                              json_schema_extra=require_tag("kind"))
+
+
 class DoctorIdentity(BaseModel):
     """A doctor acts: the worker needs this doctor's token, obtained through the card bridge of
     ``workstation`` (the workstation where the doctor is sitting)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        hide_input_in_errors=True,
-        json_schema_extra=require_tag("kind"),
-    )
+    model_config = _IDENTITY_CONFIG
 
     kind: Literal["doctor"] = "doctor"
     user_id: DoctorUserId
@@ -86,12 +87,7 @@ class DoctorIdentity(BaseModel):
 class InstitutionIdentity(BaseModel):
     """The institution acts as itself (certificate token), e.g. for overnight batches."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        hide_input_in_errors=True,
-        json_schema_extra=require_tag("kind"),
-    )
+    model_config = _IDENTITY_CONFIG
 
     kind: Literal["institution"] = "institution"
 
@@ -155,14 +151,8 @@ class RequestEnvelope(BaseModel):
     @field_validator("deadline")
     @classmethod
     def _after_created(cls, deadline: datetime, info: ValidationInfo) -> datetime:
-        created_at = info.data.get("created_at")
-        if created_at is not None and deadline <= created_at:
-            raise PydanticCustomError(
-                "deadline_not_after_created",
-                "deadline ({deadline}) must be after created_at ({created_at})",
-                {"deadline": deadline.isoformat(), "created_at": created_at.isoformat()},
-            )
-        return deadline
+        return ensure_after(deadline, info.data.get("created_at"), code="deadline_not_after_created",
+                            name="deadline", earlier_name="created_at")
 
     @property
     def message_type(self) -> str:

@@ -29,7 +29,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from schemas.validators import BnoCode, InstitutionId, LocalId, StampNumber, Taj, TttCode
+from schemas.validators import (
+    BnoCode,
+    InstitutionId,
+    LocalId,
+    StampNumber,
+    Taj,
+    TttCode,
+    ensure_after,
+)
 
 __all__ = [
     "BATCH_TYPES",
@@ -210,14 +218,8 @@ class CareEventEnd(_Payload):
     @field_validator("ended_at")
     @classmethod
     def _after_start(cls, ended_at: AwareDatetime, info: ValidationInfo) -> AwareDatetime:
-        started_at = info.data.get("started_at")
-        if started_at is not None and ended_at <= started_at:
-            raise PydanticCustomError(
-                "end_before_start",
-                "ended_at ({ended_at}) must be after started_at ({started_at})",
-                {"ended_at": ended_at.isoformat(), "started_at": started_at.isoformat()},
-            )
-        return ended_at
+        return ensure_after(ended_at, info.data.get("started_at"), code="end_before_start",
+                            name="ended_at", earlier_name="started_at")
 
 
 # --- EHR ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ leading underscore are public; ``schemas`` re-exports them.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
@@ -325,89 +326,50 @@ class _Shape:
 _LETTERS_DIGITS: Final = "A-Z, a-z, 0-9"
 
 #: Institution (provider) id as registered at EESZT, e.g. "H100200".
-InstitutionId = Annotated[
-    str,
-    _Shape(
-        code="institution_id",
-        label="institution id",
-        rule="3 to 16 characters of A-Z and 0-9 (e.g. H100200)",
-        rest="[A-Z0-9]",
-        min_len=3,
-        max_len=16,
-        example="H100200",
-    ),
-]
+InstitutionId = Annotated[str, _Shape(
+    code="institution_id", label="institution id",
+    rule="3 to 16 characters of A-Z and 0-9 (e.g. H100200)", rest="[A-Z0-9]", min_len=3,
+    max_len=16, example="H100200")]
 
 #: Workstation id: names the card bridge's challenge queue, so it must be a safe queue name.
-WorkstationId = Annotated[
-    str,
-    _Shape(
-        code="workstation_id",
-        label="workstation id",
-        rule=f"1 to 64 characters of {_LETTERS_DIGITS}, '.', '_' or '-', starting with a "
-        "letter or digit",
-        first="[A-Za-z0-9]",
-        rest="[A-Za-z0-9._-]",
-        min_len=1,
-        max_len=64,
-        example="WS-01",
-    ),
-]
+WorkstationId = Annotated[str, _Shape(
+    code="workstation_id", label="workstation id",
+    rule=f"1 to 64 characters of {_LETTERS_DIGITS}, '.', '_' or '-', starting with a letter "
+         "or digit",
+    first="[A-Za-z0-9]", rest="[A-Za-z0-9._-]", min_len=1, max_len=64, example="WS-01")]
 
 #: The HIS's key for "this business action"; the gateway sends each key to EESZT at most once.
-IdempotencyKey = Annotated[
-    str,
-    _Shape(
-        code="idempotency_key",
-        label="idempotency key",
-        rule=f"1 to 128 characters of {_LETTERS_DIGITS}, '.', '_', ':', '/' or '-'",
-        rest="[A-Za-z0-9._:/-]",
-        min_len=1,
-        max_len=128,
-        example="his-7/rx/2025-0001",
-    ),
-]
+IdempotencyKey = Annotated[str, _Shape(
+    code="idempotency_key", label="idempotency key",
+    rule=f"1 to 128 characters of {_LETTERS_DIGITS}, '.', '_', ':', '/' or '-'",
+    rest="[A-Za-z0-9._:/-]", min_len=1, max_len=128, example="his-7/rx/2025-0001")]
 
 #: Routing key of the HIS's own queue on the replies exchange.
-ReplyRoutingKey = Annotated[
-    str,
-    _Shape(
-        code="reply_routing_key",
-        label="reply routing key",
-        rule=f"1 to 128 characters of {_LETTERS_DIGITS}, '.', '_' or '-', starting with a "
-        "letter or digit",
-        first="[A-Za-z0-9]",
-        rest="[A-Za-z0-9._-]",
-        min_len=1,
-        max_len=128,
-        example="his.h100200",
-    ),
-]
+ReplyRoutingKey = Annotated[str, _Shape(
+    code="reply_routing_key", label="reply routing key",
+    rule=f"1 to 128 characters of {_LETTERS_DIGITS}, '.', '_' or '-', starting with a letter "
+         "or digit",
+    first="[A-Za-z0-9]", rest="[A-Za-z0-9._-]", min_len=1, max_len=128, example="his.h100200")]
 
 #: An id assigned by the submitting HIS (case number, event id, document id); XSD ``LocalId``.
-LocalId = Annotated[
-    str,
-    _Shape(
-        code="local_id",
-        label="local id",
-        rule=f"1 to 64 characters of {_LETTERS_DIGITS}, '.', '_', '/' or '-'",
-        rest="[A-Za-z0-9._/-]",
-        min_len=1,
-        max_len=64,
-        example="2025/000123",
-    ),
-]
+LocalId = Annotated[str, _Shape(
+    code="local_id", label="local id",
+    rule=f"1 to 64 characters of {_LETTERS_DIGITS}, '.', '_', '/' or '-'",
+    rest="[A-Za-z0-9._/-]", min_len=1, max_len=64, example="2025/000123")]
 
 #: Product code from the TTT (the national medicine register): 9 digits.
-TttCode = Annotated[
-    str,
-    _Shape(
-        code="ttt_code",
-        label="TTT product code",
-        rule="exactly 9 digits",
-        rest="[0-9]",
-        min_len=9,
-        max_len=9,
-        example="204957123",
-    ),
-]
+TttCode = Annotated[str, _Shape(
+    code="ttt_code", label="TTT product code", rule="exactly 9 digits", rest="[0-9]",
+    min_len=9, max_len=9, example="204957123")]
+
+
+def ensure_after(value: datetime, earlier: datetime | None, *, code: str, name: str,
+                 earlier_name: str) -> datetime:
+    """``value`` if it is later than ``earlier`` (or ``earlier`` failed its own validation and
+    is None); else a ``code`` error that names both fields and both times."""
+    if earlier is not None and value <= earlier:
+        raise PydanticCustomError(
+            code, "{name} ({value}) must be after {earlier_name} ({earlier})",
+            {"name": name, "value": value.isoformat(), "earlier_name": earlier_name,
+             "earlier": earlier.isoformat()})
+    return value

@@ -21,7 +21,6 @@ from .app import (
     Counters,
     Receive,
     Send,
-    Simulator,
     _Gone,
     _not_http,
     _read_body,
@@ -37,10 +36,6 @@ log = logging.getLogger("eeszt_gw.simulator")
 
 class AdminApp(OwnStore):
     """Loopback-only admin port: stats, run-time faults and rules, records, reset."""
-
-    def __init__(self, sim: Simulator) -> None:
-        super().__init__(sim.db_path)  # its own store, opened on the thread that serves it
-        self.sim = sim
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

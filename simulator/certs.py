@@ -104,38 +104,36 @@ def make_ca(
     start = not_before or (_utcnow() - _BACKDATE)
     name = _name(common_name)
     signing_key, issuer_name = (issuer[0], issuer[1].subject) if issuer else (key, name)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
+    cert = _base_builder(name, issuer_name, key, signing_key, start, start + timedelta(days=days),
+                         ca=True, key_cert_sign=True, crl_sign=True).sign(
+        signing_key, _hash_for(signing_key))
+    return key, cert
+
+
+_KEY_USAGES = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+               "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+
+
+def _base_builder(subject: x509.Name, issuer: x509.Name, key: PrivateKey, signer: PrivateKey,
+                  start: datetime, end: datetime, *, ca: bool,
+                  **usages: bool) -> x509.CertificateBuilder:
+    """What every certificate here has: names, key, a random serial, validity, basic
+    constraints, the key usages given as True (critical), and both key identifiers."""
+    key_usage = x509.KeyUsage(**{u: usages.get(u, False) for u in _KEY_USAGES})
+    return (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
+        .subject_name(subject)
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
-            critical=False,
-        )
-        .sign(signing_key, _hash_for(signing_key))
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(key_usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+                       critical=False)
     )
-    return key, cert
 
 
 def _san_entry(host: str) -> x509.GeneralName:
@@ -191,35 +189,8 @@ def issue_certificate(
         serial_number=serial_number,
     )
     issuer = subject if ca_cert is None else ca_cert.subject
-    signer_public = ca_key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=bool(server_hosts),
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_public), critical=False
-        )
-    )
+    builder = _base_builder(subject, issuer, key, ca_key, start, end, ca=False,
+                            digital_signature=True, key_encipherment=bool(server_hosts))
     usages = []
     if client:
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)

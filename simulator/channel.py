@@ -20,8 +20,6 @@ is not checked here; the real service port always requires a client certificate.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from schemas.soap import FaultCode
 
+from .lru import Lru
 from .revocation import CrlStore
 from .soapio import SoapFault
 
@@ -72,9 +71,7 @@ class ChannelChecks:
 
     def __init__(self, store: CrlStore, *, cache_size: int = _CACHE_SIZE) -> None:
         self.store = store
-        self._cache: OrderedDict[bytes, PeerCert] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache: Lru[bytes, PeerCert] = Lru(cache_size)
 
     def enter(self, send: Any) -> PeerCert | None:
         """Remember the peer certificate of the request being served (None without TLS)."""
@@ -113,18 +110,11 @@ class ChannelChecks:
                             f"the message is signed by {signer_institution or 'no institution'}")
 
     def _parse(self, der: bytes) -> PeerCert | None:
-        with self._lock:
-            hit = self._cache.get(der)
-            if hit is not None:
-                self._cache.move_to_end(der)
-                return hit
+        hit = self._cache.get(der)
+        if hit is not None:
+            return hit
         try:
             cert = x509.load_der_x509_certificate(der)
         except ValueError:
             return None
-        peer = PeerCert(cert=cert, institution_id=_institution_id(cert))
-        with self._lock:
-            self._cache[der] = peer
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return peer
+        return self._cache.put(der, PeerCert(cert=cert, institution_id=_institution_id(cert)))

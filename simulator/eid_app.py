@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .app import Receive, Send, Simulator, _Gone, _not_http, _read_body, _TooLarge, json_response
+from .app import Receive, Send, _Gone, _not_http, _read_body, _TooLarge, json_response
 from .eid import EidError
 from .store import OwnStore
 
@@ -23,10 +23,6 @@ class EidServerApp(OwnStore):
     "message"} (codes: :data:`simulator.eid.EID_ERROR_STATUS`). ``POST /eid/mobiltoken`` JSON
     {"package", "otp"} (the doctor's MobilToken code) -> the same. ``GET /eid/health`` -> 200.
     """
-
-    def __init__(self, sim: Simulator) -> None:
-        super().__init__(sim.db_path)  # its own store, opened on the thread that serves it
-        self.sim = sim
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

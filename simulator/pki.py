@@ -67,23 +67,8 @@ from .certs import (
 )
 from .revocation import CaFiles, build_crl, write_crl
 
-__all__ = [
-    "CARD_DAYS",
-    "DEFAULT_REVOCATION_URL",
-    "QUALIFIED_CAS",
-    "KeyOrCert",
-    "PkiPaths",
-    "PrivateKey",
-    "cert_days_left",
-    "init_pki",
-    "issue_card_certificate",
-    "issue_certificate",
-    "make_ca",
-    "new_ec_key",
-    "new_ed25519_key",
-    "new_rsa_key",
-    "write_pem",
-]
+# The certificate helpers of simulator.certs stay importable from here, as before.
+__all__ = ["DEFAULT_REVOCATION_URL", "QUALIFIED_CAS", "PkiPaths", "init_pki"]
 
 #: where the simulator's OCSP responder and CRLs are served by default (``--ocsp-port``)
 DEFAULT_REVOCATION_URL = "http://127.0.0.1:8446"
@@ -267,28 +252,19 @@ def init_pki(
 
     base = revocation_url.rstrip("/")
     waf_key, waf_cert = make_ca(WAF_CA_NAME)
-    access_key, access_cert = issue_certificate(
-        waf_key,
-        waf_cert,
-        common_name=f"{institution_id} HIS access",
-        organization=institution_name,
-        organization_identifier=institution_id,
-        days=days,
-        ocsp_url=f"{base}/ocsp",
-        crl_url=f"{base}/crl/{paths.waf_ca_crl.name}",
-    )
+
+    def institutional(ca: tuple, common_name: str, crl: Path) -> tuple:
+        """A certificate of the institution, naming the OCSP responder and its CA's CRL."""
+        return issue_certificate(*ca, common_name=common_name, organization=institution_name,
+                                 organization_identifier=institution_id, days=days,
+                                 ocsp_url=f"{base}/ocsp", crl_url=f"{base}/crl/{crl.name}")
+
+    access_key, access_cert = institutional((waf_key, waf_cert), f"{institution_id} HIS access",
+                                            paths.waf_ca_crl)
     qualified = [make_ca(name) for _, name in QUALIFIED_CAS]
     q_key, q_cert = qualified[0]
-    inst_key, inst_cert = issue_certificate(
-        q_key,
-        q_cert,
-        common_name=f"{institution_name} HIS",
-        organization=institution_name,
-        organization_identifier=institution_id,
-        days=days,
-        ocsp_url=f"{base}/ocsp",
-        crl_url=f"{base}/crl/{paths.qualified_ca_crl.name}",
-    )
+    inst_key, inst_cert = institutional(qualified[0], f"{institution_name} HIS",
+                                        paths.qualified_ca_crl)
     sts_key, sts_cert = issue_certificate(
         new_rsa_key(), None, common_name="EESZT STS (simulated)", client=False, days=days
     )

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -39,7 +37,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from lxml import etree
 
 from schemas.soap import DS_NS, EXC_C14N, SAML2_NS, FaultCode
-from simulator.wsse import utcnow
+from simulator.lru import Lru
+from simulator.soapio import CodedError
+from simulator.wsse import parse_instant, utcnow
 
 __all__ = [
     "AUTHN_CONTEXT",
@@ -88,16 +88,6 @@ def _instant(moment: datetime) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 
-def _parse_instant(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,16 +104,8 @@ class SamlToken:
     workstation: str | None = None
 
 
-class SamlError(Exception):
+class SamlError(CodedError):
     """An assertion was rejected. ``code`` is TOKEN_INVALID or TOKEN_EXPIRED."""
-
-    def __init__(self, code: FaultCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.code.name}, {self.message!r})"
 
 
 class AssertionIssuer:
@@ -253,9 +235,7 @@ class AssertionVerifier:
             raise ValueError("cannot load the STS certificate") from None
         self._clock = clock
         self._skew = timedelta(seconds=max_skew_seconds)
-        self._cache: OrderedDict[bytes, SamlToken] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache: Lru[bytes, SamlToken] = Lru(cache_size)
 
     def verify(self, assertion: etree._Element) -> SamlToken:
         """Return the token ``assertion`` vouches for; raise :class:`SamlError` if unusable."""
@@ -263,16 +243,8 @@ class AssertionVerifier:
             raise SamlError(FaultCode.TOKEN_INVALID, "not a saml2:Assertion")
         canonical = etree.tostring(assertion, method="c14n", exclusive=True)
         digest = hashlib.sha256(canonical).digest()
-        with self._lock:
-            token = self._cache.get(digest)
-            if token is not None:
-                self._cache.move_to_end(digest)
-        if token is None:
-            token = self._verify_signature(canonical)
-            with self._lock:
-                self._cache[digest] = token
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+        token = self._cache.get(digest) or self._cache.put(digest,
+                                                           self._verify_signature(canonical))
         self._check_window(token)
         return token
 
@@ -340,8 +312,8 @@ class AssertionVerifier:
 def _read_token(assertion: etree._Element, assertion_id: str) -> SamlToken:
     subject = (assertion.findtext(f"{_SUBJECT}/{_NAME_ID}") or "").strip()
     conditions = assertion.find(_CONDITIONS)
-    not_before = _parse_instant(conditions.get("NotBefore")) if conditions is not None else None
-    not_after = _parse_instant(conditions.get("NotOnOrAfter")) if conditions is not None else None
+    not_before = parse_instant(conditions.get("NotBefore")) if conditions is not None else None
+    not_after = parse_instant(conditions.get("NotOnOrAfter")) if conditions is not None else None
     class_ref = (
         assertion.findtext(f"{_AUTHN_STATEMENT}/{_AUTHN_CONTEXT}/{_AUTHN_CLASS_REF}") or ""
     ).strip()

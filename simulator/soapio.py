@@ -17,6 +17,18 @@ ENVELOPE_TAG = f"{{{SOAP11_NS}}}Envelope"
 BODY_TAG = f"{{{SOAP11_NS}}}Body"
 
 
+class CodedError(Exception):
+    """A check failed with a stable fault ``code``; ``message`` says why in one line."""
+
+    def __init__(self, code: FaultCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code.name}, {self.message!r})"
+
+
 class SoapFault(Exception):
     """A fault the simulator answers with. ``code`` is stable; ``field`` is optional."""
 

@@ -304,11 +304,13 @@ class Store:
 
 
 class OwnStore:
-    """A :class:`Store` of its own for an app served on another thread than the service port
-    (the admin port, the eID server): opened on first use, so on the thread that uses it."""
+    """A :class:`Store` of its own for an app of simulator ``sim`` served on another thread than
+    the service port (the admin port, the eID server): opened on first use, so on the thread
+    that uses it."""
 
-    def __init__(self, db_path: Path | str) -> None:
-        self._db_path = db_path
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
+        self._db_path: Path | str = sim.db_path
         self._store: Store | None = None
 
     @property

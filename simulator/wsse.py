@@ -33,8 +33,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -47,6 +45,7 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 
 from schemas.soap import DS_NS, SAML2_NS, SOAP11_NS, WSSE_NS, WSU_NS, FaultCode
+from simulator.lru import Lru
 
 from .wsse_scope import WsseError, check_scope, split_clark as _split
 
@@ -107,7 +106,8 @@ class _TrustedCert:
     not_after: datetime
 
 
-def _parse_time(text: str | None) -> datetime | None:
+def parse_instant(text: str | None) -> datetime | None:
+    """An xs:dateTime as an aware UTC datetime (UTC when it names no zone); None if unusable."""
     if not text:
         return None
     try:
@@ -175,9 +175,7 @@ class WsseVerifier:
         self._intermediates = [c for c in _load_pems(intermediate_pems) if _is_ca(c)]
         self._skew = timedelta(seconds=max_skew_seconds)
         self._clock = clock
-        self._cache: OrderedDict[bytes, _TrustedCert] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache: Lru[bytes, _TrustedCert] = Lru(cache_size)
 
     @property
     def max_skew_seconds(self) -> float:
@@ -283,8 +281,8 @@ class WsseVerifier:
         if len(found) > 1:
             raise WsseError(FaultCode.SIGNATURE_SCOPE, "more than one wsu:Timestamp")
         timestamp = found[0]
-        created = _parse_time(timestamp.findtext(_CREATED))
-        expires = _parse_time(timestamp.findtext(_EXPIRES))
+        created = parse_instant(timestamp.findtext(_CREATED))
+        expires = parse_instant(timestamp.findtext(_EXPIRES))
         if created is None or expires is None:
             raise WsseError(
                 FaultCode.TIMESTAMP_MISSING, "wsu:Timestamp needs a valid Created and Expires"
@@ -361,11 +359,9 @@ class WsseVerifier:
 
     def _trusted(self, der: bytes) -> _TrustedCert:
         fingerprint = hashlib.sha256(der).digest()
-        with self._lock:
-            hit = self._cache.get(fingerprint)
-            if hit is not None:
-                self._cache.move_to_end(fingerprint)
-                return hit
+        hit = self._cache.get(fingerprint)
+        if hit is not None:
+            return hit
         try:
             cert = x509.load_der_x509_certificate(der)
         except ValueError:
@@ -397,11 +393,7 @@ class WsseVerifier:
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
         )
-        with self._lock:
-            self._cache[fingerprint] = entry
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return entry
+        return self._cache.put(fingerprint, entry)
 
     def _chains(self, cert: x509.Certificate) -> bool:
         current = cert

@@ -13,6 +13,7 @@ from __future__ import annotations
 from lxml import etree
 
 from schemas.soap import DS_NS, EXC_C14N, FaultCode
+from simulator.soapio import CodedError
 
 __all__ = ["WsseError", "check_scope", "split_clark"]
 
@@ -37,16 +38,8 @@ _DIGESTS = frozenset(
 _ID_ATTRIBUTES = etree.XPath("//@*[local-name()='Id' or local-name()='ID' or local-name()='id']")
 
 
-class WsseError(Exception):
+class WsseError(CodedError):
     """A message failed WS-Security checks. ``code`` is the fault code to return."""
-
-    def __init__(self, code: FaultCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.code.name}, {self.message!r})"
 
 
 def check_scope(

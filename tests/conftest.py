@@ -1,31 +1,24 @@
-"""Shared fixtures: a test PKI in a temporary folder, and the simulator as a real subprocess."""
+"""Shared fixtures: a test PKI in a temporary folder, the simulator as a real subprocess
+(:mod:`simulator.launch`), RabbitMQ vhosts and worker pools."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import uuid
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from simulator.launch import SimulatorProcess, free_port, start_simulator  # noqa: F401
 from simulator.pki import PkiPaths, init_pki
 from simulator.users import write_demo_users
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -41,72 +34,8 @@ def demo_users(pki: PkiPaths) -> list[dict[str, str]]:
     return json.loads((pki.directory / "users.json").read_text())["users"]
 
 
-@dataclass
-class SimulatorProcess:
-    """A running ``eeszt-gw simulator`` subprocess and how to reach it."""
-
-    proc: subprocess.Popen
-    base_url: str
-    admin_url: str
-    pki: PkiPaths
-    log_path: Path
-    eid_url: str = ""
-    ocsp_url: str = ""  # the OCSP responder (POST); CRLs at its /crl/<ca>.crl
-
-    def admin(self, method: str, path: str, payload: Any | None = None) -> Any:
-        data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(self.admin_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
-
-    def stats(self) -> dict[str, Any]:
-        return self.admin("GET", "/admin/stats")
-
-    def set_faults(self, **changes: Any) -> dict[str, Any]:
-        return self.admin("PATCH", "/admin/faults", changes)
-
-    def reset(self, **faults: Any) -> None:
-        """Forget every record and put the faults back to defaults (plus ``faults``)."""
-        self.admin("PUT", "/admin/faults", faults)
-        self.admin("POST", "/admin/reset")
-
-
-def start_simulator(pki: PkiPaths, workdir: Path, *extra: str) -> SimulatorProcess:
-    port, admin_port, eid_port, ocsp_port = free_port(), free_port(), free_port(), free_port()
-    run_id = uuid.uuid4().hex[:8]  # not the port: the kernel reuses ports, and the files stay
-    log_path = workdir / f"simulator-{run_id}.log"
-    cmd = [sys.executable, "-m", "eeszt_gw.cli", "simulator", "--pki-dir", str(pki.directory),
-           "--port", str(port), "--admin-port", str(admin_port), "--eid-port", str(eid_port),
-           "--ocsp-port", str(ocsp_port),
-           "--db", str(workdir / f"sim-{run_id}.sqlite"), "--log-level", "warning", *extra]
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    sim = SimulatorProcess(proc, f"https://localhost:{port}", f"http://127.0.0.1:{admin_port}",
-                           pki, log_path, eid_url=f"https://localhost:{eid_port}",
-                           ocsp_url=f"http://127.0.0.1:{ocsp_port}/ocsp")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"simulator exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            sim.admin("GET", "/admin/health")
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return sim
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"simulator did not become ready:\n{log_path.read_text()}")
-
-
 def stop_simulator(sim: SimulatorProcess) -> None:
-    sim.proc.terminate()
-    try:
-        sim.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        sim.proc.kill()
-        sim.proc.wait()
+    sim.stop()
 
 
 @pytest.fixture(scope="session")

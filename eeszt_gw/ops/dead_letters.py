@@ -24,7 +24,9 @@ from schemas.soap import OPERATION_OF
 from schemas.strict_json import read_object
 from schemas.wire import H_CODE, H_IDEMPOTENCY_KEY, H_MESSAGE_ID, H_REASON, H_TYPE
 
-from .audit_cli import UsageError, parse_when
+from eeszt_gw.config import UsageError
+
+from .when import parse_optional, parse_when
 
 
 def _text(value: Any) -> str:
@@ -124,11 +126,12 @@ class Selector:
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "Selector":
         ids = getattr(ns, "ids", None) or ([ns.message_id] if getattr(ns, "message_id", None) else [])
-        until = [parse_when(v) for v in (ns.until, ns.older_than) if v]
+        until = [parse_when(v, flag=f) for v, f in ((ns.until, "--until"),
+                                                    (ns.older_than, "--older-than")) if v]
         if ns.limit is not None and ns.limit < 1:
-            raise UsageError("--limit must be at least 1")
+            raise UsageError("--limit: must be at least 1")
         return cls(ids=tuple(ids), service=ns.service, reason=ns.reason, code=ns.code,
-                   since=parse_when(ns.since) if ns.since else None,
+                   since=parse_optional(ns.since, "--since"),
                    until=min(until) if until else None, limit=ns.limit)
 
     @property

@@ -38,14 +38,15 @@ from pydantic import ValidationError
 
 from schemas.audit import AuditEvent, AuditKind, mask_text
 from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection
+from eeszt_gw.config import UsageError
 from schemas.envelope import RequestEnvelope
 from schemas.replies import GW_TENANT
 from schemas.soap import OPERATION_OF
 from schemas.wire import (DEAD_LETTER_QUEUE, H_AMBIGUOUS, H_CODE, H_IDEMPOTENCY_KEY, H_KIND,
                           H_MESSAGE_ID, H_TYPE, REQUESTS_EXCHANGE)
 
-from .audit_cli import UsageError, broker_tls, broker_url, guarded
 from .dead_letters import DeadLetter, Selector, _text, render, summary
+from .settings import OpsSettings
 
 from schemas.wire import H_REPLAYED, H_REPLAYED_AT  # noqa: E402  (kept importable from here)
 
@@ -159,14 +160,14 @@ def _event(kind: AuditKind, dl: DeadLetter, who: str, why: str) -> AuditEvent:
 
 
 # --- commands ------------------------------------------------------------------------------------
-def cmd_list(ns: argparse.Namespace) -> int:
+def cmd_list(url: str, tls: BrokerTLS | None, ns: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    now = datetime.now(timezone.utc)
-    with DeadLetterQueue(broker_url(ns), broker_tls(ns)) as dlq:
-        rows = [summary(dl, now) for dl in dlq.browse(Selector.from_args(ns))]
+    now, sel = datetime.now(timezone.utc), Selector.from_args(ns)
+    with DeadLetterQueue(url, tls) as dlq:
+        rows = [summary(dl, now) for dl in dlq.browse(sel)]
     if ns.json:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
@@ -185,10 +186,10 @@ def cmd_list(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_show(ns: argparse.Namespace) -> int:
-    now = datetime.now(timezone.utc)
-    with DeadLetterQueue(broker_url(ns), broker_tls(ns)) as dlq:
-        found = dlq.browse(Selector.from_args(ns))
+def cmd_show(url: str, tls: BrokerTLS | None, ns: argparse.Namespace) -> int:
+    now, sel = datetime.now(timezone.utc), Selector.from_args(ns)
+    with DeadLetterQueue(url, tls) as dlq:
+        found = dlq.browse(sel)
     if not found:
         print(mask_text(f"no dead letter {ns.message_id} in {DEAD_LETTER_QUEUE}"), file=sys.stderr)
         return 1
@@ -206,17 +207,16 @@ def _select_for_change(ns: argparse.Namespace, kind: AuditKind) -> Selector:
     return sel
 
 
-def _act(ns: argparse.Namespace, kind: AuditKind) -> int:
+def _act(url: str, tls: BrokerTLS | None, ns: argparse.Namespace, kind: AuditKind) -> int:
     from workers.middleware.audit import RabbitAuditLog
 
     who, why = operator(ns), ns.why.strip()
     if not why:
         raise UsageError("--why must say why (it goes into the audit trail)")
     sel = _select_for_change(ns, kind)
-    now, url, verb = datetime.now(timezone.utc), broker_url(ns), kind.value
+    now, verb = datetime.now(timezone.utc), kind.value
     done: list[DeadLetter] = []
     kept = 0
-    tls = broker_tls(ns)
     audit = None if ns.dry_run else RabbitAuditLog(url, tls=tls)
     try:
         dlq = DeadLetterQueue(url, tls)
@@ -266,9 +266,10 @@ def _act(ns: argparse.Namespace, kind: AuditKind) -> int:
     return 0 if not kept and not missing else 1
 
 
-def run(ns: argparse.Namespace) -> int:
-    """Entry point of ``eeszt-gw dlq``: exit 0 done, 1 something not done, 2 usage or broker."""
-    handler = {"list": cmd_list, "show": cmd_show,
-               "replay": lambda ns: _act(ns, AuditKind.REPLAYED),
-               "purge": lambda ns: _act(ns, AuditKind.PURGED)}[ns.sub]
-    return guarded(handler, ns)
+def command(settings: OpsSettings, tls: BrokerTLS | None, ns: argparse.Namespace) -> int:
+    """``eeszt-gw dlq list|show|replay|purge``: exit 0 done, 1 something not done; a wrong flag
+    or an unreachable broker is exit 2 (:mod:`eeszt_gw.ops.cli`)."""
+    url = settings.broker_url
+    if ns.sub in ("list", "show"):
+        return (cmd_list if ns.sub == "list" else cmd_show)(url, tls, ns)
+    return _act(url, tls, ns, AuditKind.REPLAYED if ns.sub == "replay" else AuditKind.PURGED)

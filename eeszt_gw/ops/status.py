@@ -16,6 +16,7 @@ key before sending a redelivered request, so the work queues are browsed only on
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -47,6 +48,7 @@ from .status_broker import (
     message_facts,
     rabbitmqctl_queue_names,
 )
+from .settings import StatusSettings
 from .status_certs import BAD_STATES, check_certificates
 
 WAIT_PREFIX = login_wait_queue("")
@@ -300,6 +302,17 @@ def attention(report: dict[str, Any]) -> list[str]:
 
 def exit_code(report: dict[str, Any]) -> int:
     return 0 if report["healthy"] else 1
+
+
+def command(settings: StatusSettings, tls: BrokerTLS | None, ns: argparse.Namespace) -> int:
+    """``eeszt-gw status``: the settings and this run's switches (``--browse-work-queues``,
+    ``--json``) as :class:`StatusOptions`, then :func:`run`."""
+    opts = StatusOptions(
+        broker_url=settings.broker_url, broker_tls=tls, pki_dir=settings.pki_dir,
+        wait_s=settings.wait_s, time_limit_s=settings.time_limit_s,
+        cert_warn_days=settings.cert_warn_days, browse_cap=settings.browse_cap,
+        browse_work_queues=ns.browse_work_queues, use_rabbitmqctl=settings.rabbitmqctl)
+    return run(opts, as_json=ns.json)
 
 
 def run(opts: StatusOptions, *, as_json: bool = False) -> int:

@@ -16,9 +16,7 @@ file and the field, never a value.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from simulator.card.applet import EszigApplet
+from simulator.certs import write_bytes, write_pem
 
 __all__ = ["VirtualCardFiles", "load_card", "write_card"]
 
@@ -110,18 +109,6 @@ def load_card(directory: Path | str, user_id: str) -> EszigApplet:
     return VirtualCardFiles.in_dir(directory, user_id).load()
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_card(
     cards_dir: Path | str,
     user_id: str,
@@ -150,13 +137,9 @@ def write_card(
         puk=puk,
     )
     files.key.parent.mkdir(parents=True, exist_ok=True)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
     secrets = {"pin": pin, "can": can, "puk": puk, "document": document}
-    _write_atomic(files.key, key_pem, 0o600)
-    _write_atomic(files.certificate, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write_atomic(
-        files.secrets, json.dumps(secrets, ensure_ascii=False, indent=2).encode() + b"\n", 0o600
-    )
+    write_pem(files.key, key)
+    write_pem(files.certificate, certificate)
+    write_bytes(files.secrets, json.dumps(secrets, ensure_ascii=False, indent=2).encode() + b"\n",
+                mode=0o600)
     return files

@@ -13,13 +13,14 @@ from benchmarks import harness as h  # noqa: E402
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-def test_a_reused_port_does_not_bring_back_an_earlier_runs_records(tmp_path, monkeypatch):
+def test_a_reused_port_does_not_bring_back_an_earlier_runs_records(tmp_path):
     # Given the kernel hands out the same ports to two runs, one after the other, and the
     # first run stored a record
-    ports = iter([h.free_port(), h.free_port(), h.free_port()] * 2)
-    monkeypatch.setattr(h, "free_port", lambda: next(ports))
+    from simulator.launch import PORTS, free_port
+
+    ports = {name: free_port() for name in PORTS}
     pki = h.make_pki(tmp_path / "pki")
-    first = h.start_simulator(pki, tmp_path, latency_ms=0)
+    first = h.start_simulator(pki, tmp_path, latency_ms=0, **ports)
     try:
         with sqlite3.connect(first.db) as db:
             db.execute("INSERT INTO records (service, operation, idempotency_key, eeszt_id, "
@@ -30,7 +31,7 @@ def test_a_reused_port_does_not_bring_back_an_earlier_runs_records(tmp_path, mon
         first.stop()
 
     # When the next run starts its simulator on the same ports
-    second = h.start_simulator(pki, tmp_path, latency_ms=0)
+    second = h.start_simulator(pki, tmp_path, latency_ms=0, **ports)
     try:
         # Then it has a database of its own, empty
         assert second.base_url == first.base_url

@@ -53,13 +53,13 @@ def test_generate_publish_process_reply(broker_url, simulator, tmp_path):
     lines = jsonl.read_text().splitlines()
     assert len(lines) == 2050
     # When it is published and the workers run,
-    pub = cli("publish", str(jsonl), "--url", broker_url, "--no-progress")
+    pub = cli("publish", str(jsonl), "--broker-url", broker_url, "--no-progress")
     assert pub.returncode == 0, pub.stdout + pub.stderr
     pool = start_workers(broker_url=broker_url, sim=simulator, workdir=tmp_path, processes=2,
                          threads=16)
     try:
-        rep = cli("replies", "--url", broker_url, "--routing-key", KEY, "--count", "2050",
-                  "--timeout", "60", "--json", timeout=600)
+        rep = cli("replies", "--broker-url", broker_url, "--reply-routing-key", KEY,
+                  "--count", "2050", "--timeout", "60", "--json", timeout=600)
     finally:
         pool.stop()
     replies = [json.loads(line) for line in rep.stdout.splitlines() if line.strip()]

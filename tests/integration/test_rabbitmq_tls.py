@@ -300,7 +300,7 @@ def test_b_a_client_that_trusts_another_ca_fails_with_a_clear_tls_error(tls_node
     jsonl = tmp_path / "one.jsonl"
     jsonl.write_bytes(samples.event_start().to_json() + b"\n")
     cli = subprocess.run(
-        [sys.executable, "-m", "eeszt_gw.cli", "publish", str(jsonl), "--url", tls_node.url,
+        [sys.executable, "-m", "eeszt_gw.cli", "publish", str(jsonl), "--broker-url", tls_node.url,
          "--broker-ca", str(tls_node.other_ca), "--broker-cert", str(tls_node.client_cert),
          "--broker-key", str(tls_node.client_key), "--no-progress"],
         cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509 import ocsp
 
 from schemas.soap import FaultCode
+from simulator.launch import ROOT, SimulatorProcess, start_simulator
 from simulator.pki import PkiPaths, init_pki, issue_certificate, make_ca, write_pem
 from simulator.revocation import load_crl
 from simulator.users import write_demo_users
 from tests import samples
-from tests.conftest import ROOT, SimulatorProcess, start_simulator, stop_simulator
 from workers.cert_status import CertificateWatch
 from workers.client.client import ClientFiles, EesztClient
 from workers.errors import ServiceRejected
@@ -47,9 +47,9 @@ def rev_pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
 @pytest.fixture(scope="module")
 def sim(rev_pki: PkiPaths, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[SimulatorProcess]:
-    s = start_simulator(rev_pki, tmp_path_factory.mktemp("rev-sim"))
+    s = start_simulator(rev_pki.directory, tmp_path_factory.mktemp("rev-sim"))
     yield s
-    stop_simulator(s)
+    s.stop()
 
 
 def _ca(pki: PkiPaths, stem: str):
@@ -264,7 +264,7 @@ def test_worker_metrics_and_status_show_the_revoked_institution_certificate(brok
     # a worker process asking the simulator's OCSP responder every second
     pki = init_pki(tmp_path / "pki", institution_id="H100200", institution_name="Teszt Kórház")
     write_demo_users(pki.directory / "users.json", institution="H100200", count=1)
-    simulator = start_simulator(pki, tmp_path)
+    simulator = start_simulator(pki.directory, tmp_path)
     port = free_port()
     pool = start_workers(broker_url=broker_url, sim=simulator, workdir=tmp_path, threads=2,
                          queues="batch", workstations={},  # no doctor logs in here
@@ -300,4 +300,4 @@ def test_worker_metrics_and_status_show_the_revoked_institution_certificate(brok
         assert pool.proc.poll() is None
     finally:
         pool.stop()
-        stop_simulator(simulator)
+        simulator.stop()

@@ -138,7 +138,7 @@ def test_each_his_gets_its_own_replies_and_reads_them_without_declaring(
     rx_a = samples.prescription().model_copy(update={"reply_to": a.key})
     jsonl = tmp_path / "a.jsonl"
     jsonl.write_text(rx_a.to_json().decode() + "\n")
-    published = cli("publish", "--no-declare", "--no-progress", "--url", a.url, str(jsonl))
+    published = cli("publish", "--no-declare", "--no-progress", "--broker-url", a.url, str(jsonl))
     assert published.returncode == 0, published.stderr
     # and HIS b through the library.
     rx_b = samples.prescription().model_copy(update={"reply_to": b.key})
@@ -146,7 +146,7 @@ def test_each_his_gets_its_own_replies_and_reads_them_without_declaring(
         pub.submit(rx_b)
     # Each reads its answer from its own queue with `eeszt-gw replies --no-declare`.
     for h, rx in ((a, rx_a), (b, rx_b)):
-        read = cli("replies", "--no-declare", "--url", h.url, "--routing-key", h.key,
+        read = cli("replies", "--no-declare", "--broker-url", h.url, "--reply-routing-key", h.key,
                    "--count", "1", "--timeout", "30", "--json")
         assert read.returncode == 0, read.stderr
         finals = [json.loads(line) for line in read.stdout.splitlines()
@@ -159,7 +159,7 @@ def test_each_his_gets_its_own_replies_and_reads_them_without_declaring(
 
 def test_a_his_cannot_read_another_his_replies(gateway, his, broker_url):
     a, b = his
-    read = cli("replies", "--no-declare", "--url", a.url, "--routing-key", b.key,
+    read = cli("replies", "--no-declare", "--broker-url", a.url, "--reply-routing-key", b.key,
                "--timeout", "1")
     assert read.returncode == 2
     assert b.queue in read.stderr and "403" in read.stderr and "ACCESS_REFUSED" in read.stderr
@@ -172,8 +172,8 @@ def test_a_his_cannot_read_another_his_replies(gateway, his, broker_url):
     finally:
         conn.close()
     # a queue that does not exist is named, with its 404
-    missing = cli("replies", "--no-declare", "--url", broker_url, "--queue", "nobody.replies",
-                  "--timeout", "1")
+    missing = cli("replies", "--no-declare", "--broker-url", broker_url, "--reply-queue",
+                  "nobody.replies", "--timeout", "1")
     assert missing.returncode == 2
     assert "nobody.replies" in missing.stderr and "404" in missing.stderr
 

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from eeszt_gw.ops.audit_cli import UsageError, parse_when
+from eeszt_gw.config import UsageError
+from eeszt_gw.ops.when import parse_when
 from schemas.audit import AuditEvent, AuditKind, AuditStep, mask_text
 from tests.samples import TAJ
 from workers.middleware.audit import (

@@ -182,10 +182,14 @@ def test_worker_and_bridge_settings_read_the_tls_files_from_the_environment(monk
     from card_bridge.settings import BridgeSettings
     from workers.settings import WorkerSettings
 
+    # the same EESZT_BROKER_* variables for every command, the card bridge's included
     monkeypatch.setenv("EESZT_BROKER_CA", str(files["ca"]))
-    monkeypatch.setenv("EESZT_BRIDGE_BROKER_CERT", str(files["cert"]))
-    monkeypatch.setenv("EESZT_BRIDGE_BROKER_KEY", str(files["key"]))
     assert WorkerSettings().broker_tls() == BrokerTLS(ca_file=files["ca"])
+    assert BridgeSettings(workstation="WS-01").broker_tls() == BrokerTLS(ca_file=files["ca"])
+    monkeypatch.delenv("EESZT_BROKER_CA")
+    monkeypatch.setenv("EESZT_BROKER_CERT", str(files["cert"]))
+    monkeypatch.setenv("EESZT_BROKER_KEY", str(files["key"]))
+    assert WorkerSettings().broker_tls() == BrokerTLS(cert_file=files["cert"], key_file=files["key"])
     assert BridgeSettings(workstation="WS-01").broker_tls() == BrokerTLS(
         cert_file=files["cert"], key_file=files["key"])
 
@@ -197,6 +201,14 @@ def test_worker_and_bridge_settings_read_the_tls_files_from_the_environment(monk
      "needs its certificate"),
     (["status", "--broker-url", "amqps://guest:guest@127.0.0.1/%2F", "--broker-ca",
       "/nonexistent/ca.pem"], "/nonexistent/ca.pem"),
+    (["publish", "-", "--broker-url", "amqp://guest:guest@127.0.0.1:5672/%2F", "--broker-ca",
+      "CA"], "use amqps://"),
+    (["replies", "--broker-url", "amqps://guest:guest@127.0.0.1/%2F", "--broker-key", "K"],
+     "needs its certificate"),
+    (["card-bridge", "--workstation", "WS-01", "--broker-url",
+      "amqp://guest:guest@127.0.0.1:5672/%2F", "--broker-ca", "CA"], "use amqps://"),
+    (["card-bridge", "--workstation", "WS-01", "--broker-url", "amqps://guest:guest@127.0.0.1/%2F",
+      "--broker-ca", "/nonexistent/ca.pem"], "/nonexistent/ca.pem"),
 ])
 def test_the_commands_refuse_a_broken_tls_setup_in_one_line(capsys, argv, says):
     from eeszt_gw.cli import main

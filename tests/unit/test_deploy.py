@@ -37,7 +37,7 @@ import pytest
 import yaml
 
 from eeszt_gw.cli import build_parser
-from eeszt_gw._legacy_flags import _given
+from eeszt_gw.config import env_of, load
 from schemas.payloads import PAYLOAD_TYPES
 from schemas.wire import QUEUE_CLASSES, REPLIES_EXCHANGE, REQUESTS_EXCHANGE
 
@@ -173,36 +173,39 @@ def parse(args: list[str]):
     return ns
 
 
-def settings_for(ns, env: dict[str, str] | None = None, monkeypatch=None):
-    """Build the settings object the command would build: flags + EESZT_* environment."""
+def settings_classes() -> dict[str, type]:
     from card_bridge.settings import BridgeSettings
     from simulator.settings import SimulatorSettings
     from workers.settings import WorkerSettings
 
-    cls = {"worker": WorkerSettings, "card-bridge": BridgeSettings,
-           "simulator": SimulatorSettings}[ns.cmd]
+    return {"worker": WorkerSettings, "card-bridge": BridgeSettings,
+            "simulator": SimulatorSettings}
+
+
+def settings_for(ns, env: dict[str, str] | None = None, monkeypatch=None):
+    """Build the settings object the command would build: flags + EESZT_* environment (+ the
+    --config file), through the real eeszt_gw.config.load."""
+    cls = settings_classes()[ns.cmd]
     if monkeypatch is not None:
         for k in list(os.environ):
             if k.startswith("EESZT_"):
                 monkeypatch.delenv(k)
         for k, v in (env or {}).items():
             monkeypatch.setenv(k, str(v))
-    s = cls(**_given(ns, "check"))
+    s = load(cls, ns, ns.cmd)
     if ns.cmd == "worker":
         s.queue_classes()
     return s
 
 
-def known_env_names() -> set[str]:
-    from card_bridge.settings import BridgeSettings
-    from simulator.settings import SimulatorSettings
-    from workers.settings import WorkerSettings
+def env_names(command: str) -> set[str]:
+    """The environment variables one command reads."""
+    cls = settings_classes()[command]
+    return {env_of(cls, f) for f in cls.model_fields}
 
-    names = set()
-    for prefix, cls in (("EESZT_", WorkerSettings), ("EESZT_BRIDGE_", BridgeSettings),
-                        ("EESZT_SIM_", SimulatorSettings)):
-        names |= {prefix + f.upper() for f in cls.model_fields}
-    return names
+
+def known_env_names() -> set[str]:
+    return set().union(*(env_names(c) for c in settings_classes()))
 
 
 def selector_matches(match_labels: dict, labels: dict) -> bool:
@@ -385,7 +388,7 @@ def test_configmap_names_only_real_worker_settings(monkeypatch):
 
     data = by_kind(kustomize_build(), "ConfigMap")["eeszt-worker-config"]["data"]
     prefix_ok = {n for n in known_env_names() if n.startswith("EESZT_")
-                 and not n.startswith(("EESZT_BRIDGE_", "EESZT_SIM_"))}
+                 and not n.startswith("EESZT_SIM_")} & env_names("worker")
     assert set(data) <= prefix_ok, set(data) - prefix_ok
     for k in list(os.environ):
         if k.startswith("EESZT_"):
@@ -715,6 +718,8 @@ def test_compose_services_run_real_eeszt_gw_commands(monkeypatch):
             env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
             assert set(env) <= known_env_names(), set(env) - known_env_names()
             if ns.cmd in ("worker", "simulator", "card-bridge"):
+                # every variable is one this command reads (the gateway's commands share EESZT_)
+                assert set(env) <= env_names(ns.cmd), (name, set(env) - env_names(ns.cmd))
                 s = settings_for(ns, env, monkeypatch)
                 if ns.cmd == "worker" and not ns.check:
                     queues.add(ns.queues)
@@ -990,6 +995,7 @@ def test_systemd_example_env_files_are_real_settings(monkeypatch):
     for instance in UNITS["eeszt-gw-worker@.service"]:
         env = {**common, **env_file(examples / f"{instance}.env")}
         assert set(env) <= known_env_names(), set(env) - known_env_names()
+        assert set(env) <= env_names("worker"), set(env) - env_names("worker")
         argv = shlex.split(unit("eeszt-gw-worker@.service")["Service"]["ExecStart"].replace("%i", instance))
         s = settings_for(parse(eeszt_gw_args(argv)), env, monkeypatch)
         assert s.broker_url.startswith("amqps://") and s.queue_classes() == [instance]
@@ -997,9 +1003,41 @@ def test_systemd_example_env_files_are_real_settings(monkeypatch):
     assert not set.intersection(*ranges), "two instances on one host would share a metrics port"
     bridge = env_file(examples / "WS-01.env")
     assert set(bridge) <= known_env_names()
+    assert set(bridge) <= env_names("card-bridge"), set(bridge) - env_names("card-bridge")
     argv = shlex.split(unit("eeszt-gw-card-bridge@.service")["Service"]["ExecStart"].replace("%i", "WS-01"))
     s = settings_for(parse(eeszt_gw_args(argv)), bridge, monkeypatch)
     assert s.broker_url.startswith("amqps://bridge-WS-01:")
+    assert str(s.pinned_challenge_key) == bridge["EESZT_PINNED_CHALLENGE_KEY"]
+    assert (s.eid_url, str(s.eid_ca)) == (bridge["EESZT_EID_URL"], bridge["EESZT_EID_CA"])
+
+
+def test_the_example_config_file_serves_the_worker_and_the_card_bridge(monkeypatch):
+    """deploy/eeszt-gw.toml through the real parser and eeszt_gw.config.load: top-level keys
+    for every command that has them, a [command] table winning over them."""
+    import tomllib
+
+    path = DEPLOY / "eeszt-gw.toml"
+    data = tomllib.loads(path.read_text())
+    assert {"broker_url", "queue_type", "pki_dir", "worker", "card-bridge"} <= set(data)
+    for name in ("EESZT_CONFIG", *known_env_names()):
+        monkeypatch.delenv(name, raising=False)
+    worker = settings_for(parse(["worker", "--config", str(path)]))
+    assert worker.broker_url == data["broker_url"] and worker.queue_type == data["queue_type"]
+    assert str(worker.pki_dir) == data["pki_dir"]
+    for key, value in data["worker"].items():
+        assert getattr(worker, key) == value, key
+    # the environment names the file too (EESZT_CONFIG), and a flag still wins over it
+    monkeypatch.setenv("EESZT_CONFIG", str(path))
+    bridge = settings_for(parse(["card-bridge", "--check", "--metrics-port", "0"]))
+    assert bridge.broker_url == data["card-bridge"]["broker_url"] != data["broker_url"]
+    assert bridge.metrics_port == 0
+    for key, value in data["card-bridge"].items():
+        if key != "metrics_port":
+            assert str(getattr(bridge, key)) == str(value), key
+    # the worker's and the bridge's metrics ports do not clash on one host
+    assert bridge.metrics_port != worker.metrics_port
+    assert data["card-bridge"]["metrics_port"] not in range(
+        worker.metrics_port, worker.metrics_port + worker.processes)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")

@@ -128,3 +128,44 @@ def test_safe_url_is_defined_once_and_every_package_uses_that_one():
 
     assert safe_url("amqps://his-a:s3cret@[::1]:5671/v") == "amqps://his-a:***@[::1]:5671/v"
     assert safe_url("amqp://[::1") == "<unparseable URL>"
+
+
+#: Modules whose import means I/O: networking, brokers, HTTP, files by path.
+IO_MODULES = ("pika", "ssl", "socket", "urllib.request", "http", "requests", "urllib3", "pycurl",
+              "subprocess", "sqlite3", "shutil", "tempfile")
+
+
+def test_schemas_does_no_io():
+    # Given every module under schemas/
+    offending = []
+    for module, path in modules_of("schemas").items():
+        # When its imports are listed
+        for name in imported_names(module, path):
+            # Then none is a networking, broker, HTTP, process or file-system module
+            if any(name == io or name.startswith(io + ".") for io in IO_MODULES):
+                offending.append(f"{module} imports {name}")
+    assert offending == []
+
+
+#: The two modules of eeszt_gw every process shares: leaves, importing only schemas.
+SHARED_LEAVES = ("eeszt_gw.amqp", "eeszt_gw.config")
+
+
+def test_the_shared_modules_are_leaves_and_the_only_part_of_eeszt_gw_processes_import():
+    # Given the shared modules, and every module of the process packages
+    offending = []
+    for leaf in SHARED_LEAVES:
+        path = modules_of("eeszt_gw")[leaf]
+        for name in imported_names(leaf, path):
+            # Then a shared module imports no runtime package but the other shared module
+            top = name.split(".", 1)[0]
+            if top in RUNTIME_PACKAGES and not name.startswith(SHARED_LEAVES):
+                offending.append(f"{leaf} imports {name}")
+    for package in ("workers", "producers", "card_bridge", "simulator"):
+        for module, path in modules_of(package).items():
+            for name in imported_names(module, path):
+                # And a process package takes from eeszt_gw only the shared modules
+                if name.split(".", 1)[0] == "eeszt_gw" and name != "eeszt_gw" \
+                        and not name.startswith(SHARED_LEAVES):
+                    offending.append(f"{module} imports {name}")
+    assert offending == []

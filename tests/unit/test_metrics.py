@@ -312,16 +312,19 @@ def test_a_busy_port_is_logged_not_fatal(caplog):
 
 def test_metrics_settings_and_flags(monkeypatch):
     from eeszt_gw.cli import build_parser
-    from eeszt_gw._legacy_flags import _given
+    from eeszt_gw.config import load
 
     assert (WorkerSettings().metrics_port, WorkerSettings().metrics_host) == (12100, "127.0.0.1")
     ns = build_parser().parse_args(["worker", "--metrics-port", "9200", "--metrics-host", "0.0.0.0"])
-    settings = WorkerSettings(**_given(ns, "check"))
+    settings = load(WorkerSettings, ns, "worker")
     assert (settings.metrics_port, settings.metrics_host) == (9200, "0.0.0.0")
     monkeypatch.setenv("EESZT_METRICS_PORT", "0")
     assert WorkerSettings().metrics_port == 0
     ns = build_parser().parse_args(["card-bridge", "--workstation", "WS-01", "--metrics-port", "0"])
-    assert BridgeSettings(**_given(ns, "check")).metrics_port == 0
+    assert load(BridgeSettings, ns, "card-bridge").metrics_port == 0
+    # the bridge reads the same EESZT_METRICS_PORT as every command; its default is its own
+    assert BridgeSettings(workstation="WS-01").metrics_port == 0
+    monkeypatch.delenv("EESZT_METRICS_PORT")
     assert BridgeSettings(workstation="WS-01").metrics_port == 12099
     with pytest.raises(ValueError):
         WorkerSettings(metrics_port=70000)
@@ -329,7 +332,6 @@ def test_metrics_settings_and_flags(monkeypatch):
 
 def test_default_metrics_ports_stay_clear_of_node_exporter_and_each_other(monkeypatch):
     monkeypatch.delenv("EESZT_METRICS_PORT", raising=False)
-    monkeypatch.delenv("EESZT_BRIDGE_METRICS_PORT", raising=False)
     most = WorkerSettings.model_fields["processes"].metadata  # le=64: the widest slot range
     slots = max(m.le for m in most if hasattr(m, "le"))
     workers = set(range(WorkerSettings().metrics_port, WorkerSettings().metrics_port + slots))

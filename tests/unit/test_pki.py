@@ -129,6 +129,16 @@ def test_init_pki_overwrites_when_asked(tmp_path: Path) -> None:
     assert b"BEGIN PRIVATE KEY" in paths.sts_key.read_bytes()
 
 
+def test_cli_pki_init_refuses_an_existing_pki_with_exit_2(pki: PkiPaths, capsys) -> None:
+    from eeszt_gw.cli import main
+
+    # Given an existing PKI / When `pki init` is pointed at it without --force
+    assert main(["pki", "init", str(pki.directory), "--doctors", "1"]) == 2
+    # Then it says which file, and how to replace it
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "use --force to replace the PKI" in err
+
+
 def test_pki_paths_in_dir_does_no_io(tmp_path: Path) -> None:
     paths = PkiPaths.in_dir(tmp_path / "missing")
     assert not paths.directory.exists()

@@ -30,7 +30,7 @@ from producers import (
     parse_line,
     safe_url,
 )
-from producers.cli import add_commands
+from producers.cli import register
 from producers.topology import MAX_BACKOFF_S, retry_delay
 from schemas import Accepted, RequestEnvelope, StatusUpdate, make_taj
 from schemas.wire import H_IDEMPOTENCY_KEY, H_TYPE
@@ -254,7 +254,7 @@ def test_retry_delay_grows_with_jitter_and_stays_bounded() -> None:
 
 def _run(*argv: str) -> int:
     parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="cmd", required=True))
+    register(parser.add_subparsers(dest="cmd", required=True))
     ns = parser.parse_args(list(argv))
     return ns.func(ns)
 
@@ -268,7 +268,7 @@ def test_publish_command_lists_invalid_lines_with_field_and_reason(
     path.write_text("{oops\n\n" + json.dumps(data) + "\n", encoding="utf-8")
 
     # When it is published
-    code = _run("publish", str(path), "--url", CLOSED_PORT_URL, "--no-progress")
+    code = _run("publish", str(path), "--broker-url", CLOSED_PORT_URL, "--no-progress")
 
     # Then each invalid line is reported with its number and field, and the run succeeds
     out, err = capsys.readouterr()
@@ -285,11 +285,102 @@ def test_publish_command_exits_2_without_traceback_when_the_broker_is_down(
     path.write_text(prescription().to_json().decode() + "\n", encoding="utf-8")
 
     # When it is published with one connection attempt
-    code = _run("publish", str(path), "--url", CLOSED_PORT_URL, "--retry-attempts", "1",
-                "--no-progress")
+    code = _run("publish", str(path), "--broker-url", CLOSED_PORT_URL,
+                "--broker-connect-attempts", "1", "--no-progress")
 
     # Then the exit status is 2 and the error is one line, password masked
     err = capsys.readouterr().err
     assert code == 2
     assert "error: broker amqp://guest:***@127.0.0.1:1/%2F unreachable after 1 attempt " in err
     assert "Traceback" not in err and "secret" not in err
+
+
+# --- the settings of publish and replies ----------------------------------------------------------
+
+_SETTINGS_ENV = ("EESZT_QUEUE_TYPE", "EESZT_BROKER_URL", "EESZT_BROKER_CONNECT_TIMEOUT_S",
+                 "EESZT_BROKER_CONNECT_ATTEMPTS", "EESZT_BROKER_RETRY_BACKOFF_S",
+                 "EESZT_MAX_IN_FLIGHT", "EESZT_CONFIRM_TIMEOUT_S", "EESZT_REPLY_ROUTING_KEY",
+                 "EESZT_REPLY_QUEUE", "EESZT_CONFIG")
+
+
+@pytest.fixture
+def settings_of(monkeypatch):
+    """The settings a producer command line would run with (flags > env > file > defaults)."""
+    from eeszt_gw.cli import build_parser
+    from eeszt_gw.config import load
+
+    for var in _SETTINGS_ENV:
+        monkeypatch.delenv(var, raising=False)
+
+    def settings_of(*argv: str):
+        ns = build_parser().parse_args(list(argv))
+        return load(ns.settings_class, ns, argv[0])
+    return settings_of
+
+
+def test_the_queue_type_choices_are_the_topologys():
+    # (flag and environment: tests/unit/test_queue_types.py)
+    from producers.settings import ProducerSettings
+    from schemas.wire import DEFAULT_QUEUE_TYPE, QUEUE_TYPES
+
+    field = ProducerSettings.model_fields["queue_type"]
+    assert field.annotation.__args__ == QUEUE_TYPES and field.default == DEFAULT_QUEUE_TYPE
+
+
+def test_the_broker_connection_settings_reach_the_clients(settings_of, monkeypatch):
+    # Given the connection settings in the environment, and one as a flag
+    monkeypatch.setenv("EESZT_BROKER_CONNECT_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("EESZT_BROKER_CONNECT_ATTEMPTS", "9")
+    monkeypatch.setenv("EESZT_BROKER_RETRY_BACKOFF_S", "0.5")
+    # (the old names of these settings are not read: EESZT_CONNECT_TIMEOUT is not theirs)
+    monkeypatch.setenv("EESZT_CONNECT_TIMEOUT", "99")
+    monkeypatch.setenv("EESZT_RETRY_ATTEMPTS", "99")
+    s = settings_of("replies", "--broker-connect-attempts", "3", "--reply-queue", "q")
+    # Then the clients get them under their own keyword names
+    assert s.connection() == {"tls": None, "queue_type": "classic", "connect_timeout": 2.5,
+                              "retry_attempts": 3, "retry_backoff": 0.5}
+    assert (s.reply_routing_key, s.reply_queue) == ("his.demo", "q")
+    # And an empty variable counts as unset
+    monkeypatch.setenv("EESZT_BROKER_URL", "")
+    monkeypatch.setenv("EESZT_MAX_IN_FLIGHT", "")
+    p = settings_of("publish", "-")
+    assert p.broker_url == "amqp://guest:guest@127.0.0.1:5672/%2F" and p.max_in_flight == 256
+
+
+def test_the_producer_settings_can_come_from_a_config_file(settings_of, tmp_path, monkeypatch):
+    conf = tmp_path / "his.toml"
+    conf.write_text('broker_connect_attempts = 2\n[publish]\nmax_in_flight = 32\n'
+                    '[replies]\nreply_routing_key = "his.medsol"\n')
+    monkeypatch.setenv("EESZT_CONFIG", str(conf))
+    p = settings_of("publish", "-")
+    assert (p.broker_connect_attempts, p.max_in_flight) == (2, 32)
+    assert settings_of("replies").reply_routing_key == "his.medsol"
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["publish", "-", "--max-in-flight", "0"], "error: --max-in-flight: "),
+    (["publish", "-", "--confirm-timeout-s", "0"], "error: --confirm-timeout-s: "),
+    (["replies", "--broker-connect-timeout-s", "-1"], "error: --broker-connect-timeout-s: "),
+    (["replies", "--no-declare", "--transient"],
+     "error: --transient declares a queue; --no-declare declares nothing"),
+    (["publish", "/nonexistent/in.jsonl"], "error: [Errno 2] No such file or directory"),
+    (["publish", "-", "--broker-url", "http://127.0.0.1/"], "error: broker: "),
+])
+def test_a_bad_setting_is_one_error_line_and_exit_status_2(capsys, monkeypatch, argv, says):
+    from eeszt_gw.cli import main
+
+    for var in _SETTINGS_ENV:
+        monkeypatch.delenv(var, raising=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(says) and err.count("\n") == 1, err
+
+
+def test_a_bad_environment_variable_is_named(capsys, monkeypatch):
+    from eeszt_gw.cli import main
+
+    monkeypatch.setenv("EESZT_BROKER_CONNECT_ATTEMPTS", "many")
+    assert main(["replies"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --broker-connect-attempts: ")
+    assert "(from EESZT_BROKER_CONNECT_ATTEMPTS)" in err

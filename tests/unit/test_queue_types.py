@@ -208,11 +208,12 @@ def test_login_queues_are_typed_except_the_pending_lock(queue_type):
 # --- the settings -----------------------------------------------------------------------------
 def test_worker_flag_and_environment_set_the_queue_type(monkeypatch):
     from eeszt_gw.cli import build_parser
-    from eeszt_gw._legacy_flags import _given
+    from eeszt_gw.config import load
     from workers.settings import WorkerSettings
 
     def queue_type(*args: str) -> str:
-        return WorkerSettings(**_given(build_parser().parse_args(["worker", *args]))).queue_type
+        ns = build_parser().parse_args(["worker", *args])
+        return load(WorkerSettings, ns, "worker").queue_type
 
     monkeypatch.delenv("EESZT_QUEUE_TYPE", raising=False)
     assert queue_type() == "classic"
@@ -227,7 +228,13 @@ def test_worker_flag_and_environment_set_the_queue_type(monkeypatch):
 
 def test_producer_commands_take_the_same_setting(monkeypatch):
     from eeszt_gw.cli import build_parser
-    from producers.cli import _broker
+    from eeszt_gw.config import load
+    from producers.settings import PublishSettings, RepliesSettings
+
+    settings_of = {"publish": PublishSettings, "replies": RepliesSettings}
+
+    def _broker(ns):  # the keyword arguments the command hands to its broker client
+        return load(settings_of[ns.cmd], ns, ns.cmd).connection()
 
     parse = build_parser().parse_args
     monkeypatch.delenv("EESZT_QUEUE_TYPE", raising=False)

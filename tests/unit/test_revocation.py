@@ -169,6 +169,19 @@ def test_cli_pki_revoke_prints_what_it_did_and_names_the_problem(pki, capsys):
     assert "is not a PEM certificate" in capsys.readouterr().err
 
 
+def test_cli_pki_revoke_takes_the_pki_folder_from_the_gateways_setting(pki, monkeypatch, capsys):
+    # Given the PKI folder only in the environment, as the worker reads it
+    monkeypatch.delenv("EESZT_CONFIG", raising=False)
+    monkeypatch.setenv("EESZT_PKI_DIR", str(pki.directory))
+    # When the command revokes the access certificate / Then it finds the WAF CA there
+    assert cli_main(["pki", "revoke", str(pki.access_cert)]) == 0
+    assert "waf-ca.crl" in capsys.readouterr().out
+    # And a folder that is not there is named, with exit 2
+    monkeypatch.setenv("EESZT_PKI_DIR", str(pki.directory / "missing"))
+    assert cli_main(["pki", "revoke", str(pki.access_cert)]) == 2
+    assert "error: --pki-dir: no folder" in capsys.readouterr().err
+
+
 # --- the CRL lookup ----------------------------------------------------------------------------
 def test_crl_store_sees_a_revocation_without_being_rebuilt(pki):
     # Given a store over the PKI's CRLs and a good certificate
