@@ -86,12 +86,21 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=_bench)
 
 
-#: The packages that wire the commands, in the order `eeszt-gw --help` lists them.
-COMMAND_PACKAGES = ("eeszt_gw.demo_cli", "workers.cli", "card_bridge.cli", "producers.cli",
-                    "eeszt_gw.ops.cli", "simulator.cli")
+#: The packages that wire the commands, in the order `eeszt-gw --help` lists them, and the
+#: commands each registers.
+COMMAND_PACKAGES = {
+    "eeszt_gw.demo_cli": ("demo",),
+    "workers.cli": ("worker",),
+    "card_bridge.cli": ("card-bridge",),
+    "producers.cli": ("publish", "replies", "generate"),
+    "eeszt_gw.ops.cli": ("audit", "dlq", "status"),
+    "simulator.cli": ("pki", "simulator", "virtual-card"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``argv`` naming a command, only that command's package is
+    imported (a worker or simulator process then loads nothing of the other commands)."""
     import importlib
 
     parser = argparse.ArgumentParser(
@@ -101,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "simulator; it is not the official EESZT interface.")
     parser.add_argument("--version", action="version", version=f"eeszt-gw {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    for package in COMMAND_PACKAGES:
-        importlib.import_module(package).register(sub)
+    chosen = next((a for a in argv or () if not a.startswith("-")), None)
+    for package, commands in COMMAND_PACKAGES.items():
+        if chosen is None or chosen in commands or not any(
+                chosen in c for c in COMMAND_PACKAGES.values()):
+            importlib.import_module(package).register(sub)
     _add_schema(sub)
     _add_bench(sub)
     return parser
@@ -111,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from eeszt_gw.config import UsageError
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     ns = parser.parse_args(argv)
     try:
         return int(ns.func(ns) or 0)

@@ -14,7 +14,18 @@ from datetime import datetime
 from typing import Any, Callable, Protocol
 
 from schemas.envelope import RequestEnvelope
-from schemas.replies import Failed, Rejected, StatusState, StatusUpdate, reply_fields
+from schemas.audit import mask_text
+from schemas.replies import (
+    GW_LOGIN,
+    GW_TENANT,
+    GW_VALIDATION,
+    Accepted,
+    Failed,
+    Rejected,
+    StatusState,
+    StatusUpdate,
+    reply_fields,
+)
 from schemas.soap import OPERATION_OF
 from schemas.validators import mask_taj
 from schemas.wire import (
@@ -32,10 +43,11 @@ from schemas.wire import (
 )
 
 from .errors import AmbiguousOutcome, ServiceUnavailable
-from .intake import Incoming
+from .intake import NIL, Incoming
 from .middleware.audit import AuditLog, audit_event
 from .outbox import Outbox
 from .retry import RetryPolicy
+from .tenants import Refusal
 
 log = logging.getLogger("eeszt_gw.pipeline")
 
@@ -63,6 +75,7 @@ class Outcomes:
     _no_audit: bool
     clock: Callable[[], datetime]
     _rng: random.Random
+    republish_delay_s: float
 
     def _audit(self, kind: str, request: RequestEnvelope | None, msg: Incoming | None = None,
                detail: str = "", **known: Any) -> None:
@@ -77,6 +90,48 @@ class Outcomes:
             known.setdefault("message_id", msg.message_id or "")
             known.setdefault("attempt", msg.attempt or None)
         self.audit.record(audit_event(kind, detail=detail, **known))
+
+    # --- steps and outcomes of a valid request --------------------------------------------------
+    def _received(self, msg: Incoming, request: RequestEnvelope) -> None:
+        self._audit("received", request, msg, detail=f"from queue {msg.queue}"
+                    + (" (redelivered)" if msg.redelivered else ""))
+
+    def _submitted(self, request: RequestEnvelope, token: Any, try_number: int) -> None:
+        # One event for three steps (token, signing, sending): fewer events per request.
+        self._audit("submitted", request, detail=f"with the token of {token.identity}, "
+                    f"signed (WS-Security) and sent over mutual TLS, try {try_number} in "
+                    "this call")
+
+    def _accept(self, msg: Incoming, request: RequestEnvelope, result: Any) -> str:
+        service = OPERATION_OF[request.message_type][0].name
+        self._reply(request, Accepted, eeszt_id=result.eeszt_id, version=result.version)
+        self._audit("answered", request, msg, detail=f"accepted as {result.eeszt_id} "
+                                                     f"version {result.version}")
+        self.observer.outcome(service, "accepted", request)
+        return "accepted"
+
+    def _waiting(self, msg: Incoming, request: RequestEnvelope, exc: Any, outcome: str) -> str:
+        """Held in the doctor's wait queue (``workers.logins``) until the login completes."""
+        self._audit("waiting_for_login", request, msg,
+                    detail=f"{exc.user_id} logs in at {request.acting.workstation} ({exc.route})")
+        self.observer.outcome(OPERATION_OF[request.message_type][0].name, "waiting", request)
+        return outcome
+
+    def _defer_twin(self, msg: Incoming, request: RequestEnvelope) -> str:
+        """A copy that may have a twin being processed right now waits, then asks first.
+
+        Two cases: a redelivered message (its first delivery may still be finishing on a worker
+        whose broker connection died) and a copy a publisher sent again after a lost confirm
+        (the first copy may be ahead of it in the queue). After ``republish_delay_s`` the twin
+        has finished its attempt; this copy then asks EESZT before sending (the ambiguous
+        flag), so only one record can come of the two.
+        """
+        headers = {**msg.headers, H_TYPE: request.message_type, H_AMBIGUOUS: 1}
+        self.outbox.retry(msg.queue, msg.body, headers, self.republish_delay_s,
+                          str(request.message_id))
+        self._audit("retried", request, msg, detail=f"a twin may be in flight: asked again in "
+                                                    f"{self.republish_delay_s:g} s, EESZT first")
+        return "deferred"
 
     def _park(self, msg: Incoming, request: RequestEnvelope, detail: str, ambiguous: bool) -> str:
         """Hold the request durably while its service is down; tell the HIS once."""
@@ -171,3 +226,65 @@ class Outcomes:
             H_REASON: reason, H_CODE: code, H_MESSAGE_ID: str(request.message_id),
             H_IDEMPOTENCY_KEY: request.idempotency_key, H_TYPE: request.message_type},
             str(request.message_id))
+
+    # --- refusals before processing ----------------------------------------------------------
+    def _refuse_invalid(self, msg: Incoming, field_name: str, reason: str, *,
+                        info: dict[str, Any]) -> str:
+        """Refused before processing (``workers.intake``): a reply where ``info`` holds a
+        usable ``reply_to``, else the original bytes go to the dead-letter queue."""
+        service = ""
+        mtype = info.get("type") or msg.message_type or ""
+        if mtype in OPERATION_OF:
+            service = OPERATION_OF[mtype][0].name
+        reply_to = info.get("reply_to")
+        self._audit("rejected" if reply_to else "dead_lettered", None, msg, service=service,
+                    message_id=str(info.get("message_id") or msg.message_id or NIL),
+                    idempotency_key=str(info.get("idempotency_key", "")),
+                    detail=f"invalid message: {field_name or 'body'}: {reason}")
+        log.info("rejected an invalid message %s on %s: %s: %s", msg.message_id or "-", msg.queue,
+                 field_name or "body", reason)
+        code = GW_VALIDATION
+        if field_name == "acting.workstation" and reason == "Field required":
+            # A doctor logs in only at a workstation's card bridge: without one, no login.
+            code, reason = GW_LOGIN, ("a doctor's request must name the workstation where the "
+                                      "doctor sits: doctors log in only there, through its card "
+                                      "bridge (eSZIG card or MobilToken)")
+        if reply_to:
+            self.outbox.reply(reply_to, Rejected(
+                message_id=info.get("message_id") or NIL, idempotency_key=info.get("idempotency_key", ""),
+                service=service, message_type=mtype, code=code, field=field_name or None,
+                reason=reason))
+            self.observer.outcome(service, "rejected", None)
+            return "rejected"
+        self._dead_letter(msg, reason=f"invalid message ({field_name or 'body'}: {reason})",
+                          code=code)
+        self.observer.outcome(service, "dead-lettered", None)
+        return "dead-lettered"
+
+    def _refuse_tenant(self, msg: Incoming, refused: Refusal, request: RequestEnvelope | None, *,
+                       info: dict[str, Any] | None = None, invalid: str = "") -> str:
+        """Never sent to EESZT, never answered at its ``reply_to``: kept in ``eeszt.dlq``, and
+        a HIS sender hears why on its own key (``his.NAME``)."""
+        reason = refused.reason + (f"; the message is also invalid ({invalid})" if invalid else "")
+        if request is not None:
+            mtype, message_id, key = (request.message_type, request.message_id,
+                                      request.idempotency_key)
+        else:
+            info = info or {}
+            mtype = info.get("type") or msg.message_type or ""
+            message_id, key = info.get("message_id") or NIL, info.get("idempotency_key", "")
+        service = OPERATION_OF[mtype][0].name if mtype in OPERATION_OF else ""
+        publisher = msg.user_id or "unknown"
+        self._audit("dead_lettered", request, msg, service=service, message_id=str(message_id),
+                    idempotency_key=key, detail=f"refused, {GW_TENANT} reply_to (publisher "
+                    f"{publisher}): {reason}; kept in {DEAD_LETTER_QUEUE}")
+        log.warning("refused message %s on %s from broker user %s: %s", message_id, msg.queue,
+                    publisher, mask_text(reason))  # a reply_to may hold digits
+        self._dead_letter(msg, reason=f"refused (publisher {publisher}): {reason}",
+                          code=GW_TENANT, request=request)
+        if refused.own_key:
+            self.outbox.reply(refused.own_key, Rejected(
+                message_id=message_id, idempotency_key=key, service=service, message_type=mtype,
+                code=GW_TENANT, field="reply_to", reason=reason))
+        self.observer.outcome(service, "dead-lettered", request)
+        return "refused"

@@ -3,8 +3,9 @@
 :meth:`Pipeline.handle` never raises for a bad or failed request: every request ends in a reply
 (or, with no reply address, in the dead-letter queue), or is parked durably for a later attempt.
 It raises only when the broker itself cannot take what the request produced (BrokerError); the
-request is then not acknowledged and comes back. How an outcome is settled (audit, reply, dead
-letter, retry, park, metrics) is :class:`workers.outcomes.Outcomes`.
+request is then not acknowledged and comes back. The pipeline decides; every outcome (and every
+audit event) is settled by one method of :class:`workers.outcomes.Outcomes`: the reply, the audit
+event, the dead letter, the retry or park, the metrics.
 """
 
 from __future__ import annotations
@@ -15,24 +16,13 @@ import random
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Protocol
 
-from schemas.audit import mask_text
 from schemas.envelope import RequestEnvelope
 from schemas.permissions import Role, writer_role
-from schemas.replies import (
-    GW_INSTITUTION,
-    GW_LOGIN,
-    GW_TENANT,
-    GW_VALIDATION,
-    Accepted,
-    Failed,
-    Rejected,
-)
+from schemas.replies import GW_INSTITUTION, GW_LOGIN, Failed
 from schemas.soap import OPERATION_OF, FaultCode
 from schemas.wire import (
-    DEAD_LETTER_QUEUE,
     H_AMBIGUOUS,
     H_ATTEMPT,
-    H_TYPE,
     H_LOGIN_RELEASED,
     H_PARKED,
     H_REPLAYED,
@@ -42,7 +32,7 @@ from schemas.wire import (
 )
 
 from .errors import AmbiguousOutcome, LoginFailed, ServiceRejected, ServiceUnavailable, TokenRejected
-from .intake import NIL, Incoming, Invalid, read as read_delivery
+from .intake import Incoming, Invalid, read as read_delivery
 from .middleware.audit import AuditLog, NullAuditLog
 from .outbox import Outbox
 from .outcomes import KEPT_IN, Observer, Outcomes, _NullObserver
@@ -103,80 +93,21 @@ class Pipeline(Outcomes):
         """Process one delivery; return the outcome kind (for metrics and tests)."""
         request = read_delivery(msg, now=self.clock())  # workers/intake.py
         if isinstance(request, Invalid):
-            return self._unparseable(msg, request.field, request.reason, info=request.info)
-        self._audit("received", request, msg, detail=f"from queue {msg.queue}"
-                    + (" (redelivered)" if msg.redelivered else ""))
-        if self.tenants != "off" and (refused := tenant_refusal(self.tenants, msg.user_id,
-                                                                request.reply_to)):
+            reply_to = request.info.get("reply_to")
+            if refused := self._tenant_refusal(msg, reply_to):
+                return self._refuse_tenant(msg, refused, None, info=request.info,
+                                           invalid=f"{request.field or 'body'}: {request.reason}")
+            return self._refuse_invalid(msg, request.field, request.reason, info=request.info)
+        self._received(msg, request)
+        if refused := self._tenant_refusal(msg, request.reply_to):
             return self._refuse_tenant(msg, refused, request)
         return self._process(msg, request)
 
-    # --- requests that never became a valid envelope ------------------------------------------
-    def _unparseable(self, msg: Incoming, field_name: str, reason: str, *,
-                     info: dict[str, Any]) -> str:
-        """Refused before processing (``workers.intake``): a reply where ``info`` holds a
-        usable ``reply_to``, else the original bytes go to the dead-letter queue."""
-        service = ""
-        mtype = info.get("type") or msg.message_type or ""
-        if mtype in OPERATION_OF:
-            service = OPERATION_OF[mtype][0].name
-        reply_to = info.get("reply_to")
-        if self.tenants != "off" and (refused := tenant_refusal(self.tenants, msg.user_id,
-                                                                reply_to)):
-            return self._refuse_tenant(msg, refused, None, info=info,
-                                       invalid=f"{field_name or 'body'}: {reason}")
-        self._audit("rejected" if reply_to else "dead_lettered", None, msg, service=service,
-                    message_id=str(info.get("message_id") or msg.message_id or NIL),
-                    idempotency_key=str(info.get("idempotency_key", "")),
-                    detail=f"invalid message: {field_name or 'body'}: {reason}")
-        log.info("rejected an invalid message %s on %s: %s: %s", msg.message_id or "-", msg.queue,
-                 field_name or "body", reason)
-        code = GW_VALIDATION
-        if field_name == "acting.workstation" and reason == "Field required":
-            # A doctor logs in only at a workstation's card bridge: without one, no login.
-            code, reason = GW_LOGIN, ("a doctor's request must name the workstation where the "
-                                      "doctor sits: doctors log in only there, through its card "
-                                      "bridge (eSZIG card or MobilToken)")
-        if reply_to:
-            self.outbox.reply(reply_to, Rejected(
-                message_id=info.get("message_id") or NIL, idempotency_key=info.get("idempotency_key", ""),
-                service=service, message_type=mtype, code=code, field=field_name or None,
-                reason=reason))
-            self.observer.outcome(service, "rejected", None)
-            return "rejected"
-        self._dead_letter(msg, reason=f"invalid message ({field_name or 'body'}: {reason})",
-                          code=code)
-        self.observer.outcome(service, "dead-lettered", None)
-        return "dead-lettered"
+    def _tenant_refusal(self, msg: Incoming, reply_to: str | None) -> Refusal | None:
+        if self.tenants == "off":
+            return None
+        return tenant_refusal(self.tenants, msg.user_id, reply_to)
 
-    # --- requests whose reply address is not their sender's (workers/tenants.py) ---------------
-    def _refuse_tenant(self, msg: Incoming, refused: Refusal, request: RequestEnvelope | None, *,
-                       info: dict[str, Any] | None = None, invalid: str = "") -> str:
-        """Never sent to EESZT, never answered at its ``reply_to``: kept in ``eeszt.dlq``, and
-        a HIS sender hears why on its own key (``his.NAME``)."""
-        reason = refused.reason + (f"; the message is also invalid ({invalid})" if invalid else "")
-        if request is not None:
-            mtype, message_id, key = (request.message_type, request.message_id,
-                                      request.idempotency_key)
-        else:
-            info = info or {}
-            mtype = info.get("type") or msg.message_type or ""
-            message_id, key = info.get("message_id") or NIL, info.get("idempotency_key", "")
-        service = OPERATION_OF[mtype][0].name if mtype in OPERATION_OF else ""
-        publisher = msg.user_id or "unknown"
-        self._audit("dead_lettered", request, msg, service=service, message_id=str(message_id),
-                    idempotency_key=key, detail=f"refused, {GW_TENANT} reply_to (publisher "
-                    f"{publisher}): {reason}; kept in {DEAD_LETTER_QUEUE}")
-        log.warning("refused message %s on %s from broker user %s: %s", message_id, msg.queue,
-                    publisher, mask_text(reason))  # a reply_to may hold digits
-        self._dead_letter(msg, reason=f"refused (publisher {publisher}): {reason}",
-                          code=GW_TENANT, request=request)
-        if refused.own_key:
-            self.outbox.reply(refused.own_key, Rejected(
-                message_id=message_id, idempotency_key=key, service=service, message_type=mtype,
-                code=GW_TENANT, field="reply_to", reason=reason))
-        self.observer.outcome(service, "dead-lettered", request)
-        return "refused"
 
     # --- valid envelopes ------------------------------------------------------------------------
     def _process(self, msg: Incoming, request: RequestEnvelope) -> str:
@@ -241,10 +172,7 @@ class Pipeline(Outcomes):
                 return self._process(msg, request)
             if outcome == "rejected":  # no card bridge at the workstation: GW-LOGIN, final
                 return outcome
-            self._audit("waiting_for_login", request, msg,
-                        detail=f"{exc.user_id} logs in at {request.acting.workstation} ({exc.route})")
-            self.observer.outcome(service.name, "waiting", request)
-            return outcome
+            return self._waiting(msg, request, exc, outcome)
         except (NoLoginRoute, LoginFailed) as exc:
             return self._reject(request, GW_LOGIN if isinstance(exc, NoLoginRoute) else exc.code or GW_LOGIN,
                                 "acting.user_id", str(exc))
@@ -259,11 +187,7 @@ class Pipeline(Outcomes):
                                       ambiguous or isinstance(exc, AmbiguousOutcome))
             return self._retry_later(msg, request, exc)
         self._answered(breaker)
-        self._reply(request, Accepted, eeszt_id=result.eeszt_id, version=result.version)
-        self._audit("answered", request, msg, detail=f"accepted as {result.eeszt_id} "
-                                                     f"version {result.version}")
-        self.observer.outcome(service.name, "accepted", request)
-        return "accepted"
+        return self._accept(msg, request, result)
 
     def _one_copy(self, ambiguous: bool, service: str,
                   request: RequestEnvelope) -> contextlib.AbstractContextManager[None]:
@@ -309,22 +233,6 @@ class Pipeline(Outcomes):
                     raise  # the broker-side retry asks again, later
                 ambiguous = True
 
-    def _defer_twin(self, msg: Incoming, request: RequestEnvelope) -> str:
-        """A copy that may have a twin being processed right now waits, then asks first.
-
-        Two cases: a redelivered message (its first delivery may still be finishing on a worker
-        whose broker connection died) and a copy a publisher sent again after a lost confirm
-        (the first copy may be ahead of it in the queue). After ``republish_delay_s`` the twin
-        has finished its attempt; this copy then asks EESZT before sending (the ambiguous
-        flag), so only one record can come of the two.
-        """
-        headers = {**msg.headers, H_TYPE: request.message_type, H_AMBIGUOUS: 1}
-        self.outbox.retry(msg.queue, msg.body, headers, self.republish_delay_s,
-                          str(request.message_id))
-        self._audit("retried", request, msg, detail=f"a twin may be in flight: asked again in "
-                                                    f"{self.republish_delay_s:g} s, EESZT first")
-        return "deferred"
-
     def _answered(self, breaker) -> None:
         if breaker is not None and breaker.record_success():
             self.breakers.closed(breaker.service)
@@ -343,10 +251,7 @@ class Pipeline(Outcomes):
 
     def _send_with_retries(self, request: RequestEnvelope, token: Token) -> SubmitResult:
         def send(try_number: int) -> SubmitResult:
-            # One event for three steps (token, signing, sending): fewer events per request.
-            self._audit("submitted", request, detail=f"with the token of {token.identity}, "
-                        f"signed (WS-Security) and sent over mutual TLS, try {try_number} in "
-                        "this call")
+            self._submitted(request, token, try_number)
             return self.client.submit(request, token.assertion)
 
         return self.policy.call(send)

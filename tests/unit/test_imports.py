@@ -169,3 +169,20 @@ def test_the_shared_modules_are_leaves_and_the_only_part_of_eeszt_gw_processes_i
                         and not name.startswith(SHARED_LEAVES):
                     offending.append(f"{module} imports {name}")
     assert offending == []
+
+
+def test_the_pipeline_decides_and_outcomes_settle():
+    # Given the pipeline's source
+    tree = ast.parse((ROOT / "workers" / "pipeline.py").read_text())
+    calls = {ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    # Then it sends no reply, records no audit event and tells no observer itself: each outcome
+    # is settled by one method of workers.outcomes.Outcomes (the reply, the audit event, the
+    # dead letter, the retry or park, the metrics)
+    direct = {c for c in calls if c.endswith(("outbox.reply", "observer.outcome", "audit.record"))
+              or c == "self._audit"}
+    assert direct == set()
+    # And those methods exist there
+    outcomes = ast.parse((ROOT / "workers" / "outcomes.py").read_text())
+    methods = {n.name for n in ast.walk(outcomes) if isinstance(n, ast.FunctionDef)}
+    assert {"_accept", "_reject", "_fail", "_park", "_retry_later", "_waiting", "_refuse_invalid",
+            "_refuse_tenant", "_defer_twin", "_received", "_submitted"} <= methods
