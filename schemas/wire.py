@@ -109,6 +109,19 @@ def dead_letter_to(queue: str) -> dict[str, str]:
     return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue}
 
 
+#: Set on every quorum queue because RabbitMQ's defaults differ between the versions the
+#: gateway runs on (3.10 in the tests, 4.x in the manifests):
+#: - ``x-delivery-limit``: 3.10 has none, 4.x defaults to 20, after which a message is dropped or
+#:   dead-lettered. Browsing (``eeszt-gw dlq list``, ``status --browse-work-queues``) and every
+#:   worker crash count as deliveries, so 20 could drop a dead letter an operator looked at 20
+#:   times. 1000 is far beyond any honest redelivery; a message past it goes to its queue's
+#:   dead-letter route (``<queue>.XQ`` for the work queues), never silently away.
+#: - ``x-quorum-initial-group-size``: three replicas, what both versions use on a cluster of
+#:   three or more (fewer nodes: one replica each).
+QUORUM_ARGUMENTS: Final[dict[str, int]] = {"x-delivery-limit": 1000,
+                                           "x-quorum-initial-group-size": 3}
+
+
 def queue_arguments(queue_type: str, arguments: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The declaration arguments of a durable, shared queue: ``arguments`` plus its type.
 
@@ -127,6 +140,8 @@ def queue_arguments(queue_type: str, arguments: Mapping[str, Any] | None = None)
     """
     args = dict(arguments or {})
     args["x-queue-type"] = check_queue_type(queue_type)
+    if queue_type == "quorum":
+        args.update(QUORUM_ARGUMENTS)
     if queue_type == "quorum" and "x-dead-letter-exchange" in args:
         if args.setdefault("x-overflow", "reject-publish") != "reject-publish":
             raise ValueError("at-least-once dead-lettering needs x-overflow reject-publish")

@@ -40,5 +40,9 @@ class StatusSettings(OpsSettings):
         default=10_000, ge=1, description="messages looked at per queue for the per-service "
         "breakdown and ages; the output says when it cut a breakdown short")
     rabbitmqctl: bool = Field(
-        default=True, description="ask rabbitmqctl for the doctors' wait queues when it works "
-        "on this host for a local broker; off: use the workers' answers")
+        default=True, description="ask rabbitmqctl, when it works on this host for a local "
+        "broker, for the doctors' wait queues and the cluster (each node, and the replicated "
+        "queues that lost their leader or a replica); off: use the workers' answers")
+    rabbitmq_node: str | None = Field(
+        default=None, description="the RabbitMQ node rabbitmqctl asks, as its -n (default: "
+        "this host's default node)")

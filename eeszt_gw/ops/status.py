@@ -50,6 +50,7 @@ from .status_broker import (
 )
 from .settings import StatusSettings
 from .status_certs import BAD_STATES, check_certificates
+from .status_cluster import cluster_attention, cluster_view
 
 WAIT_PREFIX = login_wait_queue("")
 COUNTERS = ("queued", "in_flight", "over_time_limit", "retrying", "parked", "waiting_login",
@@ -70,6 +71,7 @@ class StatusOptions:
     browse_cap: int = 10_000
     browse_work_queues: bool = False
     use_rabbitmqctl: bool = True
+    rabbitmq_node: str | None = None  # rabbitmqctl -n
     broker_tls: BrokerTLS | None = None  # amqps:// (eeszt_gw.amqp)
 
 
@@ -265,6 +267,8 @@ def collect(opts: StatusOptions, *, now: Callable[[], float] = time.time) -> dic
                     for w in workers],
         "in_flight": in_flight, "circuits": circuits(workers, t), "login_waits": waits,
         "dead_letters": dead, "certificates": certs, "notes": notes,
+        "cluster": (cluster_view(opts.broker_url.split(",")[0], opts.rabbitmq_node)
+                    if opts.use_rabbitmqctl else None),
     }
     report["attention"] = attention(report)
     report["healthy"] = not report["attention"]
@@ -297,7 +301,7 @@ def attention(report: dict[str, Any]) -> list[str]:
                     else f"{c['days_left']:.1f} days left" if c.get("days_left") is not None
                     else c["state"])
             out.append(f"certificate {c['file']}: {c['state']} ({left})")
-    return out
+    return out + cluster_attention(report.get("cluster"))
 
 
 def exit_code(report: dict[str, Any]) -> int:
@@ -311,7 +315,8 @@ def command(settings: StatusSettings, tls: BrokerTLS | None, ns: argparse.Namesp
         broker_url=settings.broker_url, broker_tls=tls, pki_dir=settings.pki_dir,
         wait_s=settings.wait_s, time_limit_s=settings.time_limit_s,
         cert_warn_days=settings.cert_warn_days, browse_cap=settings.browse_cap,
-        browse_work_queues=ns.browse_work_queues, use_rabbitmqctl=settings.rabbitmqctl)
+        browse_work_queues=ns.browse_work_queues, use_rabbitmqctl=settings.rabbitmqctl,
+        rabbitmq_node=settings.rabbitmq_node)
     return run(opts, as_json=ns.json)
 
 

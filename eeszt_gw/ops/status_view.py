@@ -65,6 +65,7 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
                   + "".join(f"\n  pid {w.get('pid')} on {w.get('host')}: "
                             f"{','.join(w.get('queues') or []) or '?'}" for w in workers))
     _circuits(console, report.get("circuits") or [], bool(workers))
+    _cluster(console, report.get("cluster"))
     over = [i for i in report["in_flight"] if i["over_time_limit"]]
     if over:
         console.print(f"[bold red]in flight longer than {limit}:[/]")
@@ -136,3 +137,16 @@ def _certificates(console: Console, report: dict[str, Any]) -> None:
                       (c["not_after"] or "—")[:10],
                       f"[bold red]{c['state']}[/]" if bad else c["state"])
     console.print(table)
+
+
+def _cluster(console: Console, cluster: dict[str, Any] | None) -> None:
+    """One line per RabbitMQ node, then the replicated queues that lost a leader or replica."""
+    if not cluster:
+        return
+    console.print("rabbitmq nodes: " + ", ".join(
+        f"{n['name']} {'running' if n['running'] else '[red]DOWN[/]'}"
+        + (f" ({n['version']})" if n.get("version") else "") for n in cluster["nodes"]))
+    for q in cluster["degraded"]:
+        what = "no leader" if q["leaderless"] else f"missing {', '.join(q['missing'])}"
+        console.print(f"  [red]{q['queue']}[/] ({q['type']}): {what}; "
+                      f"{len(q['members'])} replicas")

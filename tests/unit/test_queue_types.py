@@ -19,6 +19,7 @@ from schemas.wire import (
     DEAD_LETTER_QUEUE,
     INTERACTIVE_QUEUE,
     LOGIN_DELAY_QUEUE,
+    QUORUM_ARGUMENTS,
     RETRY_TIERS_S,
     check_queue_type,
     login_pending_queue,
@@ -73,10 +74,10 @@ def test_classic_names_its_type_and_keeps_the_arguments():
 
 
 def test_quorum_dead_letters_at_least_once_only_where_it_dead_letters():
-    assert queue_arguments("quorum") == {"x-queue-type": "quorum"}
+    assert queue_arguments("quorum") == {"x-queue-type": "quorum", **QUORUM_ARGUMENTS}
     args = work_queue_arguments(INTERACTIVE_QUEUE, "quorum")
     assert args == {"x-dead-letter-exchange": "", "x-queue-type": "quorum", **AT_LEAST_ONCE,
-                    "x-dead-letter-routing-key": "eeszt.interactive.XQ"}
+                    **QUORUM_ARGUMENTS, "x-dead-letter-routing-key": "eeszt.interactive.XQ"}
     # the caller's mapping is not changed
     given = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "q"}
     queue_arguments("quorum", given)
@@ -198,7 +199,7 @@ def test_login_queues_are_typed_except_the_pending_lock(queue_type):
     assert wait["x-queue-type"] == queue_type
     assert wait["x-dead-letter-routing-key"] == INTERACTIVE_QUEUE
     assert (wait.get("x-dead-letter-strategy") == "at-least-once") == (queue_type == "quorum")
-    assert fake.ch.queues["eeszt.card.WS-01"] == {"x-queue-type": queue_type}
+    assert fake.ch.queues["eeszt.card.WS-01"] == queue_arguments(queue_type)
     # a lock: quorum queues enforce x-max-length only lazily, so it stays classic
     pending = fake.ch.queues[login_pending_queue("O10001")]
     assert pending["x-queue-type"] == "classic" and pending["x-max-length"] == 1
@@ -242,3 +243,15 @@ def test_producer_commands_take_the_same_setting(monkeypatch):
     assert _broker(parse(["publish", "-", "--queue-type", "quorum"]))["queue_type"] == "quorum"
     monkeypatch.setenv("EESZT_QUEUE_TYPE", "quorum")
     assert _broker(parse(["replies"]))["queue_type"] == "quorum"
+
+
+def test_quorum_queues_state_the_settings_whose_defaults_differ_between_rabbitmq_versions():
+    # Given any quorum queue the gateway declares
+    for args in (queue_arguments("quorum"), work_queue_arguments(BATCH_QUEUE, "quorum"),
+                 queue_arguments("quorum", {"x-dead-letter-exchange": "",
+                                            "x-dead-letter-routing-key": DEAD_LETTER_QUEUE})):
+        # Then its delivery limit (3.10: none, 4.x: 20) and its replica count are explicit
+        assert args["x-delivery-limit"] == 1000
+        assert args["x-quorum-initial-group-size"] == 3
+    # And a classic queue gets neither: a classic deployment's arguments stay as they were
+    assert "x-delivery-limit" not in queue_arguments("classic")
