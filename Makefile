@@ -11,7 +11,7 @@ PIP_C  := -c constraints.txt
 # the unit tests: no services, no root (see test-unit)
 UNIT_MARKERS := not integration and not rabbitmq and not pcsc
 
-.PHONY: demo test test-unit bench lock venv rabbitmq pcscd clean help
+.PHONY: demo test test-unit bench lock venv rabbitmq pcscd cluster-up cluster-down clean help
 
 help:
 	@echo "make demo       run the embedded demo (no external services)"
@@ -20,6 +20,8 @@ help:
 	@echo "make bench      the benchmarks with their baselines, into $(BENCH_OUT)/ (about an hour; idle machine)"
 	@echo "make lock       rewrite constraints.txt: every dependency pinned to the version in $(VENV)"
 	@echo "make venv       create $(VENV) and install the project with its test, card and bench extras"
+	@echo "make cluster-up    start a local three-node RabbitMQ cluster on loopback (state in $(CLUSTER_DIR)/)"
+	@echo "make cluster-down  stop the nodes that cluster-up started"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +44,17 @@ rabbitmq:
 
 pcscd:
 	@.ci/ensure-pcscd
+
+# A local three-node RabbitMQ cluster (tests/cluster.py): its own nodes, ports and cookie on
+# loopback, never the main node on 5672. `cluster-up` prints the three URLs and leaves the nodes
+# running (says so when they already are); `cluster-down` stops the nodes recorded in CLUSTER_DIR.
+CLUSTER_DIR ?= var/cluster
+
+cluster-up: $(FULL) rabbitmq
+	$(BIN)/python -m tests.cluster up --dir $(CLUSTER_DIR)
+
+cluster-down:
+	$(BIN)/python -m tests.cluster down --dir $(CLUSTER_DIR)
 
 demo: $(BASE)
 	$(BIN)/eeszt-gw demo

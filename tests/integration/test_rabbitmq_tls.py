@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,39 +29,14 @@ from eeszt_gw.amqp import TLS_EOF, BrokerTLSError, broker_parameters, open_conne
 from schemas.replies import is_final
 from simulator.pki import issue_certificate, make_ca, new_ec_key, write_pem
 from tests import samples
+from tests.cluster import free_dist_ports, node_env
+from tests.cluster import tool as _tool
 from tests.conftest import ROOT, free_port, start_workers
 from workers.middleware.audit_reader import read_audit
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 
 START_TIMEOUT_S = 60
-#: Debian's /usr/sbin/rabbitmq* wrappers switch to the user rabbitmq and write the main node's
-#: /var/log/rabbitmq/startup_log; the scripts behind them do neither.
-SBIN_DIRS = (Path("/usr/lib/rabbitmq/bin"),)
-
-
-def _tool(name: str) -> str:
-    for directory in SBIN_DIRS:
-        if (directory / name).is_file():
-            return str(directory / name)
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found: RabbitMQ is not installed (`make test` runs "
-                    ".ci/ensure-rabbitmq, which installs it)")
-    return found
-
-
-def _free_dist_port() -> int:
-    """A free port for Erlang distribution; rabbitmqctl then uses this + 10000..10010, which
-    must stay below 65536, so it is taken from 20000-29999 rather than the ephemeral range."""
-    for port in range(20000 + os.getpid() % 5000, 30000):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.fail("no free port in 20000-29999 for the TLS node's Erlang distribution")
 
 
 @dataclass
@@ -131,25 +104,6 @@ def _make_certificates(directory: Path) -> dict[str, Path]:
     return {name: write_pem(directory / f"{name}.pem", obj) for name, obj in files.items()}
 
 
-def _node_env(base: Path, node: str, dist_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RABBITMQ_", "ERL_")) and k != "HOME"}
-    env.update({
-        "HOME": str(base / "home"),  # its own Erlang cookie, shared by the node and our CLI calls
-        "RABBITMQ_NODENAME": node,
-        "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),  # not the main node's
-        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
-        "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),  # absent on purpose
-        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(base / "log"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-        "RABBITMQ_DIST_PORT": str(dist_port),
-        "ERL_EPMD_ADDRESS": "127.0.0.1",
-        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-    })
-    return env
-
-
 @pytest.fixture(scope="session")
 def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNode]:
     base = tmp_path_factory.mktemp("rabbitmq-tls")
@@ -168,7 +122,7 @@ def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNode]:
         f"ssl_options.keyfile = {certs['server_key']}\n"
         "ssl_options.verify = verify_peer\n"
         "ssl_options.fail_if_no_peer_cert = true\n")
-    env = _node_env(base, node, _free_dist_port())
+    env = node_env(base, node, free_dist_ports(1)[0])
     tls = TlsNode(node=node, port=port, base=base, env=env, ca=certs["ca"],
                   client_cert=certs["client_cert"], client_key=certs["client_key"],
                   other_ca=certs["other_ca"], foreign_cert=certs["foreign_cert"],
