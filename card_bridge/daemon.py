@@ -27,7 +27,8 @@ from schemas.card import (
     LoginMethod,
     workstation_queue,
 )
-from eeszt_gw.amqp import BrokerTLS, BrokerTLSError, broker_parameters, open_connection
+from eeszt_gw.amqp import (BrokerTLS, BrokerTLSError, BrokerUnreachable, broker_addresses,
+                           open_connection)
 from schemas.wire import LOGIN_ANSWER_KEY, LOGIN_EXCHANGE
 
 from .challenge import ChallengeVerifier, ForgedChallenge
@@ -101,9 +102,10 @@ class BridgeService:
     def __init__(self, *, bridge: Bridge, url: str, heartbeat_dir: Path,
                  presence: PresenceMonitor | None = None, tls: BrokerTLS | None = None) -> None:
         self.bridge = bridge
-        self.params = broker_parameters(url, tls)  # amqps://: verified TLS
-        self.params.heartbeat = 30
-        creds = self.params.credentials
+        # every broker address of url (comma-separated), tried in turn on each connect;
+        # amqps://: verified TLS
+        self.params = broker_addresses(url, tls, heartbeat=30)
+        creds = self.params[0].credentials  # the same user at every address
         self.broker_user = creds.username if isinstance(creds, pika.PlainCredentials) else None
         self.queue = workstation_queue(bridge.workstation)
         self.heartbeat = heartbeat_dir / f"bridge-{bridge.workstation}.json"
@@ -120,7 +122,8 @@ class BridgeService:
                 self.connected = False
                 self._beat()
                 log.warning("broker connection lost (%s); reconnecting",
-                            exc if isinstance(exc, BrokerTLSError) else type(exc).__name__)
+                            exc if isinstance(exc, (BrokerTLSError, BrokerUnreachable))
+                            else type(exc).__name__)
                 self.stop_event.wait(2.0)
         self.heartbeat.unlink(missing_ok=True)
 

@@ -38,10 +38,10 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from eeszt_gw.amqp import BrokerConfigError, BrokerTLS, broker_parameters
+from eeszt_gw.amqp import BrokerConfigError, BrokerTLS, broker_addresses
 
 __all__ = ["BrokerSettings", "CONFIG_ENV", "ENV_NOTE", "DEFAULT_BROKER_URL", "UsageError",
            "add_command", "add_settings",
@@ -51,6 +51,12 @@ S = TypeVar("S", bound=BaseSettings)
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 CONFIG_ENV = "EESZT_CONFIG"
+#: Settings that hold several values in one string, comma-separated: the flag may be repeated
+#: and the --config key may be a TOML list; either way the values are joined with commas.
+JOINED_LISTS: dict[str, str] = {
+    "broker_url": "several nodes of one broker: repeat the flag or separate the URLs with "
+                  "commas; each connect tries them in turn",
+}
 #: The sentence every command's description ends with.
 ENV_NOTE = ("Each setting is a flag, an environment variable (shown as [env: NAME]) or a key of "
             "the --config file; flags win over the environment, which wins over the file.")
@@ -104,14 +110,27 @@ class BrokerSettings(BaseSettings):
         except BrokerConfigError as exc:
             raise UsageError(f"broker: {exc}") from None
 
+    @field_validator("broker_url", mode="before")
+    @classmethod
+    def _join_urls(cls, value: object) -> object:
+        return _joined(value)
+
     def checked_broker_tls(self) -> BrokerTLS | None:
-        """:meth:`broker_tls`, after checking that URL and files can be used (no connection)."""
+        """:meth:`broker_tls`, after checking that every URL and the files can be used (no
+        connection)."""
         tls = self.broker_tls()
         try:
-            broker_parameters(self.broker_url, tls)
+            broker_addresses(self.broker_url, tls)
         except BrokerConfigError as exc:
             raise UsageError(f"broker: {exc}") from None
         return tls
+
+
+def _joined(value: object) -> object:
+    """A list of values (repeated flag, TOML list) as one comma-separated string."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v).strip() for v in value)
+    return value
 
 
 def flag_of(name: str) -> str:
@@ -148,6 +167,9 @@ def shown(value: Any) -> str | None:
 
 def _help(cls: type[BaseSettings], name: str, field: Any) -> str:
     text = (field.description or name.replace("_", " ")).rstrip(".")
+    if name in JOINED_LISTS:  # before a "(default: ...)" the description may end with
+        head, sep, tail = text.rpartition(" (default:")
+        text = f"{head if sep else text}; {JOINED_LISTS[name]}{sep}{tail if sep else ''}"
     if field.is_required():
         text += " (required)"
     else:
@@ -178,6 +200,8 @@ def add_settings(parser: argparse.ArgumentParser, cls: type[BaseSettings], *,
             kw["choices"] = [str(m.value) for m in kind]
         elif typing.get_origin(kind) is list:
             kw.update(action="append", metavar=name.upper().removesuffix("S") or name.upper())
+        elif name in JOINED_LISTS:
+            kw.update(action="append", metavar=_metavar(name, kind))
         elif kind in (int, float):
             kw["type"] = kind
         if "metavar" not in kw and "choices" not in kw and "action" not in kw:
@@ -266,13 +290,14 @@ def _suggest(key: str, known: Any) -> str:
 def load(cls: type[S], ns: argparse.Namespace, command: str) -> S:
     """The settings of this run: flags, then environment, then the ``--config`` file, then
     defaults. Raises UsageError naming each bad value's flag and where the value came from."""
-    flags = {k: v for k, v in vars(ns).items() if k in cls.model_fields}
+    flags = {k: _joined(v) if k in JOINED_LISTS else v
+             for k, v in vars(ns).items() if k in cls.model_fields}
     path = getattr(ns, "config", None) or os.environ.get(CONFIG_ENV) or None
     from_file = read_config_file(path, cls, command) if path else {}
     # an empty variable counts as unset where the class says so (env_ignore_empty)
     ignore_empty = cls.model_config.get("env_ignore_empty", False)
     environ = {k.upper() for k, v in os.environ.items() if v or not ignore_empty}
-    from_file = {k: v for k, v in from_file.items()
+    from_file = {k: _joined(v) if k in JOINED_LISTS else v for k, v in from_file.items()
                  if k not in flags and env_of(cls, k) not in environ}
     try:
         return cls(**{**from_file, **flags})

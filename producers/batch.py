@@ -8,7 +8,7 @@ outstanding confirms and reports them as a :class:`~producers.memory.BatchSummar
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from producers.errors import BrokerUnavailable
@@ -35,8 +35,8 @@ class BatchPublisher(_Base):
     (a lock makes misuse safe, not fast). Other parameters as for :class:`Publisher`.
     """
 
-    def __init__(self, *, url: str, max_in_flight: int = 256, connect_timeout: float = 5.0,
-                 retry_attempts: int = 5, retry_backoff: float = 0.2,
+    def __init__(self, *, url: str | Sequence[str], max_in_flight: int = 256,
+                 connect_timeout: float = 5.0, retry_attempts: int = 5, retry_backoff: float = 0.2,
                  declare_topology: bool = True, exchange: str = REQUESTS_EXCHANGE,
                  tls: BrokerTLS | None = None, set_user_id: bool = True,
                  queue_type: str = DEFAULT_QUEUE_TYPE) -> None:

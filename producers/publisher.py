@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -115,7 +115,7 @@ class _ConfirmChannel:
     everything still unconfirmed.
     """
 
-    def __init__(self, *, url: str, connect_timeout: float, retry_attempts: int,
+    def __init__(self, *, url: str | Sequence[str], connect_timeout: float, retry_attempts: int,
                  retry_backoff: float, declare: bool, exchange: str, name: str,
                  on_done: Callable[[_Outgoing], None] | None = None,
                  tls: BrokerTLS | None = None, set_user_id: bool = True,
@@ -301,7 +301,7 @@ class _ConfirmChannel:
 
 
 class _Base:
-    def __init__(self, *, url: str, connect_timeout: float, retry_attempts: int,
+    def __init__(self, *, url: str | Sequence[str], connect_timeout: float, retry_attempts: int,
                  retry_backoff: float, declare_topology: bool, exchange: str, name: str,
                  on_done: Callable[[_Outgoing], None] | None = None,
                  tls: BrokerTLS | None = None, set_user_id: bool = True,
@@ -331,6 +331,8 @@ class _Base:
 class Publisher(_Base):
     """Publish one request at a time and return once the broker has confirmed it.
 
+    ``url`` is one broker URL, or several nodes' comma-separated (``amqp://a,amqp://b``) or as
+    a list: each connect tries them in turn, starting after the one that answered last.
     Connects lazily on the first submit and reconnects by itself (``retry_attempts`` connects
     with exponential, jittered backoff from ``retry_backoff`` seconds). With
     ``declare_topology`` (the default) it declares the exchanges and work queues after each
@@ -343,8 +345,8 @@ class Publisher(_Base):
     quorum) is the type the work queues are declared with: the workers' ``--queue-type``.
     """
 
-    def __init__(self, *, url: str, connect_timeout: float = 5.0, retry_attempts: int = 5,
-                 retry_backoff: float = 0.2, declare_topology: bool = True,
+    def __init__(self, *, url: str | Sequence[str], connect_timeout: float = 5.0,
+                 retry_attempts: int = 5, retry_backoff: float = 0.2, declare_topology: bool = True,
                  exchange: str = REQUESTS_EXCHANGE, tls: BrokerTLS | None = None,
                  set_user_id: bool = True, queue_type: str = DEFAULT_QUEUE_TYPE) -> None:
         super().__init__(url=url, connect_timeout=connect_timeout, retry_attempts=retry_attempts,

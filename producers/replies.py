@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -75,7 +75,8 @@ class ReplyListener:
     consumer (tests, watching by hand). ``prefetch`` replies are buffered client-side. Connects
     on first use and reconnects by itself; replies not acked yet are redelivered after a
     reconnect. Not thread-safe: use it from one thread (``listen(stop=event)`` is how another
-    thread stops it). ``tls``: as for :class:`~producers.Publisher`.
+    thread stops it). ``url`` (one URL or several nodes') and ``tls``: as for
+    :class:`~producers.Publisher`.
 
     ``declare=False`` declares and binds nothing and only consumes ``queue``, which must exist:
     the way for a HIS user of ``deploy/rabbitmq/add-his-user``, which may read its own queue and
@@ -83,7 +84,7 @@ class ReplyListener:
     naming the queue.
     """
 
-    def __init__(self, url: str, *, routing_key: str, queue: str | None = None,
+    def __init__(self, url: str | Sequence[str], *, routing_key: str, queue: str | None = None,
                  durable: bool = True, prefetch: int = 100, connect_timeout: float = 5.0,
                  retry_attempts: int = 5, retry_backoff: float = 0.2,
                  tls: BrokerTLS | None = None, declare: bool = True,

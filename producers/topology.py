@@ -6,8 +6,9 @@ same arguments, or RabbitMQ closes the channel with ``PRECONDITION_FAILED``; tak
 ``schemas.wire.declaration_calls``. Declaring is
 idempotent, so every process declares at start-up and none depends on another having run first.
 
-:func:`connect` opens a ``pika.BlockingConnection`` with a bounded, jittered retry and turns
-pika's errors into :class:`~producers.errors.BrokerUnavailable`. :func:`safe_url`
+:func:`connect` opens a ``pika.BlockingConnection`` with a bounded, jittered retry, each attempt
+going round every broker address of the URL setting (``amqp://a,amqp://b``), and turns pika's
+errors into :class:`~producers.errors.BrokerUnavailable`. :func:`safe_url`
 (``eeszt_gw.amqp``) is the only form in which a broker URL may be logged (the password is
 masked).
 """
@@ -18,6 +19,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Final
 
 import pika
@@ -30,7 +32,9 @@ from eeszt_gw.amqp import (
     BrokerConfigError,
     BrokerTLS,
     BrokerTLSError,
-    broker_parameters,
+    BrokerUnreachable,
+    broker_addresses,
+    describe_error,
     open_connection,
     safe_url,
 )
@@ -145,26 +149,24 @@ def coalesce_writes(connection: pika.BlockingConnection) -> bool:
 
 
 def connection_parameters(url: str, *, connect_timeout: float, name: str,
-                          tls: BrokerTLS | None = None) -> pika.URLParameters:
-    """pika parameters for ``url`` with our timeouts; one attempt each (we retry ourselves).
-    ``amqps://`` is TLS with the broker's certificate verified (``eeszt_gw.amqp``).
+                          tls: BrokerTLS | None = None) -> list[pika.URLParameters]:
+    """pika parameters for each broker address of ``url`` (comma-separated URLs) with our
+    timeouts; one attempt each (we retry ourselves). ``amqps://`` is TLS with the broker's
+    certificate verified (``eeszt_gw.amqp``).
 
     Raises:
-        ProducerError: ``url`` is not an AMQP URL (the message does not repeat it), or the
-            TLS files cannot be used with it.
+        ProducerError: a URL is not an AMQP URL (the message does not repeat it), the URLs
+            mix amqp:// and amqps://, or the TLS files cannot be used with them.
     """
     try:
-        params = broker_parameters(url, tls)
+        # A blocked connection (broker memory or disk alarm) is closed after 60 s, which the
+        # publishers treat like any other connection loss.
+        return broker_addresses(url, tls, connection_attempts=1, socket_timeout=connect_timeout,
+                                stack_timeout=connect_timeout * 2,
+                                blocked_connection_timeout=60.0,
+                                client_properties={"connection_name": name})
     except BrokerConfigError as exc:
         raise ProducerError(str(exc)) from None
-    params.connection_attempts = 1
-    params.socket_timeout = connect_timeout
-    params.stack_timeout = connect_timeout * 2
-    # A blocked connection (broker memory or disk alarm) is closed after this long, which
-    # the publishers treat like any other connection loss.
-    params.blocked_connection_timeout = 60.0
-    params.client_properties = {"connection_name": name}
-    return params
 
 
 def _describe(exc: BaseException) -> str:
@@ -182,7 +184,7 @@ def refused_by_broker(exc: BaseException) -> bool:
 
 
 def connect(
-    url: str,
+    url: str | Sequence[str],
     *,
     connect_timeout: float = 5.0,
     retry_attempts: int = 5,
@@ -190,7 +192,8 @@ def connect(
     name: str = "eeszt-producer",
     tls: BrokerTLS | None = None,
 ) -> pika.BlockingConnection:
-    """Open a blocking connection, trying at most ``retry_attempts`` times.
+    """Open a blocking connection, trying at most ``retry_attempts`` times; each attempt tries
+    every address of ``url`` (comma-separated URLs) once, bounded by ``connect_timeout``.
 
     Called by the publishers and the reply listener on start and after every connection loss.
 
@@ -201,6 +204,7 @@ def connect(
             down).
         ProducerError: ``url`` is not an AMQP URL, or ``tls`` cannot be used with it.
     """
+    url = url if isinstance(url, str) else ",".join(url)
     params = connection_parameters(url, connect_timeout=connect_timeout, name=name, tls=tls)
     _install_redactor()
     attempts = max(1, retry_attempts)
@@ -224,6 +228,9 @@ def connect(
             # The connection dropped mid-handshake (a broker still starting up resets it), which
             # pika also reports as a probable denial: retried like any connection failure.
             last = _describe(exc)
+        except BrokerUnreachable as exc:
+            last = (describe_error(exc.failures[0][1]) if len(exc.failures) == 1
+                    else str(exc))
         except CONNECTION_ERRORS as exc:
             last = _describe(exc)
         log.warning("connect to %s failed (attempt %d of %d): %s",

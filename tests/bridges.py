@@ -35,7 +35,7 @@ from card_bridge.login import LocalCardClient, MobilTokenClient
 from card_bridge.errors import NoCard
 from card_bridge.prompt import ScriptedPrompt
 from schemas.card import CARD_EXCHANGE, CardAnswer, LoginMethod, workstation_queue
-from eeszt_gw.amqp import broker_parameters, open_connection
+from eeszt_gw.amqp import broker_addresses, open_connection
 from schemas.replies import is_final
 from schemas.wire import LOGIN_EXCHANGE, queue_arguments
 from simulator.card import InProcessCard
@@ -168,7 +168,7 @@ class WorkstationBridges:
         """The exchanges and workstation queues the bridges use, as the workers declare them
         (workers/topology.py, workers/logins/backends.py, the workers' ``queue_type``), so that
         bridges may start before the workers in a fresh vhost."""
-        conn = open_connection(broker_parameters(self.broker_url, self.tls))
+        conn = open_connection(broker_addresses(self.broker_url, self.tls))
         try:
             ch = conn.channel()
             ch.exchange_declare(CARD_EXCHANGE, "direct", durable=True)

@@ -37,7 +37,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import ShutdownNotifications, TimeLimit
 
 from schemas.card import LOGIN_ANSWERS_QUEUE
-from eeszt_gw.amqp import BrokerTLS, broker_parameters
+from eeszt_gw.amqp import BrokerTLS, broker_addresses, in_order
 from schemas.services import SERVICE_OF_FAMILY
 from schemas.wire import DEFAULT_QUEUE_TYPE, H_TYPE, queue_arguments
 
@@ -203,6 +203,17 @@ class GatewayBroker(RabbitmqBroker):
     queue_type: str = DEFAULT_QUEUE_TYPE
 
     @property
+    def parameters(self) -> Any:
+        """The broker addresses for pika, which tries a list in its order: each connect gets
+        them starting after the one that answered last in this process (``eeszt_gw.amqp``)."""
+        found = self._parameters
+        return in_order(found) if isinstance(found, list) and len(found) > 1 else found
+
+    @parameters.setter
+    def parameters(self, value: Any) -> None:
+        self._parameters = value
+
+    @property
     def consumer_class(self):
         return _GatewayConsumer
 
@@ -227,12 +238,15 @@ def middleware(time_limit_ms: int) -> list:
 def rabbit_broker(url: str, *, tls: BrokerTLS | None = None,
                   time_limit_ms: int = 10 * 60 * 1000,
                   queue_type: str = DEFAULT_QUEUE_TYPE) -> GatewayBroker:
-    """The workers' broker; ``amqps://`` is verified TLS (``eeszt_gw.amqp``).
+    """The workers' broker on every address of ``url`` (comma-separated URLs: the nodes of one
+    broker, tried in turn); ``amqps://`` is verified TLS (``eeszt_gw.amqp``).
     Raises BrokerConfigError."""
-    broker = GatewayBroker(url=url, confirm_delivery=True, middleware=middleware(time_limit_ms))
-    # dramatiq parses the URL with pika alone: no hostname check, no client certificate.
-    # Its consumers and publishers connect with broker.parameters.
-    broker.parameters = broker_parameters(url, tls)
+    addresses = broker_addresses(url, tls)
+    # Not dramatiq's own URL parsing: pika alone, no hostname check, no client certificate,
+    # no commas. Its consumers and publishers connect with broker.parameters, a list.
+    broker = GatewayBroker(parameters=[], confirm_delivery=True,
+                           middleware=middleware(time_limit_ms))
+    broker.parameters = addresses
     broker.queue_type = queue_type
     return broker
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, ContextManager, Iterator, Protocol
 import pika
 import pika.exceptions
 
-from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection
+from eeszt_gw.amqp import BrokerTLS, broker_addresses, open_connection
 from schemas.replies import Accepted, Failed, Rejected, StatusUpdate
 from schemas.wire import (
     DEAD_LETTER_QUEUE,
@@ -106,9 +106,8 @@ class RabbitOutbox:
 
     def __init__(self, *, url: str, attempts: int = 5, backoff_s: float = 0.2,
                  tls: BrokerTLS | None = None, queue_type: str = DEFAULT_QUEUE_TYPE) -> None:
-        self.params = broker_parameters(url, tls)
-        self.params.heartbeat = 60
-        self.params.blocked_connection_timeout = 30
+        # every broker address of url (comma-separated), tried in turn on each connect
+        self.params = broker_addresses(url, tls, heartbeat=60, blocked_connection_timeout=30)
         self.attempts = attempts
         self.backoff_s = backoff_s
         self._local = threading.local()
@@ -120,7 +119,7 @@ class RabbitOutbox:
     @property
     def user_id(self) -> str | None:
         """The ``user_id`` of what this outbox republishes (see :func:`plain_user`)."""
-        return plain_user(self.params)
+        return plain_user(self.params[0])  # the same user at every address (eeszt_gw.amqp)
 
     def _channel(self):
         ch = getattr(self._local, "channel", None)

@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from schemas.card import LOGIN_ANSWERS_QUEUE
-from eeszt_gw.amqp import BrokerTLS, BrokerTLSError, broker_parameters, open_connection
+from eeszt_gw.amqp import (BrokerTLS, BrokerTLSError, BrokerUnreachable, broker_addresses,
+                           open_connection)
 from schemas.wire import DEFAULT_QUEUE_TYPE, QUEUE_CLASSES
 
 from .middleware.audit import RabbitAuditLog
@@ -55,8 +56,9 @@ def setup_logging(level: str) -> None:
 
 def declare_topology(url: str, tls: BrokerTLS | None = None,
                      queue_type: str = DEFAULT_QUEUE_TYPE) -> None:
-    """Declare the workers' topology. Raises BrokerTLSError, pika and socket errors."""
-    conn = open_connection(broker_parameters(url, tls))
+    """Declare the workers' topology on the first of ``url``'s broker addresses that answers.
+    Raises BrokerTLSError, BrokerUnreachable, pika and socket errors."""
+    conn = open_connection(broker_addresses(url, tls))
     try:
         declare(conn.channel(), queue_type)
     finally:
@@ -86,7 +88,7 @@ def worker_main(settings: WorkerSettings, slot: int = 0) -> None:
     tls = settings.broker_tls()
     try:
         declare_topology(settings.broker_url, tls, settings.queue_type)
-    except BrokerTLSError as exc:
+    except (BrokerTLSError, BrokerUnreachable) as exc:
         log.error("%s", exc)  # one clear line; the supervisor restarts this process later
         raise SystemExit(3) from None
     broker = rabbit_broker(settings.broker_url, tls=tls, queue_type=settings.queue_type)

@@ -37,7 +37,7 @@ import pika.exceptions
 from pydantic import ValidationError
 
 from schemas.audit import AuditEvent, AuditKind, mask_text
-from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection
+from eeszt_gw.amqp import BrokerTLS, broker_addresses, open_connection
 from eeszt_gw.config import UsageError
 from schemas.envelope import RequestEnvelope
 from schemas.replies import GW_TENANT
@@ -55,13 +55,13 @@ class DeadLetterQueue:
     """A connection that browses ``eeszt.dlq``; :meth:`close` requeues what was not removed."""
 
     def __init__(self, url: str, tls: BrokerTLS | None = None) -> None:
-        params = broker_parameters(url, tls)
-        params.socket_timeout = params.blocked_connection_timeout = 10
+        # every broker address of url (comma-separated), tried in turn
+        params = broker_addresses(url, tls, socket_timeout=10, blocked_connection_timeout=10)
         self.conn = open_connection(params)
         self.channel = self.conn.channel()
         # replays carry the operator's broker user as user_id (RabbitMQ checks it): a worker
         # with --tenants strict refuses requests without one (workers/tenants.py)
-        creds = params.credentials
+        creds = params[0].credentials  # the same user at every address (eeszt_gw.amqp)
         self.user_id = creds.username if isinstance(creds, pika.PlainCredentials) else None
         self._publisher = None
         self._outstanding: set[int] = set()

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pika.exceptions
 
-from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection, safe_url
+from eeszt_gw.amqp import BrokerTLS, broker_addresses, open_connection, safe_url, split_urls
 from schemas.soap import OPERATION_OF
 from schemas.strict_json import read_object
 from schemas.wire import H_CODE, H_FIRST_SEEN, H_TYPE
@@ -93,11 +93,9 @@ class BrokerView:
     """Read-only looks at the broker over one connection. A context manager."""
 
     def __init__(self, url: str, *, timeout_s: float = 5.0, tls: BrokerTLS | None = None) -> None:
-        params = broker_parameters(url, tls)
-        params.connection_attempts = 1
-        params.socket_timeout = timeout_s
-        params.stack_timeout = timeout_s * 2
-        params.blocked_connection_timeout = timeout_s
+        # every broker address of url (comma-separated), tried in turn
+        params = broker_addresses(url, tls, connection_attempts=1, socket_timeout=timeout_s,
+                                  stack_timeout=timeout_s * 2, blocked_connection_timeout=timeout_s)
         try:
             self.conn = open_connection(params)
         except (pika.exceptions.AMQPError, OSError) as exc:
@@ -183,9 +181,10 @@ def rabbitmqctl_queue_names(url: str, run: Callable[..., Any] = subprocess.run) 
     """Queue names of the URL's vhost from ``rabbitmqctl``, or None when it cannot say.
 
     Only for a broker on this host: ``rabbitmqctl`` talks to the local node, which is not the
-    broker of a remote URL.
+    broker of a remote URL. Of several URLs (comma-separated), the first on this host counts.
     """
-    if not _is_local(url) or shutil.which("rabbitmqctl") is None:
+    url = next((u for u in split_urls(url) if _is_local(u)), "")
+    if not url or shutil.which("rabbitmqctl") is None:
         return None
     try:
         done = run(["rabbitmqctl", "-q", "list_queues", "-p", vhost_of(url), "name",

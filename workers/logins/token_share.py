@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from lxml import etree
 
-from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection
+from eeszt_gw.amqp import BrokerTLS, broker_addresses, open_connection
 from schemas.wire import TOKENS_EXCHANGE
 
 from .token_type import Token
@@ -106,7 +106,7 @@ class RabbitTokenShare:
     def __init__(self, *, url: str, key_b64: str,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  tls: BrokerTLS | None = None) -> None:
-        self.params = broker_parameters(url, tls)
+        self.params = broker_addresses(url, tls)  # tried in turn on each connect
         self.key = base64.b64decode(key_b64)
         if len(self.key) != 32:
             raise ValueError("token_key must be 32 bytes, base64-encoded")

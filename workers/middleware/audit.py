@@ -53,7 +53,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.audit import AuditEvent, AuditKind, AuditStep
-from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection
+from eeszt_gw.amqp import BrokerTLS, broker_addresses, open_connection
 
 log = logging.getLogger("eeszt_gw.audit")
 
@@ -175,13 +175,11 @@ def decode_batch(body: bytes) -> Iterator[AuditEvent]:
             log.warning("skipped an unreadable audit line: %s", type(exc).__name__)
 
 
-def _params(url: str, tls: BrokerTLS | None = None) -> pika.URLParameters:
-    params = broker_parameters(url, tls)
-    params.heartbeat = 60
-    params.blocked_connection_timeout = 30  # a blocked broker (memory alarm) must not hang us
-    params.socket_timeout = 10
-    params.connection_attempts = 1
-    return params
+def _params(url: str, tls: BrokerTLS | None = None) -> list[pika.URLParameters]:
+    """Every broker address of ``url`` (comma-separated), for :func:`open_connection`."""
+    # a blocked broker (memory alarm) must not hang us
+    return broker_addresses(url, tls, heartbeat=60, blocked_connection_timeout=30,
+                            socket_timeout=10, connection_attempts=1)
 
 
 def declare_stream(channel, retention: StreamRetention, queue: str = AUDIT_QUEUE):

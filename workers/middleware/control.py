@@ -42,7 +42,7 @@ import pika
 import pika.exceptions
 
 from schemas.card import LOGIN_ANSWERS_QUEUE
-from eeszt_gw.amqp import BrokerTLS, broker_parameters, open_connection
+from eeszt_gw.amqp import BrokerTLS, broker_addresses, open_connection
 from schemas.soap import OPERATION_OF, SERVICES
 
 log = logging.getLogger("eeszt_gw.control")
@@ -193,8 +193,7 @@ class ControlResponder:
                  login_waits: Callable[[], list[str]] | None = None,
                  breakers: Callable[[], list[dict[str, Any]]] | None = None,
                  exchange: str = CONTROL_EXCHANGE, tls: BrokerTLS | None = None) -> None:
-        self.params = broker_parameters(url, tls)
-        self.params.connection_attempts = 1
+        self.params = broker_addresses(url, tls, connection_attempts=1)  # tried in turn
         self.in_flight = in_flight
         self.info = dict(info or {})
         self.login_waits = login_waits
