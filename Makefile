@@ -99,6 +99,7 @@ bench: $(FULL) rabbitmq
 		--json $(BENCH_OUT)/scaling.json --png $(BENCH_OUT)/scaling.png
 	$(BIN)/eeszt-gw bench memory --n $(BENCH_MEMORY_N) \
 		--json $(BENCH_OUT)/memory.json --png $(BENCH_OUT)/memory.png
+	$(BIN)/eeszt-gw bench cluster --json $(BENCH_OUT)/cluster.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

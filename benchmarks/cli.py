@@ -116,6 +116,14 @@ def _bench_memory(ns: argparse.Namespace) -> int:
                       json_out=_path(ns.json), png_out=_path(ns.png), keep=ns.keep)
 
 
+def _bench_cluster(ns: argparse.Namespace) -> int:
+    from .cluster import run_cluster
+
+    return run_cluster(n=ns.n, batch_n=ns.batch_n, in_flight=ns.in_flight,
+                       processes=ns.processes, threads=ns.threads, stall_s=ns.stall_s,
+                       json_out=_path(ns.json), keep=ns.keep)
+
+
 def _queue_types(text: str) -> list[str]:
     names = _names(text)
     bad = [x for x in names if x not in ("classic", "quorum")]
@@ -228,4 +236,28 @@ def _add_bench_throughput(psub) -> None:
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
     outputs(p)
     p.set_defaults(func=_bench_memory)
+
+    p = psub.add_parser(
+        "cluster", formatter_class=fmt,
+        help="quorum queues on a local three-node cluster beside the single node: confirmed "
+             "publish and gateway drain rates",
+        description="Start a local three-node RabbitMQ cluster (tests/cluster.py: its own nodes, "
+                    "ports and cookie on loopback, stopped at the end, also on failure), then on "
+                    "quorum work queues, in a fresh vhost on the main node and one on the "
+                    "cluster: the confirmed publish rate of BatchPublisher (--batch-n messages), "
+                    "and the gateway draining --n care events into a fresh simulator at 20 ms "
+                    "(the workers get all three addresses on the cluster). Prints one node, the "
+                    "cluster and their ratio. The cluster's nodes share this host's cores." + needs)
+    p.add_argument("--n", type=int, default=10_000, help="care events drained per broker")
+    p.add_argument("--batch-n", type=int, default=20_000,
+                   help="messages in the confirmed publish test")
+    p.add_argument("--in-flight", type=int, default=256, help="BatchPublisher's confirm window")
+    p.add_argument("--processes", type=int, default=2, help="gateway worker processes")
+    p.add_argument("--threads", type=int, default=64, help="threads per worker process")
+    p.add_argument("--stall-s", type=float, default=60.0,
+                   help="give a drain up after this long without a new record")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the work folder (logs, databases, the cluster's node folders)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.set_defaults(func=_bench_cluster)
 

@@ -169,10 +169,14 @@ def wait_drain(sampler: Sampler, expected: int, *, stall_s: float, alive: Callab
 def run_drain(kind: str, *, events: Sequence[tuple[str, bytes, dict[str, Any], str]],
               latency_ms: float, processes: int, threads: int, pki_dir: Path, work: Path,
               stall_s: float = 60.0, console: Any = None,
-              queue_type: str = DEFAULT_QUEUE_TYPE) -> DrainResult:
+              queue_type: str = DEFAULT_QUEUE_TYPE, make_vhost: Callable[..., Vhost] = Vhost,
+              broker_processes: Callable[[], list[psutil.Process]] | None = None) -> DrainResult:
     """One pipeline draining ``events`` into a fresh simulator at ``latency_ms``; see the
     module docstring for what is measured. ``queue_type`` is the work queues' type, and the
-    vhost's default type (for the naive peer, whose dramatiq declares no type)."""
+    vhost's default type (for the naive peer, whose dramatiq declares no type).
+    ``make_vhost(tag, default_queue_type=...)`` makes the run's vhost (another broker's, e.g.
+    a local cluster's) and ``broker_processes`` lists that broker's VMs for the CPU figures
+    (default: the main node's ``beam.smp``)."""
     n = len(events)
     sim = start_simulator(pki_dir, work, latency_ms=latency_ms)
     pipeline = None
@@ -180,7 +184,7 @@ def run_drain(kind: str, *, events: Sequence[tuple[str, bytes, dict[str, Any], s
     try:
         if sim.record_count():
             raise RuntimeError(f"the simulator's database {sim.db} is not empty")
-        with Vhost(kind, default_queue_type=queue_type) as vhost:
+        with make_vhost(kind, default_queue_type=queue_type) as vhost:
             if kind == "naive":
                 publish_s = publish_naive(vhost.url, events)
             else:
@@ -188,7 +192,8 @@ def run_drain(kind: str, *, events: Sequence[tuple[str, bytes, dict[str, Any], s
             beam = broker_process()
             sampler = Sampler({"worker": lambda: pipeline.processes() if pipeline else [],
                                "simulator": sim.processes,
-                               "broker": lambda: [beam] if beam else []}, sim.record_count)
+                               "broker": broker_processes or (lambda: [beam] if beam else [])},
+                              sim.record_count)
             pipeline = STARTERS[kind](url=vhost.url, sim=sim, pki_dir=pki_dir, work=work,
                                       processes=processes, threads=threads,
                                       queue_type=queue_type)

@@ -42,31 +42,38 @@ def pct(values: Sequence[float], q: float) -> float:
 
 
 # --- RabbitMQ vhost -------------------------------------------------------------------------------
+def _local_ctl(*args: str, check: bool = True) -> None:
+    """``rabbitmqctl -q args`` against this host's default node (the main one)."""
+    subprocess.run(["rabbitmqctl", "-q", *args], check=check, capture_output=True, timeout=120)
+
+
 class Vhost:
     """A fresh vhost for one run (``rabbitmqctl add_vhost``), deleted on exit. Only this
-    vhost is ever touched."""
+    vhost is ever touched. By default on the main node (:data:`RABBIT_HOSTPORT`); another
+    broker (a local cluster) gives its ``hostports`` (``url`` lists them all, comma-separated)
+    and ``ctl(*args, check=...)``, its own rabbitmqctl (node name, cookie)."""
 
-    def __init__(self, tag: str = "run", default_queue_type: str | None = None) -> None:
+    def __init__(self, tag: str = "run", default_queue_type: str | None = None, *,
+                 hostports: Sequence[str] = (RABBIT_HOSTPORT,),
+                 ctl: Callable[..., Any] = _local_ctl) -> None:
         self.name = f"eeszt-bench-{os.getpid()}-{tag}-{uuid.uuid4().hex[:6]}"
         self.default_queue_type = default_queue_type
+        self.hostports, self.ctl = tuple(hostports), ctl
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@{RABBIT_HOSTPORT}/{self.name}"
+        return ",".join(f"amqp://guest:guest@{hp}/{self.name}" for hp in self.hostports)
 
     def __enter__(self) -> "Vhost":
-        add = ["rabbitmqctl", "-q", "add_vhost", self.name]
+        add = ["add_vhost", self.name]
         if self.default_queue_type:  # what queues declared without x-queue-type become
             add += ["--default-queue-type", self.default_queue_type]
-        for cmd in (add,
-                    ["rabbitmqctl", "-q", "set_permissions", "-p", self.name, "guest", ".*", ".*",
-                     ".*"]):
-            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        self.ctl(*add)
+        self.ctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.name], capture_output=True,
-                       timeout=120)
+        self.ctl("delete_vhost", self.name, check=False)
 
 
 def rabbit_ready() -> bool:
@@ -78,11 +85,23 @@ def rabbit_ready() -> bool:
         return False
 
 
+def _local_cluster_node(p: psutil.Process) -> bool:
+    """``p`` is a node of a local cluster (tests/cluster.py starts them with
+    RABBITMQ_NODENAME=eeszt-c<k>-<id>@localhost; the name is not on their command line)."""
+    try:
+        return p.environ().get("RABBITMQ_NODENAME", "").startswith("eeszt-c")
+    except psutil.Error:  # another user's VM: the main node runs as rabbitmq
+        return False
+
+
 def broker_process() -> psutil.Process | None:
-    """RabbitMQ's Erlang VM on this host (``beam.smp``), or None."""
+    """RabbitMQ's Erlang VM on this host (``beam.smp`` booting rabbit, not a rabbitmqctl
+    VM), or None; never a node of a local cluster."""
     for p in psutil.process_iter(["name", "cmdline"]):
         try:
-            if p.info["name"] == "beam.smp" and "rabbit" in " ".join(p.info["cmdline"] or ()):
+            cmdline = " ".join(p.info["cmdline"] or ())
+            if p.info["name"] == "beam.smp" and "-s rabbit boot" in cmdline \
+                    and not _local_cluster_node(p):
                 return p
         except (psutil.Error, TypeError):
             continue

@@ -309,6 +309,20 @@ class LocalCluster:
     def url(self, i: int, vhost: str = "/") -> str:
         return f"{self.urls[i].rsplit('/', 1)[0]}/{urllib.parse.quote(vhost, safe='')}"
 
+    def url_list_for(self, vhost: str = "/") -> str:
+        """Every node's URL for ``vhost``, comma-joined (one value of ``--broker-url``)."""
+        return ",".join(self.url(i, vhost) for i in range(len(self.nodes)))
+
+    def add_vhost(self, vhost: str, default_queue_type: str | None = None) -> None:
+        """Create ``vhost`` (through the first running node) with guest's full permissions."""
+        extra = ("--default-queue-type", default_queue_type) if default_queue_type else ()
+        self.ctl(None, "add_vhost", vhost, *extra)
+        self.ctl(None, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+
+    def delete_vhost(self, vhost: str) -> None:
+        """Delete ``vhost`` and everything in it (through the first running node), if it exists."""
+        self.ctl(None, "delete_vhost", vhost, timeout=120, check=False)
+
     def node_index(self, node_name: str) -> int:
         return [node.name for node in self.nodes].index(node_name)
 

@@ -95,6 +95,23 @@ def forget_logins(broker_url: str) -> list[str]:
     return names
 
 
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A local three-node RabbitMQ cluster (tests/cluster.py) for the session's cluster tests;
+    every node is stopped at the end, also when a test fails. The main node is never touched."""
+    from tests.cluster import ClusterError, LocalCluster
+
+    try:
+        local = LocalCluster.start(tmp_path_factory.mktemp("cluster"), n=3)
+    except ClusterError as exc:
+        pytest.fail(f"the local RabbitMQ cluster did not form:\n{exc}", pytrace=False)
+    try:
+        yield local
+    finally:
+        local.stop()
+        assert local.running() == [], "a cluster node outlived the session"
+
+
 @dataclass
 class WorkerPool:
     proc: subprocess.Popen

@@ -14,9 +14,11 @@ from pathlib import Path
 import pika
 import pika.exceptions
 
+from eeszt_gw.amqp import broker_addresses, open_connection
 from producers.generate import generate
 from producers.batch import BatchPublisher
 from schemas.envelope import RequestEnvelope
+from schemas.wire import queue_arguments
 
 SCALE = max(1, int(os.environ.get("EESZT_FAULT_SCALE", "1")))
 RESULTS: list[str] = []
@@ -61,8 +63,11 @@ def requests(n: int, reply_to: str, *, seed: int = 1) -> list[RequestEnvelope]:
 class Replies:
     """Follows one HIS reply queue in a thread, reconnecting through broker restarts."""
 
-    def __init__(self, url: str, key: str) -> None:
-        self.url, self.key = url, key
+    def __init__(self, url: str, key: str, queue_type: str | None = None) -> None:
+        # url: one URL or several, comma-separated (a cluster's nodes); queue_type "quorum"
+        # keeps the reply queue when the node that hosts a classic one dies (None: the
+        # vhost's default type).
+        self.url, self.key, self.queue_type = url, key, queue_type
         self.finals: dict[str, dict] = {}
         self.all_finals: list[dict] = []  # every final reply delivered, repeats included
         self.conflicts: list[tuple[dict, dict]] = []
@@ -77,9 +82,11 @@ class Replies:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                conn = pika.BlockingConnection(pika.URLParameters(self.url))
+                conn = open_connection(broker_addresses(self.url))
                 ch = conn.channel()
-                ch.queue_declare(f"{self.key}.replies", durable=True)
+                ch.queue_declare(f"{self.key}.replies", durable=True,
+                                 arguments=queue_arguments(self.queue_type)
+                                 if self.queue_type else None)
                 ch.queue_bind(f"{self.key}.replies", "eeszt.replies", routing_key=self.key)
                 self._ready.set()
                 for method, _p, body in ch.consume(f"{self.key}.replies", inactivity_timeout=0.5):

@@ -10,33 +10,20 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import pika
 import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from tests.cluster import ClusterError, LocalCluster
+from tests.cluster import ClusterError
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq, pytest.mark.cluster]
+# ``cluster``: the session's three-node cluster (tests/conftest.py)
 
 N = 3
 MESSAGES = 100  # published with confirms before the leader's node is stopped
 QUORUM = {"x-queue-type": "quorum"}
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    try:
-        local = LocalCluster.start(tmp_path_factory.mktemp("cluster"), n=N)
-    except ClusterError as exc:
-        pytest.fail(f"the local RabbitMQ cluster did not form:\n{exc}", pytrace=False)
-    try:
-        yield local
-    finally:
-        local.stop()
-        assert local.running() == [], "a cluster node outlived the test module"
 
 
 def _channel(url: str) -> tuple[pika.BlockingConnection, BlockingChannel]:
@@ -101,6 +88,17 @@ def _wait_for(what: str, condition, timeout: float = 90) -> float:
         time.sleep(0.2)
 
 
+def _quorum_queue(url: str, prefix: str) -> str:
+    """Declare a fresh quorum queue through the node at ``url``; its name."""
+    queue = f"{prefix}.{uuid.uuid4().hex[:8]}"
+    conn, ch = _channel(url)
+    try:
+        ch.queue_declare(queue, durable=True, arguments=QUORUM)
+    finally:
+        conn.close()
+    return queue
+
+
 def test_three_nodes_run_and_a_quorum_queue_has_a_member_on_each(cluster):
     names = sorted(node.name for node in cluster.nodes)
     # Given the cluster, every node sees the same three running nodes,
@@ -114,12 +112,7 @@ def test_three_nodes_run_and_a_quorum_queue_has_a_member_on_each(cluster):
         conn.close()
     assert cluster.url_list.split(",") == cluster.urls
     # When a quorum queue is declared through one node,
-    queue = f"cluster.members.{uuid.uuid4().hex[:8]}"
-    conn, ch = _channel(cluster.urls[1])
-    try:
-        ch.queue_declare(queue, durable=True, arguments=QUORUM)
-    finally:
-        conn.close()
+    queue = _quorum_queue(cluster.urls[1], "cluster.members")
     # Then it has a member on each of the three nodes, all online, one of them its leader.
     row = cluster.queues()[queue]
     assert row["type"] == "quorum"
@@ -134,13 +127,8 @@ def test_three_nodes_run_and_a_quorum_queue_has_a_member_on_each(cluster):
 
 def test_stopping_the_leaders_node_moves_the_leader_and_loses_no_confirmed_message(cluster):
     names = sorted(node.name for node in cluster.nodes)
-    queue = f"cluster.failover.{uuid.uuid4().hex[:8]}"
     # Given a quorum queue with 100 messages published with confirms,
-    conn, ch = _channel(cluster.urls[0])
-    try:
-        ch.queue_declare(queue, durable=True, arguments=QUORUM)
-    finally:
-        conn.close()
+    queue = _quorum_queue(cluster.urls[0], "cluster.failover")
     before = [f"before-{k}".encode() for k in range(MESSAGES)]
     _publish_confirmed(cluster.urls[0], queue, before)
     old_leader = cluster.leader_of(queue)

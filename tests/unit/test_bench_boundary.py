@@ -11,7 +11,7 @@ from eeszt_gw.cli import BENCH_EXTRA, main
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("eeszt_gw", "workers", "schemas", "producers", "card_bridge", "simulator")
-SCENARIOS = ("card-login", "codepath", "publish", "batch", "scaling", "memory")
+SCENARIOS = ("card-login", "codepath", "publish", "batch", "scaling", "memory", "cluster")
 
 
 def _imports_of_benchmarks(path: Path) -> list[str]:
