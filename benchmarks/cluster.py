@@ -75,7 +75,7 @@ def _cpu_s(procs: Sequence[psutil.Process]) -> float:
             t = p.cpu_times()
             total += t.user + t.system
         except psutil.Error:
-            pass
+            pass  # the process has ended: it adds no more CPU
     return total
 
 

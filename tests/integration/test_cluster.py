@@ -68,7 +68,7 @@ def _drain(url: str, queue: str, expected: int, timeout: float = 60) -> list[byt
                 if conn.is_open:
                     conn.close()
         except (pika.exceptions.AMQPError, OSError):
-            pass
+            pass  # that node is down or went down: try again through the next one
         if len(got) < expected:
             time.sleep(0.1)
     return got
