@@ -172,8 +172,9 @@ def test_leader_loss(cluster, cvhost, simulator, tmp_path):
     assert_all_accepted(replies, n, simulator, pool, v)
 
 
-@pytest.mark.skip(reason="open: through a rolling restart of the three nodes, 7 of 5,000 requests "
-                         "got no final reply (lost 7, duplicates 0); where they went is not found yet")
+@pytest.mark.skip(reason="open: passed alone (lost 0, duplicates 0, 65 s), but lost 7 of 5,000 "
+                         "when a second three-node cluster ran on the same 2 cores; kept out of "
+                         "make test until it is shown stable")
 def test_rolling_restart(cluster, cvhost, simulator, tmp_path):
     v, n = cvhost, N_LOAD
     replies, pool, reqs = load_on(v, simulator, tmp_path, "rolling", 22)
@@ -204,7 +205,7 @@ def test_rolling_restart(cluster, cvhost, simulator, tmp_path):
     assert_all_accepted(replies, n, simulator, pool, v)
 
 
-@pytest.mark.skip(reason="open: written, not yet run to completion on the cluster")
+@pytest.mark.skip(reason="open: timed out at 300 s in its one run alone; not yet looked into")
 def test_publisher_on_dying_node(cluster, cvhost, simulator, tmp_path):
     v, n = cvhost, N_PUBLISH
     key = f"his.dying.{uuid.uuid4().hex[:6]}"
@@ -261,7 +262,9 @@ def test_publisher_on_dying_node(cluster, cvhost, simulator, tmp_path):
     assert all(f["kind"] == "accepted" for f in replies.finals.values())
 
 
-@pytest.mark.skip(reason="open: written, not yet run to completion on the cluster")
+@pytest.mark.skip(reason="open: a real gap: with the node holding the doctor's login marker and "
+                         "wait queue stopped mid-login, 1 PIN prompt, but 0 of 5 waiting requests "
+                         "answered (lost 5) in its one run")
 def test_card_login_node_loss(cluster, cvhost, simulator, tmp_path):
     v = cvhost
     user, ws, n = "O10001", "WS-01", 5
