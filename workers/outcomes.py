@@ -62,7 +62,7 @@ class Observer(Protocol):
 
 class _NullObserver:
     def outcome(self, service: str, kind: str, request: RequestEnvelope | None) -> None:
-        pass
+        """Nobody is watching (no metrics, no demo table): the outcome is only settled."""
 
 
 class Outcomes:
