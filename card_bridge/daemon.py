@@ -3,7 +3,9 @@
 Challenges are handled one at a time (a workstation has one card) on a helper thread, while the
 broker connection keeps pumping heartbeats. The answer is published (confirmed) before the
 challenge is acknowledged, so a crash mid-login leads to the challenge coming back, not to a
-lost answer. Nothing secret is logged: not the PIN, not the package, not the rID.
+lost answer. When only the broker connection is lost mid-login (its node died), the login goes
+on and its answer is sent on the next connection; the challenge's copy that comes back is then
+acknowledged without asking the doctor again. Nothing secret is logged: not the PIN, not the package, not the rID.
 """
 
 from __future__ import annotations
@@ -111,6 +113,12 @@ class BridgeService:
         self.heartbeat = heartbeat_dir / f"bridge-{bridge.workstation}.json"
         self.presence = presence
         self.connected = False
+        #: a login that outlived its broker connection (the node died while the doctor typed):
+        #: (challenge id, handler thread, its result); then its answer until confirmed; then
+        #: the id of the challenge last answered, whose copy comes back unacknowledged
+        self._login: tuple[str | None, threading.Thread, list] | None = None
+        self._unsent: tuple[str | None, CardAnswer] | None = None
+        self._answered: str | None = None
         self.stop_event = threading.Event()
 
     def run(self) -> None:
@@ -146,6 +154,7 @@ class BridgeService:
             ch.confirm_delivery()
             ch.basic_qos(prefetch_count=1)
             self.connected = True
+            self._finish_carried(conn, ch)
             log.info("card bridge for %s listening on %s", self.bridge.workstation, self.queue)
             last_beat = 0.0
             for method, _props, body in ch.consume(self.queue, inactivity_timeout=0.5):
@@ -156,16 +165,14 @@ class BridgeService:
                     break
                 if method is None:
                     continue
-                answer = self._handle_pumping(conn, body)
-                if answer is not None:
-                    # user_id: RabbitMQ checks it is this connection's user, so the workers
-                    # know which bridge answered (deploy/rabbitmq/add-bridge-user: bridge-<WS>).
-                    ch.basic_publish(LOGIN_EXCHANGE, LOGIN_ANSWER_KEY,
-                                     answer.model_dump_json().encode(),
-                                     pika.BasicProperties(delivery_mode=2,
-                                                          content_type="application/json",
-                                                          user_id=self.broker_user),
-                                     mandatory=True)
+                cid = challenge_id_of(body)
+                if cid is None or cid != self._answered:
+                    answer = self._handle_pumping(conn, body, cid)
+                    if answer is not None:
+                        self._unsent = (cid, answer)
+                        self._send(ch, cid, answer)
+                # else: a challenge answered on the connection before, whose ack that connection
+                # took with it (_finish_carried): acknowledge it, do not ask the doctor again
                 ch.basic_ack(method.delivery_tag)
             ch.cancel()
         finally:
@@ -173,15 +180,43 @@ class BridgeService:
             if conn.is_open:
                 conn.close()
 
-    def _handle_pumping(self, conn: pika.BlockingConnection, body: bytes) -> CardAnswer | None:
-        """Run the (slow: the doctor types a PIN) handler while the connection stays alive."""
+    def _send(self, ch, cid: str | None, answer: CardAnswer) -> None:
+        # user_id: RabbitMQ checks it is this connection's user, so the workers know which
+        # bridge answered (deploy/rabbitmq/add-bridge-user: bridge-<WS>).
+        ch.basic_publish(LOGIN_EXCHANGE, LOGIN_ANSWER_KEY, answer.model_dump_json().encode(),
+                         pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                              user_id=self.broker_user),
+                         mandatory=True)
+        self._unsent, self._answered = None, cid
+
+    def _handle_pumping(self, conn: pika.BlockingConnection, body: bytes,
+                        cid: str | None) -> CardAnswer | None:
+        """Run the (slow: the doctor types a PIN) handler while the connection stays alive.
+        When the connection dies meanwhile, the login goes on and _finish_carried sends it."""
         result: list[CardAnswer | None] = []
         t = threading.Thread(target=lambda: result.append(self.bridge.handle(body)),
                              name="challenge", daemon=True)
         t.start()
+        self._login = (cid, t, result)
         while t.is_alive():
             conn.process_data_events(time_limit=0.2)
+        self._login = None
         return result[0] if result else None
+
+    def _finish_carried(self, conn: pika.BlockingConnection, ch) -> None:
+        """On a new connection, send the answer of a login the lost one could not: the doctor
+        is not asked twice because a broker node died while they typed."""
+        if self._login is not None:
+            cid, t, result = self._login
+            while t.is_alive():
+                conn.process_data_events(time_limit=0.2)
+            self._login = None
+            if result and result[0] is not None:
+                self._unsent = (cid, result[0])
+        if self._unsent is not None:
+            cid, answer = self._unsent
+            self._send(ch, cid, answer)
+            log.info("answered challenge %s after the broker connection came back", cid)
 
     def _beat(self) -> None:
         p = self.presence.state if self.presence else None
@@ -192,6 +227,16 @@ class BridgeService:
             "readers": list(p.readers) if p else None, "card": p.card if p else None,
             "handled": self.bridge.handled}))
         tmp.replace(self.heartbeat)
+
+
+def challenge_id_of(body: bytes) -> str | None:
+    """The ``challenge_id`` of a challenge's body, None when it has none (never raises)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    cid = data.get("challenge_id") if isinstance(data, dict) else None
+    return str(cid) if cid is not None else None
 
 
 def check(heartbeat_dir: Path, workstation: str, *, stale_s: float = 30.0) -> int:

@@ -54,7 +54,7 @@ class BatchPublisher(_Base):
     @property
     def in_flight(self) -> int:
         """Messages handed over and not confirmed yet."""
-        return len(self._engine.pending)
+        return self._engine.unsettled()
 
     def publish(self, request: RequestEnvelope, *, timeout: float = 60.0) -> None:
         """Hand ``request`` over; blocks only while ``max_in_flight`` confirms are outstanding.
@@ -108,10 +108,10 @@ class BatchPublisher(_Base):
         deadline = time.monotonic() + timeout
         engine = self._engine
         with self._lock:
-            while engine.pending and time.monotonic() < deadline:
+            while engine.unsettled() and time.monotonic() < deadline:
                 try:
                     engine.open()
-                    engine.wait_for(lambda: not engine.pending, deadline)
+                    engine.wait_for(lambda: not engine.unsettled(), deadline)
                 except CONNECTION_ERRORS as exc:
                     engine.lost(exc)
             summary = BatchSummary(self._confirmed, tuple(self._failed),

@@ -81,6 +81,8 @@ class _Outgoing:
     sent: bool = False
     outcome: str | None = None  # None: unconfirmed; "": confirmed; else why it failed
     tag: int = field(default=0, repr=False)
+    nacks: int = field(default=0, repr=False)  # nacks so far (each is sent again, bounded)
+    retry_at: float = field(default=0.0, repr=False)  # monotonic time of its next send
 
 
 def _outgoing(routing_key: str, body: bytes, headers: Mapping[str, Any] | None,
@@ -137,6 +139,9 @@ class _ConfirmChannel:
         self._blocking: Any = None  # keeps that BlockingChannel (and its callbacks) alive
         self._tag = 0
         self.pending: OrderedDict[int, _Outgoing] = OrderedDict()
+        #: nacked, to be sent again at their retry_at: a quorum queue nacks while it elects
+        #: a leader (its node died) or just after it was declared; that passes
+        self.nacked: list[_Outgoing] = []
         self._returned: dict[str, str] = {}
         self._waiting = False
         self._losses = 0
@@ -181,8 +186,9 @@ class _ConfirmChannel:
                 raise pika.exceptions.AMQPConnectionError("no Confirm.SelectOk in time")
             self._conn.process_data_events(0.05)
         self._channel, self._blocking, self._tag = channel, blocking, 0
-        resend = list(self.pending.values())
+        resend = [*self.pending.values(), *self.nacked]
         self.pending.clear()
+        self.nacked.clear()
         self._returned.clear()
         if resend:
             log.info("republishing %d unconfirmed messages after reconnect", len(resend))
@@ -205,6 +211,16 @@ class _ConfirmChannel:
         """Send buffered frames and handle confirms, for at most ``time_limit`` seconds; returns
         early when a confirm arrives."""
         assert self._conn is not None
+        if self.nacked:
+            now = time.monotonic()
+            if any(m.retry_at <= now for m in self.nacked):
+                # On a new connection: a channel that published to a quorum queue while it
+                # elected a leader goes on being nacked (RabbitMQ 3.10, for a minute and more).
+                # open() sends again what is unconfirmed, marked as possible twins.
+                self.close()
+                self.open()
+                return
+            time_limit = min(time_limit, max(0.0, min(m.retry_at for m in self.nacked) - now))
         self._waiting = time_limit > 0
         self._conn.process_data_events(time_limit)
 
@@ -220,9 +236,15 @@ class _ConfirmChannel:
     def forget(self, msg: _Outgoing) -> None:
         """Stop tracking ``msg`` (its caller gave up waiting); it is not republished."""
         self.pending.pop(msg.tag, None)
+        if msg in self.nacked:
+            self.nacked.remove(msg)
+
+    def unsettled(self) -> int:
+        """Messages handed over whose outcome is not known yet (sent, or to be sent again)."""
+        return len(self.pending) + len(self.nacked)
 
     def unconfirmed_ids(self) -> list[str]:
-        return [m.message_id for m in self.pending.values()]
+        return [m.message_id for m in [*self.pending.values(), *self.nacked]]
 
     def lost(self, exc: BaseException) -> None:
         """Drop the connection after ``exc``; unconfirmed messages stay for the next open().
@@ -260,9 +282,17 @@ class _ConfirmChannel:
             done = [one] if one is not None else []
         for msg in done:
             returned = self._returned.pop(msg.message_id, None)
+            if nacked and not returned and msg.nacks < self.retry_attempts:
+                msg.nacks += 1
+                msg.retry_at = time.monotonic() + min(self._retry_backoff * 2 ** (msg.nacks - 1), 5.0)
+                log.info("message %s nacked by the broker; sending it again (%d of %d)",
+                         msg.message_id, msg.nacks, self.retry_attempts)
+                self.nacked.append(msg)
+                continue
             if nacked:
-                msg.outcome = "nacked by the broker (queue full with reject-publish, or an " \
-                              "internal error)"
+                msg.outcome = (f"nacked by the broker {msg.nacks + 1} times (queue full with "
+                               "reject-publish, no quorum for a quorum queue, or an internal "
+                               "error)")
             else:
                 msg.outcome = returned or ""
             if msg.outcome:
@@ -322,9 +352,9 @@ class _Base:
     def close(self) -> None:
         """Close the connection. Idempotent. Unconfirmed messages are logged, not waited for."""
         with self._lock:
-            if self._engine.pending:
+            if self._engine.unsettled():
                 log.error("closing with %d messages handed over but not confirmed; call "
-                          "flush() first", len(self._engine.pending))
+                          "flush() first", self._engine.unsettled())
             self._engine.close()
 
 

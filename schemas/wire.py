@@ -183,6 +183,13 @@ def login_pending_queue(user_id: str) -> str:
     return f"eeszt.login.pending.{user_id}"
 
 
+def login_marker_queues(user_id: str) -> tuple[str, str]:
+    """The doctor's login marker queue, then its spare. The marker is a classic queue, which
+    lives on one node: while that node is down, logins of this doctor use the spare (which
+    RabbitMQ places on a live node). A doctor id has no dot, so no id names another's spare."""
+    return login_pending_queue(user_id), login_pending_queue(user_id) + ".spare"
+
+
 # --- outages: requests parked while a service's circuit breaker is open ----------------------
 H_PARKED: Final = "eeszt-parked"  # the request was parked during an outage
 

@@ -124,7 +124,9 @@ class RabbitOutbox:
     def _channel(self):
         ch = getattr(self._local, "channel", None)
         if ch is None or ch.is_closed:
-            conn = open_connection(self.params)
+            conn = getattr(self._local, "conn", None)
+            if conn is None or not conn.is_open:  # else the broker closed only the channel
+                conn = open_connection(self.params)
             ch = conn.channel()
             ch.confirm_delivery()
             self._local.conn, self._local.channel = conn, ch
@@ -159,12 +161,20 @@ class RabbitOutbox:
         raise BrokerError(f"broker did not {what}: {last}")
 
     def _publish(self, exchange: str, routing_key: str, body: bytes,
-                 props: pika.BasicProperties, *, mandatory: bool) -> None:
+                 props: pika.BasicProperties, *, mandatory: bool,
+                 nack_is_answer: bool = False) -> None:
+        """Publish, confirmed. Unroutable is RabbitMQ's answer, raised at once. So is a nack
+        where a queue rejects by design (a lock that is taken: ``nack_is_answer``); anywhere
+        else a nack means "not stored now" (a quorum queue between leaders, or declared a
+        moment ago), retried like a lost connection."""
+        answers: tuple[type[BaseException], ...] = (pika.exceptions.UnroutableError,)
+        if nack_is_answer:
+            answers += (pika.exceptions.NackError,)
         self._retrying(
             f"confirm a publish to {exchange or routing_key}",
             lambda: self._channel().basic_publish(exchange, routing_key, body, props,
                                                   mandatory=mandatory),
-            answers=(pika.exceptions.UnroutableError, pika.exceptions.NackError))
+            answers=answers)
 
     def reply(self, routing_key: str, reply: Reply) -> None:
         body = reply.model_dump_json().encode()

@@ -16,6 +16,7 @@ from typing import Any
 from pathlib import Path
 
 import dramatiq
+import pika.exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,6 +35,12 @@ from .retry import RetryPolicy
 from .settings import WorkerSettings
 from .logins.tokens import TokenManager, institution_identity
 from .client.transport import Timeouts
+
+#: a broker connection lost under the pipeline (its own broker operations say BrokerError): the
+#: message is not answered as an internal error, it comes back
+BROKER_CONNECTION_LOST = (pika.exceptions.AMQPConnectionError,
+                          pika.exceptions.ChannelWrongStateError,
+                          pika.exceptions.ConnectionWrongStateError)
 
 log = logging.getLogger("eeszt_gw.worker")
 
@@ -65,7 +72,7 @@ class Runtime:
         try:
             self.logins.on_event(base64.b64decode(body_b64), meta.get("headers") or {},
                                  user_id=meta.get("user_id"))
-        except BrokerError:
+        except (BrokerError, *BROKER_CONNECTION_LOST):
             raise
         except Exception:  # a bad answer must not kill the worker
             log.exception("internal error on a login event")
@@ -82,7 +89,7 @@ class Runtime:
                        routing_key=meta.get("routing_key"))
         try:
             self.pipeline.handle(msg)
-        except BrokerError:
+        except (BrokerError, *BROKER_CONNECTION_LOST):
             raise  # not acknowledged: the request comes back once the broker takes publishes
         except Exception as exc:  # a bug must not kill the worker nor lose the message
             log.exception("internal error on message %s", msg.message_id)

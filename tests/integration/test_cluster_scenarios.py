@@ -172,9 +172,6 @@ def test_leader_loss(cluster, cvhost, simulator, tmp_path):
     assert_all_accepted(replies, n, simulator, pool, v)
 
 
-@pytest.mark.skip(reason="open: passed alone (lost 0, duplicates 0, 65 s), but lost 7 of 5,000 "
-                         "when a second three-node cluster ran on the same 2 cores; kept out of "
-                         "make test until it is shown stable")
 def test_rolling_restart(cluster, cvhost, simulator, tmp_path):
     v, n = cvhost, N_LOAD
     replies, pool, reqs = load_on(v, simulator, tmp_path, "rolling", 22)
@@ -205,7 +202,6 @@ def test_rolling_restart(cluster, cvhost, simulator, tmp_path):
     assert_all_accepted(replies, n, simulator, pool, v)
 
 
-@pytest.mark.skip(reason="open: timed out at 300 s in its one run alone; not yet looked into")
 def test_publisher_on_dying_node(cluster, cvhost, simulator, tmp_path):
     v, n = cvhost, N_PUBLISH
     key = f"his.dying.{uuid.uuid4().hex[:6]}"
@@ -255,19 +251,17 @@ def test_publisher_on_dying_node(cluster, cvhost, simulator, tmp_path):
          f" confirmed {len(confirmed)} named {len(named)} errors {len(raised)};"
          f" repeated final replies {repeats})")
     assert len(confirmed) + len(named) == n
-    assert not replies.conflicts
+    assert not replies.conflicts, [[(r["kind"], r.get("code"), r.get("reason")) for r in pair]
+                                   for pair in replies.conflicts[:3]]
     assert set(replies.finals) >= confirmed, "every confirmed request is answered"
     assert stats_duplicates(simulator) == 0
     assert simulator.stats()["total_records"] == len(replies.finals)
     assert all(f["kind"] == "accepted" for f in replies.finals.values())
 
 
-@pytest.mark.skip(reason="open: a real gap: with the node holding the doctor's login marker and "
-                         "wait queue stopped mid-login, 1 PIN prompt, but 0 of 5 waiting requests "
-                         "answered (lost 5) in its one run")
 def test_card_login_node_loss(cluster, cvhost, simulator, tmp_path):
     v = cvhost
-    user, ws, n = "O10001", "WS-01", 5
+    user, ws, n = "O10001", "WS-01", 10  # 5 before the node is lost, 5 after
     key = f"his.cardloss.{uuid.uuid4().hex[:6]}"
     replies = Replies(v.url_list, key, queue_type=QUORUM)
     pool = workers(v, simulator, tmp_path)
@@ -282,10 +276,11 @@ def test_card_login_node_loss(cluster, cvhost, simulator, tmp_path):
     doctors.script.append(slow_doctor)
     reqs = [samples.prescription(user_id=user).model_copy(
         update={"acting": samples.doctor(user, ws), "reply_to": key}) for _ in range(n)]
+    before, after = reqs[:n // 2], reqs[n // 2:]
     down = -1
     where = ""
     try:
-        publish(v.url_list, reqs, QUORUM, **RETRY)
+        publish(v.url_list, before, QUORUM, **RETRY)
         deadline = time.monotonic() + 60
         while not doctors.asked and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -299,6 +294,9 @@ def test_card_login_node_loss(cluster, cvhost, simulator, tmp_path):
         where = (f"pending marker on {short(cluster.nodes[down].name)}, wait queue led by "
                  f"{short(cluster.nodes[wait_leader].name)}")
         cluster.stop_node(down, hard=True)
+        # More of the doctor's requests arrive while the doctor types: a login may start on
+        # the spare marker (a second PIN prompt); the first login's answer still counts.
+        publish(v.url_list, after, QUORUM, **RETRY)
         typing.set()
         wait_answered(replies, n, 180)
         cluster.start_node(down)
@@ -309,7 +307,8 @@ def test_card_login_node_loss(cluster, cvhost, simulator, tmp_path):
         replies.stop()
     prompts = sum(1 for _k, u, _t in doctors.asked if u == user)
     line("card-login-node-loss", n, replies, simulator,
-         f" pin-prompts {prompts} ({where}; stopped {short(cluster.nodes[down].name)})")
+         f" pin-prompts {prompts} extra {prompts - 1} ({where}; stopped "
+         f"{short(cluster.nodes[down].name)}; {len(after)} of the requests after)")
     assert not replies.conflicts
     assert len(replies.finals) == n, f"worker log:\n{worker_log_tail(pool)}"
     assert all(f["kind"] == "accepted" for f in replies.finals.values()), replies.finals

@@ -8,6 +8,7 @@ here has a unique name and is deleted afterwards.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -184,11 +185,44 @@ def test_nacked_submit_raises_publish_failed(admin, route) -> None:
     admin.queue_unbind(route.queue, route.exchange, routing_key="#")
     admin.queue_bind(full, route.exchange, routing_key="#")
     try:
-        with Publisher(url=URL, exchange=route.exchange, declare_topology=False) as publisher:
+        with Publisher(url=URL, exchange=route.exchange, declare_topology=False,
+                       retry_attempts=2, retry_backoff=0.05) as publisher:
             publisher.submit(prescription())
-            # When a second one is submitted, then the nack is reported
-            with pytest.raises(PublishFailed, match="nacked"):
+            # When a second one is submitted, then it is sent again after each nack, and the
+            # last nack is reported
+            with pytest.raises(PublishFailed, match="nacked by the broker 3 times"):
                 publisher.submit(prescription())
+    finally:
+        admin.queue_delete(full)
+
+
+@pytest.mark.integration
+@pytest.mark.rabbitmq
+def test_a_nack_that_passes_is_ridden_through(admin, route) -> None:
+    # Given a queue that refuses publishes for a while (as a quorum queue does while it
+    # elects a leader): it holds one message, with reject-publish
+    full = _unique("full")
+    admin.queue_declare(full, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    admin.queue_unbind(route.queue, route.exchange, routing_key="#")
+    admin.queue_bind(full, route.exchange, routing_key="#")
+    try:
+        with BatchPublisher(url=URL, exchange=route.exchange, declare_topology=False,
+                            retry_attempts=8, retry_backoff=0.1) as publisher:
+            publisher.publish(prescription())
+            second = prescription()
+            publisher.publish(second)
+            # When room is made after the second one was nacked at least once
+            deadline = time.monotonic() + 10
+            while publisher.in_flight and time.monotonic() < deadline:
+                publisher._engine.pump(0.05)
+                if publisher._engine.nacked:
+                    admin.queue_purge(full)
+            summary = publisher.flush(timeout=20)
+            # Then it is confirmed: nothing failed, and it is in the queue, marked as maybe a twin
+            assert summary.ok and summary.confirmed == 2, summary
+            method, props, body = admin.basic_get(full, auto_ack=True)
+            assert json.loads(body)["message_id"] == str(second.message_id)
+            assert props.headers.get(H_REPUBLISHED) == 1
     finally:
         admin.queue_delete(full)
 

@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas.card import CardAnswer
@@ -14,7 +15,12 @@ from schemas.replies import Accepted, Failed, StatusUpdate
 from schemas.wire import INTERACTIVE_QUEUE
 from tests import samples
 from workers.client.fakes import FakeEeszt
-from workers.logins.coordinator import LoginCoordinator
+from workers.logins.coordinator import (
+    LoginCoordinator,
+    challenge_id_key,
+    challenge_sent_at,
+    new_challenge_id,
+)
 from workers.logins.backends import MemoryLoginBackend
 from workers.outbox import MemoryOutbox
 from workers.pipeline import Incoming, Pipeline
@@ -139,4 +145,32 @@ def test_a_mobiltoken_workstation_answers_with_an_rid_and_no_code_reaches_the_wo
     assert h.challenges[0].eid_package == "package:O10007:WS-01"
     assert h.fake.sts_calls["eszig"] == 1 and h.fake.sts_calls["mobiltoken"] == 0
     assert h.tokens.stats["logins_by_method:mobiltoken"] == 1
+    assert isinstance(h.outbox.replies["his.demo"][-1], Accepted)
+
+
+def test_while_the_markers_node_is_down_a_fresh_answer_logs_in_and_a_stale_one_does_not():
+    # Given a login in progress whose marker queue is on a node that is down: nobody can tell
+    # whether the login is still pending (the backend answers None).
+    h = Harness(answer=lambda ch: None)  # the doctor answers by hand below
+    (r,) = requests_for("O10007", 1)
+    assert h.pipeline.handle(Incoming(body=r.to_json(), queue=INTERACTIVE_QUEUE)) == "waiting"
+    (challenge,) = h.challenges
+    h.backend.pending = lambda user_id: None
+    user, ws = challenge.user_id, challenge.workstation
+
+    def answer(challenge_id) -> bytes:
+        return CardAnswer(challenge_id=challenge_id, user_id=user, workstation=ws,
+                          at=datetime.now(timezone.utc), outcome="rid",
+                          rid_package=f"rid:{user}").model_dump_json().encode()
+
+    # an answer to a genuine challenge of this gateway, sent longer ago than a challenge lives,
+    stale = new_challenge_id(challenge_id_key(h.logins.key), user, ws,
+                             now=time.time() - h.logins.challenge_ttl.total_seconds() - 5)
+    h.logins.on_event(answer(stale), {})
+    assert h.fake.sts_calls["eszig"] == 0  # is ignored;
+    # the answer to the challenge sent just now logs the doctor in, and the request goes.
+    assert challenge_sent_at(challenge.challenge_id) == pytest.approx(time.time(), abs=5)
+    h.logins.on_event(answer(challenge.challenge_id), {})
+    assert h.fake.sts_calls["eszig"] == 1
+    h.drain(10, until=lambda: any(isinstance(x, Accepted) for x in h.outbox.replies["his.demo"]))
     assert isinstance(h.outbox.replies["his.demo"][-1], Accepted)

@@ -21,7 +21,12 @@ from schemas.wire import H_AMBIGUOUS, INTERACTIVE_QUEUE
 from tests import samples
 from tests.bridges import FakeBridges, finals
 from workers.client.fakes import FakeEeszt
-from workers.logins.coordinator import challenge_id_key, challenged, new_challenge_id
+from workers.logins.coordinator import (
+    challenge_id_key,
+    challenge_sent_at,
+    challenged,
+    new_challenge_id,
+)
 from workers.outbox import MemoryOutbox
 from workers.pipeline import Incoming, Pipeline
 from workers.retry import RetryPolicy
@@ -148,13 +153,14 @@ def test_an_answer_to_a_challenge_the_gateway_did_not_send_is_ignored():
 
 def test_a_challenge_id_is_bound_to_its_doctor_and_workstation():
     key = challenge_id_key(Ed25519PrivateKey.generate())
-    cid = new_challenge_id(key, "O10001", "WS-01")
+    cid = new_challenge_id(key, "O10001", "WS-01", now=1_800_000_000)
     assert challenged(key, cid, "O10001", "WS-01")
     assert not challenged(key, cid, "O10001", "WS-02")
     assert not challenged(key, cid, "O10002", "WS-01")
     other_gateway = challenge_id_key(Ed25519PrivateKey.generate())
     assert not challenged(other_gateway, cid, "O10001", "WS-01")
-    assert new_challenge_id(key, "O10001", "WS-01") != cid
+    assert new_challenge_id(key, "O10001", "WS-01", now=1_800_000_000) != cid
+    assert challenge_sent_at(cid) == 1_800_000_000
 
 
 def test_a_login_whose_challenge_died_with_its_process_is_asked_again_by_a_returning_copy():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -18,14 +20,46 @@ from schemas.wire import (
     INTERACTIVE_QUEUE,
     LOGIN_DELAY_QUEUE,
     dead_letter_to,
-    login_pending_queue,
+    login_marker_queues,
     login_wait_queue,
     queue_arguments,
 )
 
-from ..outbox import RabbitOutbox
+from ..outbox import BrokerError, RabbitOutbox
 
 WAIT_QUEUE_IDLE_MS = 8 * 24 * 3600 * 1000  # an unused wait queue disappears after 8 days
+
+log = logging.getLogger("eeszt_gw.login")
+
+
+def node_down(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
+    """Whether RabbitMQ refused because the queue's node is down (a classic queue lives on one
+    node: "home node ... of durable queue ... is down or inaccessible")."""
+    return exc.reply_code == 404 and "down or inaccessible" in str(exc.reply_text)
+
+
+class MarkerNodeDown(Exception):
+    """The node that holds a login marker queue is down."""
+
+
+#: the connection (not the broker's answer) failed: the operation may be tried again
+CONNECTION_LOST = (pika.exceptions.AMQPConnectionError, pika.exceptions.ChannelWrongStateError,
+                   pika.exceptions.ConnectionWrongStateError, OSError)
+
+
+def broker_op(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A login-state operation of RabbitLoginBackend: a lost connection is a BrokerError, so
+    that the message being handled goes back to its queue (not an internal error, which would
+    answer it), and the next operation connects again."""
+    @functools.wraps(fn)
+    def op(self: "RabbitLoginBackend", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except CONNECTION_LOST as exc:
+            self.outbox._drop()
+            raise BrokerError(f"login state ({fn.__name__}): the broker connection was lost "
+                              f"({type(exc).__name__})") from None
+    return op
 
 
 class RabbitLoginBackend:
@@ -52,6 +86,7 @@ class RabbitLoginBackend:
             self._ch().queue_declare(name, durable=True, arguments=arguments)
             self._declared.add(name)
 
+    @broker_op
     def park(self, user_id: str, *, queue: str, body: bytes, headers: dict[str, Any],
              ttl_ms: int, message_id: str | None) -> None:
         name = login_wait_queue(user_id)
@@ -64,38 +99,87 @@ class RabbitLoginBackend:
                                      user_id=self.outbox.user_id)  # workers/tenants.py
         self.outbox._publish("", name, body, props, mandatory=True)
 
+    @broker_op
     def begin(self, user_id: str, *, marker: bytes) -> bool:
-        name = login_pending_queue(user_id)
+        """Put the doctor's login marker; False when a login is already in progress.
+
+        The marker queue is classic (below), so it lives on one node. While that node is down,
+        the marker goes to the spare queue (login_marker_queues), which RabbitMQ creates on a
+        live node: a doctor can still log in, at the cost of one more login (one more PIN
+        prompt) when one was in progress on the lost node. With both nodes down, no login
+        starts (the cluster has lost its majority anyway) and the requests wait.
+        """
+        for name in login_marker_queues(user_id):
+            try:
+                return self._mark(name, marker)
+            except MarkerNodeDown:
+                log.warning("the node holding %s is down; trying the next marker queue", name)
+        return False
+
+    @broker_op
+    def begin_spare(self, user_id: str, *, marker: bytes) -> bool:
+        """Put a marker in the doctor's spare queue only: the one extra login a login window
+        allows (a challenge asked again after a crash, or a login while the node of the marker
+        is down). False when it is taken, or its node is down too."""
+        try:
+            return self._mark(login_marker_queues(user_id)[1], marker)
+        except MarkerNodeDown:
+            return False
+
+    def _mark(self, name: str, marker: bytes) -> bool:
         # Always classic: this queue is a lock, and only a classic queue enforces x-max-length
         # at once. A quorum queue applies it lazily (RabbitMQ 3.10.8 confirmed a second marker
         # in a row, and up to four concurrent ones): two logins, two PIN prompts. The marker's
         # expiry (the window-expired event) is then dead-lettered at most once; were it lost,
         # the waiting requests still get their final reply at their deadline.
-        self._declare(name, queue_arguments("classic", {
+        arguments = queue_arguments("classic", {
             "x-max-length": 1, "x-overflow": "reject-publish", "x-message-ttl": self.window_ms,
-            **dead_letter_to(LOGIN_ANSWERS_QUEUE), "x-expires": self.window_ms * 4}))
-        try:
-            self.outbox._publish("", name, marker, pika.BasicProperties(
-                delivery_mode=2, user_id=self.outbox.user_id),  # an event of the workers
-                                 mandatory=True)
-        except pika.exceptions.NackError:
-            return False  # a login of this doctor is already in progress
-        return True
+            **dead_letter_to(LOGIN_ANSWERS_QUEUE), "x-expires": self.window_ms * 4})
+        for _ in range(2):
+            try:
+                self._declare(name, arguments)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                self._declared.discard(name)  # the broker closed the channel only
+                if node_down(exc):
+                    raise MarkerNodeDown(name) from None
+                raise
+            try:
+                self.outbox._publish("", name, marker, pika.BasicProperties(
+                    delivery_mode=2, user_id=self.outbox.user_id),  # an event of the workers
+                                     mandatory=True, nack_is_answer=True)
+            except pika.exceptions.NackError:
+                return False  # a login of this doctor is already in progress
+            except pika.exceptions.UnroutableError:
+                # Declared earlier by this process, and since expired (x-expires) or its node
+                # went down: declare it again, which tells the two apart.
+                self._declared.discard(name)
+                continue
+            return True
+        raise MarkerNodeDown(name)
 
-    def pending(self, user_id: str) -> bool:
-        try:
-            ok = self._ch().queue_declare(login_pending_queue(user_id), passive=True)
-        except pika.exceptions.ChannelClosedByBroker:
-            self.outbox._drop()
-            self._declared.discard(login_pending_queue(user_id))
-            return False
-        return ok.method.message_count > 0
+    @broker_op
+    def pending(self, user_id: str) -> bool | None:
+        """Whether a login of the doctor is in progress; None when no reachable marker queue
+        holds a marker and one of them is on a node that is down (nobody can tell)."""
+        unknown = False
+        for name in login_marker_queues(user_id):
+            try:
+                ok = self._ch().queue_declare(name, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                self._declared.discard(name)  # the broker closed the channel only
+                unknown = unknown or node_down(exc)
+                continue
+            if ok.method.message_count > 0:
+                return True
+        return None if unknown else False
 
+    @broker_op
     def end(self, user_id: str) -> None:
-        try:
-            self._ch().queue_purge(login_pending_queue(user_id))
-        except pika.exceptions.ChannelClosedByBroker:
-            self.outbox._drop()
+        for name in login_marker_queues(user_id):
+            try:
+                self._ch().queue_purge(name)
+            except pika.exceptions.ChannelClosedByBroker:  # no such queue, or its node is down
+                continue  # the broker closed the channel only: the next call opens another
 
     def _listened(self, queue: str) -> bool:
         """Whether a consumer (the workstation's bridge) reads ``queue``, within the grace."""
@@ -113,6 +197,7 @@ class RabbitLoginBackend:
                 return False
             time.sleep(0.25)
 
+    @broker_op
     def send_challenge(self, challenge: CardChallenge) -> bool:
         # The workstation's queue exists before its first challenge, so that a bridge started
         # later still finds it; a bridge's own broker user may only read it.
@@ -144,6 +229,7 @@ class RabbitLoginBackend:
             return False
         return True
 
+    @broker_op
     def waiting(self, user_id: str) -> list[tuple[bytes, dict[str, Any]]]:
         """Look at the waiting requests without taking them (they are requeued)."""
         ch = self._ch()
@@ -162,6 +248,7 @@ class RabbitLoginBackend:
             ch.basic_nack(last, multiple=True, requeue=True)
         return out
 
+    @broker_op
     def take(self, user_id: str, select: Callable[[bytes], bool],
              handle: Callable[[bytes, dict[str, Any]], None]) -> int:
         """Take the waiting requests ``select`` picks: ``handle`` each (it answers them,
@@ -186,10 +273,11 @@ class RabbitLoginBackend:
             ch.basic_nack(tag, requeue=True)
         return taken
 
+    @broker_op
     def release(self, user_id: str) -> int:
         """Move every waiting request of ``user_id`` back to its work queue (confirmed)."""
         ch = self._ch()
-        moved = 0
+        moved = nacked = 0
         while True:
             try:
                 method, props, body = ch.basic_get(login_wait_queue(user_id), auto_ack=False)
@@ -203,10 +291,24 @@ class RabbitLoginBackend:
             out = pika.BasicProperties(delivery_mode=2, content_type=props.content_type,
                                        headers=headers, message_id=props.message_id,
                                        user_id=self.outbox.user_id)
-            ch.basic_publish("", INTERACTIVE_QUEUE, body, out, mandatory=True)
+            try:
+                ch.basic_publish("", INTERACTIVE_QUEUE, body, out, mandatory=True)
+            except pika.exceptions.NackError:
+                # Not stored now (the work queue is between leaders). On a new connection (a
+                # channel nacked so goes on being nacked), where the request, unacknowledged
+                # on the old one, is waiting again; after a while the event itself goes back.
+                nacked += 1
+                if nacked > 10:
+                    raise BrokerError(f"the broker did not take {user_id}'s released requests "
+                                      f"({moved} moved)") from None
+                self.outbox._drop()
+                time.sleep(0.5)
+                ch = self._ch()
+                continue
             ch.basic_ack(method.delivery_tag)
             moved += 1
 
+    @broker_op
     def schedule(self, event: dict[str, Any], delay_s: float) -> None:
         props = pika.BasicProperties(delivery_mode=2, expiration=str(max(1, int(delay_s * 1000))),
                                      user_id=self.outbox.user_id)  # an event of the workers
@@ -231,6 +333,7 @@ class MemoryLoginBackend:
         self.window_s = window_s
         self._waiting: dict[str, list[tuple[str, bytes, dict[str, Any], str | None, threading.Timer]]] = defaultdict(list)
         self._pending: dict[str, threading.Timer] = {}
+        self._spare: dict[str, float] = {}  # user -> monotonic time its spare marker expires
         self._lock = threading.RLock()
         self.challenges: list[CardChallenge] = []
 
@@ -271,12 +374,20 @@ class MemoryLoginBackend:
             self._pending[user_id] = self._timer(self.window_s, expired)
             return True
 
+    def begin_spare(self, user_id: str, *, marker: bytes) -> bool:
+        with self._lock:
+            if self._spare.get(user_id, 0.0) > time.monotonic():
+                return False
+            self._spare[user_id] = time.monotonic() + self.window_s
+            return True
+
     def pending(self, user_id: str) -> bool:
         with self._lock:
             return user_id in self._pending
 
     def end(self, user_id: str) -> None:
         with self._lock:
+            self._spare.pop(user_id, None)
             timer = self._pending.pop(user_id, None)
         if timer:
             timer.cancel()

@@ -45,7 +45,7 @@ import hmac
 import json
 import logging
 import os
-import threading
+import struct
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -108,7 +108,8 @@ class LoginBackend(Protocol):
     def park(self, user_id: str, *, queue: str, body: bytes, headers: dict[str, Any],
              ttl_ms: int, message_id: str | None) -> None: ...
     def begin(self, user_id: str, *, marker: bytes) -> bool: ...
-    def pending(self, user_id: str) -> bool: ...
+    def begin_spare(self, user_id: str, *, marker: bytes) -> bool: ...
+    def pending(self, user_id: str) -> bool | None: ...
     def end(self, user_id: str) -> None: ...
     def send_challenge(self, challenge: CardChallenge) -> bool: ...
     def waiting(self, user_id: str) -> list[tuple[bytes, dict[str, Any]]]: ...
@@ -133,9 +134,10 @@ def _id_mac(id_key: bytes, nonce: bytes, user: str, workstation: str) -> bytes:
     return hmac.new(id_key, nonce + f"{user}\0{workstation}".encode(), hashlib.sha256).digest()[:8]
 
 
-def new_challenge_id(id_key: bytes, user: str, workstation: str) -> uuid.UUID:
-    """8 random bytes, then 8 bytes of MAC binding the id to the doctor and the workstation."""
-    nonce = os.urandom(8)
+def new_challenge_id(id_key: bytes, user: str, workstation: str, *, now: float) -> uuid.UUID:
+    """When (4 bytes, unix seconds) and 4 random bytes, then 8 bytes of MAC binding them to the
+    doctor and the workstation: any worker can tell where and when it was sent, unforged."""
+    nonce = struct.pack(">I", int(now) & 0xFFFFFFFF) + os.urandom(4)
     return uuid.UUID(bytes=nonce + _id_mac(id_key, nonce, user, workstation))
 
 
@@ -143,6 +145,11 @@ def challenged(id_key: bytes, challenge_id: uuid.UUID, user: str, workstation: s
     """Whether this gateway sent challenge ``challenge_id`` to ``workstation`` for ``user``."""
     raw = challenge_id.bytes
     return hmac.compare_digest(raw[8:], _id_mac(id_key, raw[:8], user, workstation))
+
+
+def challenge_sent_at(challenge_id: uuid.UUID) -> float:
+    """When the challenge was sent (unix seconds); trust it only once :func:`challenged`."""
+    return float(struct.unpack(">I", challenge_id.bytes[:4])[0])
 
 
 def sign_challenge(key: Ed25519PrivateKey, challenge: CardChallenge) -> CardChallenge:
@@ -171,8 +178,6 @@ class LoginCoordinator:
         #: answers must come from the workstation's own broker user (bridge-<WS>)
         self.bridge_users = bridge_users
         self.clock = clock
-        self._rechallenged: dict[str, float] = {}  # user -> monotonic time (crash recovery)
-        self._rechallenge_lock = threading.Lock()
         #: the pipeline's rejection (audit, metrics), given by workers.runtime. None: reply here.
         self.reject = reject
 
@@ -209,10 +214,14 @@ class LoginCoordinator:
             log.info("login of %s started at workstation %s", user, workstation)
             if not self._challenge(user, workstation):
                 return "rejected"
-        elif headers.get(H_AMBIGUOUS) and self._may_rechallenge(user):
+        elif headers.get(H_AMBIGUOUS) and self.backend.begin_spare(user, marker=json.dumps(
+                {"event": "window-expired", "user_id": user, "workstation": workstation,
+                 "spare": True}).encode()):
             # This copy came back after a crash: the process that began this doctor's login may
             # have died before its challenge went out, and the login would then hang until its
-            # window closed. Ask the workstation again (once per challenge lifetime here).
+            # window closed. Ask the workstation again: once per login window across all worker
+            # processes, as the spare marker holds one message (it is also what a login uses
+            # while the marker's node is down: one extra PIN prompt at most, either way).
             log.info("login of %s at %s asked again after a crash", user, workstation)
             if not self._challenge(user, workstation):
                 return "rejected"
@@ -223,14 +232,6 @@ class LoginCoordinator:
         if self.tokens.usable(doctor_identity(user)) is not None:
             self.backend.release(user)  # the login finished while we parked: do not strand it
         return "waiting"
-
-    def _may_rechallenge(self, user: str) -> bool:
-        now = time.monotonic()
-        with self._rechallenge_lock:
-            if now - self._rechallenged.get(user, -1e9) < self.challenge_ttl.total_seconds():
-                return False
-            self._rechallenged[user] = now
-            return True
 
     def _challenge(self, user: str, workstation: str) -> bool:
         """Send one challenge; False when the doctor's requests there were rejected instead."""
@@ -244,7 +245,8 @@ class LoginCoordinator:
             return True
         now = self.clock()
         challenge = sign_challenge(self.key, CardChallenge(
-            challenge_id=new_challenge_id(self._id_key, user, workstation), user_id=user,
+            challenge_id=new_challenge_id(self._id_key, user, workstation,
+                                          now=now.timestamp()), user_id=user,
             workstation=workstation,
             institution=self.institution,
             purpose=f"{self.institution} asks {user} to sign in to EESZT to send waiting requests",
@@ -313,7 +315,7 @@ class LoginCoordinator:
                         user_id or "-")
             return
         if isinstance(data, dict) and data.get("event") == "window-expired":
-            self._window_expired(str(data.get("user_id")), int(data.get("round", 0) or 0))
+            self._window_expired(str(data.get("user_id")), spare=bool(data.get("spare")))
             return
         if isinstance(data, dict) and data.get("event") == "sweep":
             # The login is over: its marker goes and what waits is released. A process that
@@ -356,8 +358,18 @@ class LoginCoordinator:
         elif (publisher and str(publisher).startswith(BRIDGE_USER_PREFIX) or self.bridge_users) \
                 and publisher != BRIDGE_USER_PREFIX + workstation:
             why = f"it was sent by broker user {publisher or '-'}, not that workstation's bridge"
-        elif not self.backend.pending(user):
+        elif (live := self.backend.pending(user)) is False:
             why = f"no login of {user} is pending"
+        elif live is None:
+            # The node that holds the doctor's login marker is down: the answer counts while its
+            # challenge is within its lifetime (the challenge id says when it was sent, MACed).
+            age = self.clock().timestamp() - challenge_sent_at(answer.challenge_id)
+            if not 0 <= age <= self.challenge_ttl.total_seconds():
+                why = (f"the login marker of {user} is on a node that is down, and the "
+                       f"challenge was sent {age:.0f} s ago, outside its lifetime")
+            else:
+                log.info("the login marker of %s is on a node that is down; the answer's "
+                         "challenge is %.0f s old, within its lifetime: it counts", user, age)
         if why is not None:
             log.warning("ignored an answer for %s from workstation %s: %s", user, workstation,
                         why)
@@ -377,7 +389,7 @@ class LoginCoordinator:
         except (ServiceError, GatewayError) as exc:
             log.warning("the STS refused the login of %s: %s", user, exc)
             self._tell_waiting(user, f"the STS refused the login ({exc})")
-            if self.backend.pending(user):
+            if self.backend.pending(user) is not False:  # None: its node is down
                 self._challenge(user, workstation)
             return
         method = answer.method.value if answer.method is not None else "eszig"
@@ -401,13 +413,15 @@ class LoginCoordinator:
                 text += " (the card will ask for its CAN first)"
         log.info("login of %s at %s: %s", answer.user_id, workstation, code.value)
         self._tell_waiting(answer.user_id, text)
-        if code in RETRYABLE and self.backend.pending(answer.user_id):
+        if code in RETRYABLE and self.backend.pending(answer.user_id) is not False:
             self._challenge(answer.user_id, workstation)
 
-    def _window_expired(self, user: str, _round: int) -> None:
+    def _window_expired(self, user: str, *, spare: bool = False) -> None:
         if self.tokens.usable(doctor_identity(user)) is not None:
             self.backend.release(user)
             return
+        if spare:
+            return  # the login's own marker tells the HIS (or its node is down: the deadline)
         log.info("login window of %s closed without a login", user)
         self._tell_waiting(user, "the login was not completed in time; the requests wait until "
                                  "their deadline, and the next request starts a new login")
