@@ -94,6 +94,7 @@ COMMAND_PACKAGES = {
     "card_bridge.cli": ("card-bridge",),
     "producers.cli": ("publish", "replies", "generate"),
     "eeszt_gw.ops.cli": ("audit", "dlq", "status"),
+    "eeszt_gw.console.cli": ("console",),
     "simulator.cli": ("pki", "simulator", "virtual-card"),
 }
 

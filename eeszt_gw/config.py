@@ -75,6 +75,7 @@ SETTINGS_OF_COMMAND: dict[str, str] = {
     "dlq": "eeszt_gw.ops.settings:OpsSettings",
     "audit": "eeszt_gw.ops.settings:OpsSettings",
     "demo": "eeszt_gw.demo_cli:DemoSettings",
+    "console": "eeszt_gw.console.settings:ConsoleSettings",
 }
 
 

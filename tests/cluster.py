@@ -40,6 +40,11 @@ FORM_TIMEOUT_S = 120
 SBIN_DIRS = (Path("/usr/lib/rabbitmq/bin"),)
 
 
+#: one line per cluster scenario run (tests/integration/test_cluster_scenarios.py), which
+#: tests/conftest.py prints at the end of the run
+SCENARIO_LINES: list[str] = []
+
+
 class ClusterError(RuntimeError):
     """The cluster (or one node) did not start, form or answer; the message has the log tails."""
 

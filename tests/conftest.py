@@ -178,3 +178,13 @@ def start_workers(*, broker_url: str, sim: SimulatorProcess, workdir: Path, proc
         time.sleep(0.2)
     pool.stop()
     raise RuntimeError(f"workers did not start:\n{log_path.read_text()}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The cluster scenarios' lines at the end of the run (`make test` shows them)."""
+    from tests.cluster import SCENARIO_LINES
+
+    if SCENARIO_LINES:
+        terminalreporter.section("cluster scenarios: simulator in naive mode")
+        for line in SCENARIO_LINES:
+            terminalreporter.write_line(line)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 
 from eeszt_gw.amqp import BrokerTLS
 from schemas.audit import AuditEvent
@@ -31,15 +32,23 @@ def line(event: AuditEvent) -> str:
     return f"{text}: {event.detail}" if event.detail else text
 
 
-def command(settings: OpsSettings, tls: BrokerTLS | None, ns: argparse.Namespace) -> int:
-    """Print the events of ``ns.id`` (a message id or an idempotency key)."""
+def story(url: str, tls: BrokerTLS | None, message_id_or_key: str, *,
+          since: datetime | None = None, until: datetime | None = None) -> list[AuditEvent]:
+    """Every audit event of one request (by message id or idempotency key) in time order;
+    ``detail`` and ``actor`` are TAJ-masked (:class:`AuditEvent`). The one reader behind
+    ``eeszt-gw audit`` and the console."""
     from workers.middleware.audit_reader import read_audit
 
+    # a stable sort: events of the same instant keep the order they were written in
+    return sorted(read_audit(url, message_id=message_id_or_key, since=since, until=until,
+                             tls=tls), key=lambda e: e.at)
+
+
+def command(settings: OpsSettings, tls: BrokerTLS | None, ns: argparse.Namespace) -> int:
+    """Print the events of ``ns.id`` (a message id or an idempotency key)."""
     since = parse_optional(ns.since, "--since")
     until = parse_optional(ns.until, "--until")
-    # a stable sort: events of the same instant keep the order they were written in
-    events = sorted(read_audit(settings.broker_url, message_id=ns.id, since=since, until=until,
-                               tls=tls), key=lambda e: e.at)
+    events = story(settings.broker_url, tls, ns.id, since=since, until=until)
     if not events:
         print(f"no audit events for {ns.id}", file=sys.stderr)
         return 1

@@ -30,6 +30,8 @@ import json
 import os
 import time
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pika
@@ -159,15 +161,28 @@ def _event(kind: AuditKind, dl: DeadLetter, who: str, why: str) -> AuditEvent:
                       detail=why)
 
 
+# --- what the commands and the console share ------------------------------------------------------
+def list_dead_letters(url: str, tls: BrokerTLS | None, sel: Selector) -> list[dict]:
+    """:func:`summary` (TAJ-masked) of each dead letter ``sel`` selects, in queue order."""
+    now = datetime.now(timezone.utc)
+    with DeadLetterQueue(url, tls) as dlq:
+        return [summary(dl, now) for dl in dlq.browse(sel)]
+
+
+def show_dead_letters(url: str, tls: BrokerTLS | None, sel: Selector) -> list[str]:
+    """:func:`render` (TAJ-masked) of each dead letter ``sel`` selects; empty when none."""
+    now = datetime.now(timezone.utc)
+    with DeadLetterQueue(url, tls) as dlq:
+        return [render(dl, now) for dl in dlq.browse(sel)]
+
+
 # --- commands ------------------------------------------------------------------------------------
 def cmd_list(url: str, tls: BrokerTLS | None, ns: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    now, sel = datetime.now(timezone.utc), Selector.from_args(ns)
-    with DeadLetterQueue(url, tls) as dlq:
-        rows = [summary(dl, now) for dl in dlq.browse(sel)]
+    rows = list_dead_letters(url, tls, Selector.from_args(ns))
     if ns.json:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
@@ -187,13 +202,11 @@ def cmd_list(url: str, tls: BrokerTLS | None, ns: argparse.Namespace) -> int:
 
 
 def cmd_show(url: str, tls: BrokerTLS | None, ns: argparse.Namespace) -> int:
-    now, sel = datetime.now(timezone.utc), Selector.from_args(ns)
-    with DeadLetterQueue(url, tls) as dlq:
-        found = dlq.browse(sel)
+    found = show_dead_letters(url, tls, Selector.from_args(ns))
     if not found:
         print(mask_text(f"no dead letter {ns.message_id} in {DEAD_LETTER_QUEUE}"), file=sys.stderr)
         return 1
-    print("\n\n".join(render(dl, now) for dl in found))
+    print("\n\n".join(found))
     return 0
 
 
@@ -207,17 +220,68 @@ def _select_for_change(ns: argparse.Namespace, kind: AuditKind) -> Selector:
     return sel
 
 
-def _act(url: str, tls: BrokerTLS | None, ns: argparse.Namespace, kind: AuditKind) -> int:
+@dataclass
+class Outcome:
+    """What a replay or purge did with one selected dead letter."""
+
+    ref: str
+    label: str  # the ref and its type, TAJ-masked
+    state: str  # "done", "kept" (with ``problem``) or "would" (a dry run)
+    problem: str = ""
+
+    def line(self, verb: str) -> str:
+        """The line ``dlq replay|purge`` prints for it."""
+        if self.state == "kept":
+            return f"kept     {self.label}: {self.problem}"
+        return f"would be {verb} {self.label}" if self.state == "would" else f"{verb:<8} {self.label}"
+
+
+@dataclass
+class ChangeResult:
+    """What one replay or purge did: each selected dead letter's outcome, the ids not found,
+    and how many audit events could not be written."""
+
+    kind: AuditKind
+    who: str
+    why: str
+    dry_run: bool
+    outcomes: list[Outcome] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    audit_dropped: int = 0
+
+    @property
+    def done(self) -> int:
+        return sum(o.state != "kept" for o in self.outcomes)
+
+    @property
+    def kept(self) -> int:
+        return sum(o.state == "kept" for o in self.outcomes)
+
+    def summary(self) -> str:
+        missing = f", {len(self.missing)} not found" if self.missing else ""
+        return (f"{'dry run: ' if self.dry_run else ''}{self.done} {self.kind.value}, {self.kept} "
+                f"kept in {DEAD_LETTER_QUEUE}{missing} (by {self.who}: {mask_text(self.why)})")
+
+
+def change(url: str, tls: BrokerTLS | None, sel: Selector, kind: AuditKind, *, who: str,
+           why: str, dry_run: bool = False,
+           on_outcome: Callable[[Outcome], None] | None = None) -> ChangeResult:
+    """Replay (``AuditKind.REPLAYED``) or purge (``AuditKind.PURGED``) the dead letters ``sel``
+    selects, recording an audit event with ``who`` and ``why`` for each one done; the one
+    function behind ``dlq replay|purge`` and the console. ``on_outcome`` hears each outcome as
+    it happens. Raises ``pika.exceptions.AMQPError`` or ``OSError`` for a broker that fails."""
     from workers.middleware.audit import RabbitAuditLog
 
-    who, why = operator(ns), ns.why.strip()
-    if not why:
-        raise UsageError("--why must say why (it goes into the audit trail)")
-    sel = _select_for_change(ns, kind)
-    now, verb = datetime.now(timezone.utc), kind.value
+    result = ChangeResult(kind, who, why, dry_run)
+    now = datetime.now(timezone.utc)
+
+    def outcome(o: Outcome) -> None:
+        result.outcomes.append(o)
+        if on_outcome is not None:
+            on_outcome(o)
+
     done: list[DeadLetter] = []
-    kept = 0
-    audit = None if ns.dry_run else RabbitAuditLog(url, tls=tls)
+    audit = None if dry_run else RabbitAuditLog(url, tls=tls)
     try:
         dlq = DeadLetterQueue(url, tls)
         try:
@@ -225,26 +289,24 @@ def _act(url: str, tls: BrokerTLS | None, ns: argparse.Namespace, kind: AuditKin
             for dl in found:
                 label = mask_text(f"{dl.ref} ({dl.message_type or 'no type'})")
                 problem = replay_problem(dl, now) if kind is AuditKind.REPLAYED else None
-                if problem or ns.dry_run:
-                    kept += bool(problem)
-                    done += [] if problem else [dl]
-                    print(f"kept     {label}: {mask_text(problem)}" if problem
-                          else f"would be {verb} {label}")
+                if problem or dry_run:
+                    outcome(Outcome(dl.ref, label, "kept", mask_text(problem)) if problem
+                            else Outcome(dl.ref, label, "would"))
                     continue
                 if kind is AuditKind.REPLAYED:
                     try:
                         dlq.republish(dl, routing_key=dl.message_type, who=who)
                     except pika.exceptions.AMQPError as exc:
-                        kept += 1
-                        print(f"kept     {label}: the broker did not confirm the republish "
-                              f"({type(exc).__name__}: {exc})")
+                        outcome(Outcome(dl.ref, label, "kept",
+                                        "the broker did not confirm the republish "
+                                        f"({type(exc).__name__}: {exc})"))
                         if isinstance(exc, pika.exceptions.ChannelClosedByBroker):
                             break  # e.g. no eeszt.requests: the others would fail the same way
                         continue
                     audit.record(_event(kind, dl, who, why))  # it happened once confirmed
                 dlq.remove(dl)
                 done.append(dl)
-                print(f"{verb:<8} {label}")
+                outcome(Outcome(dl.ref, label, "done"))
         finally:
             dlq.close()  # returns once the broker has taken every ack
         if kind is AuditKind.PURGED and audit is not None:
@@ -253,17 +315,27 @@ def _act(url: str, tls: BrokerTLS | None, ns: argparse.Namespace, kind: AuditKin
     finally:
         if audit is not None:
             audit.close()
-    missing = [i for i in sel.ids if not any(i in (d.ref, d.digest, _text(d.props.message_id or ""))
-                                             for d in found)]
-    print("".join(f"not found {mid}\n" for mid in missing), end="")
-    print(f"{'dry run: ' if ns.dry_run else ''}{len(done)} {verb}, {kept} kept in "
-          f"{DEAD_LETTER_QUEUE}{f', {len(missing)} not found' if missing else ''} "
-          f"(by {who}: {mask_text(why)})")
-    if audit is not None and audit.dropped:
-        print(f"error: {audit.dropped} audit events could not be written to the audit stream",
-              file=sys.stderr)
+            result.audit_dropped = audit.dropped
+    result.missing = [i for i in sel.ids if not any(
+        i in (d.ref, d.digest, _text(d.props.message_id or "")) for d in found)]
+    return result
+
+
+def _act(url: str, tls: BrokerTLS | None, ns: argparse.Namespace, kind: AuditKind) -> int:
+    who, why = operator(ns), ns.why.strip()
+    if not why:
+        raise UsageError("--why must say why (it goes into the audit trail)")
+    sel = _select_for_change(ns, kind)
+    verb = kind.value
+    result = change(url, tls, sel, kind, who=who, why=why, dry_run=ns.dry_run,
+                    on_outcome=lambda o: print(o.line(verb)))
+    print("".join(f"not found {mid}\n" for mid in result.missing), end="")
+    print(result.summary())
+    if result.audit_dropped:
+        print(f"error: {result.audit_dropped} audit events could not be written to the audit "
+              "stream", file=sys.stderr)
         return 1
-    return 0 if not kept and not missing else 1
+    return 0 if not result.kept and not result.missing else 1
 
 
 def command(settings: OpsSettings, tls: BrokerTLS | None, ns: argparse.Namespace) -> int:

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: Every command that talks to RabbitMQ. A new one must be added here, and so gets checked.
 BROKER_COMMANDS = {"worker", "card-bridge", "publish", "replies", "demo", "status", "audit",
-                   "dlq list", "dlq show", "dlq replay", "dlq purge"}
+                   "dlq list", "dlq show", "dlq replay", "dlq purge",
+                   "console add-user", "console remove-user", "console list-users"}
 #: The flags of the broker's TLS files and connection behaviour, beside --broker-url.
 BROKER_DETAIL_FLAGS = {"--broker-ca", "--broker-cert", "--broker-key",
                        "--broker-connect-timeout-s", "--broker-connect-attempts",
