@@ -121,9 +121,9 @@ class WorkerPool:
     bridges: Any = None
 
     def stop(self) -> None:
-        if self.bridges is not None:
-            self.bridges.stop()
-            self.bridges = None
+        # The workers first: a copy still in flight that needs a login (a twin deferred after a
+        # kill -9) would otherwise find no card bridge and be answered GW-LOGIN after its
+        # original was accepted.
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -131,6 +131,9 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.bridges is not None:
+            self.bridges.stop()
+            self.bridges = None
 
 
 def start_workers(*, broker_url: str, sim: SimulatorProcess, workdir: Path, processes: int = 1,

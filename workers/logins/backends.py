@@ -117,16 +117,17 @@ class RabbitLoginBackend:
         return False
 
     @broker_op
-    def begin_spare(self, user_id: str, *, marker: bytes) -> bool:
-        """Put a marker in the doctor's spare queue only: the one extra login a login window
-        allows (a challenge asked again after a crash, or a login while the node of the marker
-        is down). False when it is taken, or its node is down too."""
+    def begin_spare(self, user_id: str, *, marker: bytes, ttl_s: float) -> bool:
+        """Put a marker for ``ttl_s`` in the doctor's spare queue only: a challenge asked again
+        after a crash, at most once per ``ttl_s`` across all processes. False when the spare is
+        taken (by such a marker, or by a login while the marker's node is down), or its node is
+        down too."""
         try:
-            return self._mark(login_marker_queues(user_id)[1], marker)
+            return self._mark(login_marker_queues(user_id)[1], marker, ttl_ms=int(ttl_s * 1000))
         except MarkerNodeDown:
             return False
 
-    def _mark(self, name: str, marker: bytes) -> bool:
+    def _mark(self, name: str, marker: bytes, ttl_ms: int | None = None) -> bool:
         # Always classic: this queue is a lock, and only a classic queue enforces x-max-length
         # at once. A quorum queue applies it lazily (RabbitMQ 3.10.8 confirmed a second marker
         # in a row, and up to four concurrent ones): two logins, two PIN prompts. The marker's
@@ -145,7 +146,8 @@ class RabbitLoginBackend:
                 raise
             try:
                 self.outbox._publish("", name, marker, pika.BasicProperties(
-                    delivery_mode=2, user_id=self.outbox.user_id),  # an event of the workers
+                    delivery_mode=2, user_id=self.outbox.user_id,  # an event of the workers
+                    expiration=str(ttl_ms) if ttl_ms else None),  # else the window
                                      mandatory=True, nack_is_answer=True)
             except pika.exceptions.NackError:
                 return False  # a login of this doctor is already in progress
@@ -374,11 +376,11 @@ class MemoryLoginBackend:
             self._pending[user_id] = self._timer(self.window_s, expired)
             return True
 
-    def begin_spare(self, user_id: str, *, marker: bytes) -> bool:
+    def begin_spare(self, user_id: str, *, marker: bytes, ttl_s: float) -> bool:
         with self._lock:
             if self._spare.get(user_id, 0.0) > time.monotonic():
                 return False
-            self._spare[user_id] = time.monotonic() + self.window_s
+            self._spare[user_id] = time.monotonic() + ttl_s
             return True
 
     def pending(self, user_id: str) -> bool:

@@ -78,6 +78,9 @@ log = logging.getLogger("eeszt_gw.login")
 #: a workstation's own broker user (deploy/rabbitmq/add-bridge-user)
 BRIDGE_USER_PREFIX = "bridge-"
 
+#: a challenge is asked again after a crash at most this often, across all worker processes
+RECHALLENGE_EVERY_S = 20.0
+
 #: errors after which the doctor is asked again (while the login window is open)
 RETRYABLE = {CardErrorCode.WRONG_PIN, CardErrorCode.CAN_REQUIRED, CardErrorCode.NO_CARD,
              CardErrorCode.TIMED_OUT, CardErrorCode.EID_UNREACHABLE, CardErrorCode.CARD_ERROR,
@@ -108,7 +111,7 @@ class LoginBackend(Protocol):
     def park(self, user_id: str, *, queue: str, body: bytes, headers: dict[str, Any],
              ttl_ms: int, message_id: str | None) -> None: ...
     def begin(self, user_id: str, *, marker: bytes) -> bool: ...
-    def begin_spare(self, user_id: str, *, marker: bytes) -> bool: ...
+    def begin_spare(self, user_id: str, *, marker: bytes, ttl_s: float) -> bool: ...
     def pending(self, user_id: str) -> bool | None: ...
     def end(self, user_id: str) -> None: ...
     def send_challenge(self, challenge: CardChallenge) -> bool: ...
@@ -216,12 +219,12 @@ class LoginCoordinator:
                 return "rejected"
         elif headers.get(H_AMBIGUOUS) and self.backend.begin_spare(user, marker=json.dumps(
                 {"event": "window-expired", "user_id": user, "workstation": workstation,
-                 "spare": True}).encode()):
+                 "spare": True}).encode(), ttl_s=RECHALLENGE_EVERY_S):
             # This copy came back after a crash: the process that began this doctor's login may
             # have died before its challenge went out, and the login would then hang until its
-            # window closed. Ask the workstation again: once per login window across all worker
-            # processes, as the spare marker holds one message (it is also what a login uses
-            # while the marker's node is down: one extra PIN prompt at most, either way).
+            # window closed. Ask the workstation again, at most once per RECHALLENGE_EVERY_S
+            # across all worker processes: the spare marker holds one message. While the
+            # marker's node is down, a login holds the spare for its whole window instead.
             log.info("login of %s at %s asked again after a crash", user, workstation)
             if not self._challenge(user, workstation):
                 return "rejected"
