@@ -140,10 +140,7 @@ class UsersFile:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            Path(tmp).unlink(missing_ok=True)  # the half-written file, if it is still there
             raise
         with self._lock:
             self._stamp = None
