@@ -50,9 +50,17 @@ import pika
 import pika.exceptions
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-__all__ = ["BrokerConfigError", "BrokerTLS", "BrokerTLSError", "BrokerUnreachable",
-           "broker_addresses", "broker_parameters", "in_order", "open_connection", "safe_url",
+__all__ = ["BROKER_CONNECTION_LOST", "BrokerConfigError", "BrokerTLS", "BrokerTLSError",
+           "BrokerUnreachable", "CONNECTION_ERRORS", "broker_addresses", "broker_parameters", "in_order", "open_connection", "safe_url",
            "split_urls", "tls_failure"]
+
+#: pika's errors that mean "this connection or channel is gone; a new one may work"
+#: (StreamLostError is an AMQPConnectionError)
+BROKER_CONNECTION_LOST: Final = (pika.exceptions.AMQPConnectionError,
+                                 pika.exceptions.ConnectionWrongStateError,
+                                 pika.exceptions.ChannelWrongStateError)
+#: the same, and the socket's own errors
+CONNECTION_ERRORS: Final = (*BROKER_CONNECTION_LOST, OSError)
 
 #: ``[SSL: REASON] text`` as pika puts an ssl error into the text of its own exceptions
 _SSL_IN_TEXT: Final = re.compile(r"\[SSL: ([A-Z0-9_]+)\]\s*([^(\]'\"\\]*)")

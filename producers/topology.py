@@ -28,6 +28,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from producers.errors import BrokerUnavailable, ProducerError
 from eeszt_gw.amqp import (
+    CONNECTION_ERRORS,
     TLS_EOF,
     BrokerConfigError,
     BrokerTLS,
@@ -61,14 +62,6 @@ log = logging.getLogger(__name__)
 #: Longest pause between two connects, however many attempts came before.
 MAX_BACKOFF_S: Final = 10.0
 
-#: pika errors that mean "this connection or channel is gone; a new one may work".
-CONNECTION_ERRORS: Final = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.ConnectionWrongStateError,
-    pika.exceptions.ChannelWrongStateError,
-    pika.exceptions.StreamLostError,
-    OSError,
-)
 
 
 def declare_replies_exchange(channel: BlockingChannel) -> None:

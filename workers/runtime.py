@@ -16,11 +16,12 @@ from typing import Any
 from pathlib import Path
 
 import dramatiq
-import pika.exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
+
+from eeszt_gw.amqp import BROKER_CONNECTION_LOST
 
 from .actors import SERVICE_ACTORS, register_actors
 from .breaker import Breakers
@@ -35,12 +36,6 @@ from .retry import RetryPolicy
 from .settings import WorkerSettings
 from .logins.tokens import TokenManager, institution_identity
 from .client.transport import Timeouts
-
-#: a broker connection lost under the pipeline (its own broker operations say BrokerError): the
-#: message is not answered as an internal error, it comes back
-BROKER_CONNECTION_LOST = (pika.exceptions.AMQPConnectionError,
-                          pika.exceptions.ChannelWrongStateError,
-                          pika.exceptions.ConnectionWrongStateError)
 
 log = logging.getLogger("eeszt_gw.worker")
 
@@ -87,6 +82,8 @@ class Runtime:
                        headers=meta.get("headers") or {}, message_id=meta.get("message_id"),
                        user_id=meta.get("user_id"), exchange=meta.get("exchange"),
                        routing_key=meta.get("routing_key"))
+        # A broker connection lost under the pipeline (its own broker operations say
+        # BrokerError) is not answered as an internal error: the message comes back.
         try:
             self.pipeline.handle(msg)
         except (BrokerError, *BROKER_CONNECTION_LOST):

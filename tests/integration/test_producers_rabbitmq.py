@@ -78,6 +78,18 @@ def route(admin) -> Iterator[Route]:
     admin.exchange_delete(r.exchange)
 
 
+@pytest.fixture
+def full_route(admin, route) -> Iterator[tuple[Route, str]]:
+    """``route``, but its messages land in a queue that refuses publishes (nacks them) once it
+    holds one message; yields the route and that queue."""
+    full = _unique("full")
+    admin.queue_declare(full, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    admin.queue_unbind(route.queue, route.exchange, routing_key="#")
+    admin.queue_bind(full, route.exchange, routing_key="#")
+    yield route, full
+    admin.queue_delete(full)
+
+
 def _drain(channel, queue: str, expected: int) -> list[tuple[object, object, bytes]]:
     got = []
     for method, props, body in channel.consume(queue, inactivity_timeout=5):
@@ -178,53 +190,41 @@ def test_unroutable_submit_raises_publish_failed(admin) -> None:
 
 @pytest.mark.integration
 @pytest.mark.rabbitmq
-def test_nacked_submit_raises_publish_failed(admin, route) -> None:
+def test_nacked_submit_raises_publish_failed(full_route) -> None:
     # Given a queue that refuses publishes once it holds one message
-    full = _unique("full")
-    admin.queue_declare(full, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
-    admin.queue_unbind(route.queue, route.exchange, routing_key="#")
-    admin.queue_bind(full, route.exchange, routing_key="#")
-    try:
-        with Publisher(url=URL, exchange=route.exchange, declare_topology=False,
-                       retry_attempts=2, retry_backoff=0.05) as publisher:
+    route, _full = full_route
+    with Publisher(url=URL, exchange=route.exchange, declare_topology=False,
+                   retry_attempts=2, retry_backoff=0.05) as publisher:
+        publisher.submit(prescription())
+        # When a second one is submitted, then it is sent again after each nack, and the
+        # last nack is reported
+        with pytest.raises(PublishFailed, match="nacked by the broker 3 times"):
             publisher.submit(prescription())
-            # When a second one is submitted, then it is sent again after each nack, and the
-            # last nack is reported
-            with pytest.raises(PublishFailed, match="nacked by the broker 3 times"):
-                publisher.submit(prescription())
-    finally:
-        admin.queue_delete(full)
 
 
 @pytest.mark.integration
 @pytest.mark.rabbitmq
-def test_a_nack_that_passes_is_ridden_through(admin, route) -> None:
+def test_a_nack_that_passes_is_ridden_through(admin, full_route) -> None:
     # Given a queue that refuses publishes for a while (as a quorum queue does while it
     # elects a leader): it holds one message, with reject-publish
-    full = _unique("full")
-    admin.queue_declare(full, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
-    admin.queue_unbind(route.queue, route.exchange, routing_key="#")
-    admin.queue_bind(full, route.exchange, routing_key="#")
-    try:
-        with BatchPublisher(url=URL, exchange=route.exchange, declare_topology=False,
-                            retry_attempts=8, retry_backoff=0.1) as publisher:
-            publisher.publish(prescription())
-            second = prescription()
-            publisher.publish(second)
-            # When room is made after the second one was nacked at least once
-            deadline = time.monotonic() + 10
-            while publisher.in_flight and time.monotonic() < deadline:
-                publisher._engine.pump(0.05)
-                if publisher._engine.nacked:
-                    admin.queue_purge(full)
-            summary = publisher.flush(timeout=20)
-            # Then it is confirmed: nothing failed, and it is in the queue, marked as maybe a twin
-            assert summary.ok and summary.confirmed == 2, summary
-            method, props, body = admin.basic_get(full, auto_ack=True)
-            assert json.loads(body)["message_id"] == str(second.message_id)
-            assert props.headers.get(H_REPUBLISHED) == 1
-    finally:
-        admin.queue_delete(full)
+    route, full = full_route
+    with BatchPublisher(url=URL, exchange=route.exchange, declare_topology=False,
+                        retry_attempts=8, retry_backoff=0.1) as publisher:
+        publisher.publish(prescription())
+        second = prescription()
+        publisher.publish(second)
+        # When room is made after the second one was nacked at least once
+        deadline = time.monotonic() + 10
+        while publisher.in_flight and time.monotonic() < deadline:
+            publisher._engine.pump(0.05)
+            if publisher._engine.nacked:
+                admin.queue_purge(full)
+        summary = publisher.flush(timeout=20)
+        # Then it is confirmed: nothing failed, and it is in the queue, marked as maybe a twin
+        assert summary.ok and summary.confirmed == 2, summary
+        method, props, body = admin.basic_get(full, auto_ack=True)
+        assert json.loads(body)["message_id"] == str(second.message_id)
+        assert props.headers.get(H_REPUBLISHED) == 1
 
 
 @pytest.mark.integration

@@ -25,6 +25,8 @@ from schemas.wire import (
     queue_arguments,
 )
 
+from eeszt_gw.amqp import CONNECTION_ERRORS
+
 from ..outbox import BrokerError, RabbitOutbox
 
 WAIT_QUEUE_IDLE_MS = 8 * 24 * 3600 * 1000  # an unused wait queue disappears after 8 days
@@ -42,11 +44,6 @@ class MarkerNodeDown(Exception):
     """The node that holds a login marker queue is down."""
 
 
-#: the connection (not the broker's answer) failed: the operation may be tried again
-CONNECTION_LOST = (pika.exceptions.AMQPConnectionError, pika.exceptions.ChannelWrongStateError,
-                   pika.exceptions.ConnectionWrongStateError, OSError)
-
-
 def broker_op(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A login-state operation of RabbitLoginBackend: a lost connection is a BrokerError, so
     that the message being handled goes back to its queue (not an internal error, which would
@@ -55,7 +52,7 @@ def broker_op(fn: Callable[..., Any]) -> Callable[..., Any]:
     def op(self: "RabbitLoginBackend", *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(self, *args, **kwargs)
-        except CONNECTION_LOST as exc:
+        except CONNECTION_ERRORS as exc:  # the connection, not the broker's answer
             self.outbox._drop()
             raise BrokerError(f"login state ({fn.__name__}): the broker connection was lost "
                               f"({type(exc).__name__})") from None
